@@ -1,0 +1,60 @@
+/// What kind of capacity a pool sells.
+public enum CapacityType: String, Sendable, CaseIterable, Codable {
+    case spot
+    case onDemand = "on_demand"
+    case reserved
+}
+
+/// Service tier of a job.
+public enum Tier: String, Sendable, CaseIterable, Codable, Comparable {
+    case premium
+    case standard
+    case bestEffort = "best_effort"
+
+    /// Placement order: premium first.
+    var rank: Int {
+        switch self {
+        case .premium: 0
+        case .standard: 1
+        case .bestEffort: 2
+        }
+    }
+
+    public static func < (lhs: Tier, rhs: Tier) -> Bool { lhs.rank < rhs.rank }
+}
+
+/// Lifecycle of a node.
+public enum NodeState: String, Sendable, CaseIterable, Codable {
+    case provisioning, ready, cordoned, draining, drained, terminated
+
+    /// Whether new work may land here.
+    var schedulable: Bool { self == .ready }
+    /// Whether the node still exists in the cloud.
+    var live: Bool { self != .terminated }
+}
+
+/// Lifecycle of a job.
+public enum JobState: String, Sendable, CaseIterable, Codable {
+    case queued, running, checkpointing, completed, failed, cancelled
+
+    /// Whether the job holds GPUs on a node.
+    var onNode: Bool { self == .running || self == .checkpointing }
+    var finished: Bool { self == .completed || self == .failed || self == .cancelled }
+}
+
+public enum InterruptionKind: String, Sendable, CaseIterable, Codable {
+    case termination, rebalance
+}
+
+public enum InterruptionState: String, Sendable, CaseIterable, Codable {
+    case received, draining, drained, completed, unmatched
+}
+
+public enum ProvisioningState: String, Sendable, CaseIterable, Codable {
+    case pending, fulfilled, failed
+}
+
+/// Roles of API tokens.
+public enum Role: String, Sendable, CaseIterable, Codable {
+    case admin, `operator`, scheduler, notifier, viewer
+}

@@ -1,0 +1,177 @@
+import Foundation
+
+/// An interruption notice in spotd's own terms, whatever cloud format it came in.
+struct Notice: Sendable, Equatable {
+    var nodeId: String
+    var kind: InterruptionKind
+    var deadline: Millis?
+    var source: String
+    var eventId: String
+    /// Other names the node may be registered under (GCP: instance name and numeric id).
+    var aliases: [String] = []
+}
+
+/// An event a cloud sent that spotd records but does not act on (Azure Freeze, Reboot, Redeploy).
+struct IgnoredNotice: Sendable, Equatable {
+    var eventId: String
+    var eventType: String
+    var resources: [String]
+}
+
+/// Maps each cloud's own payload to notices; pure, with the clock passed in.
+enum NoticeParser {
+    /// Deadlines further than this from now are refused as nonsense.
+    static let maxDeadlineSkew: Millis = 7 * 24 * 3600 * 1000
+
+    /// The generic form: `{node_id, kind, deadline | notice_seconds, source, event_id}`.
+    static func generic(_ body: JSONObject, now: Millis) throws -> Notice {
+        try body.rejectUnknown(["node_id", "kind", "deadline", "notice_seconds", "source", "event_id"])
+        let nodeId = try body.string("node_id", required: true, maxLength: 128, pattern: .identifier)!
+        let kind = try body.enumeration("kind", InterruptionKind.self, required: true)!
+        let source = try body.string("source", maxLength: 64, pattern: .identifier) ?? "generic"
+        let eventId = try body.string("event_id", maxLength: 256) ?? AppDatabase.newId("evt")
+        let deadlineText = try body.string("deadline", maxLength: 64)
+        let noticeSeconds = try body.int("notice_seconds", range: 0...86_400)
+        if deadlineText != nil && noticeSeconds != nil {
+            throw Problem.invalidField("deadline", "and notice_seconds are exclusive; give one")
+        }
+        var deadline: Millis?
+        if let deadlineText {
+            guard let parsed = TimeFormat.parseRFC3339(deadlineText) else {
+                throw Problem.invalidField("deadline", "must be an RFC 3339 time such as 2026-11-29T10:50:00Z")
+            }
+            deadline = try checked(parsed, now: now, field: "deadline")
+        } else if let noticeSeconds {
+            deadline = now + noticeSeconds * 1000
+        } else if kind == .termination {
+            deadline = now + 120_000
+        }
+        return Notice(nodeId: nodeId, kind: kind, deadline: deadline, source: source, eventId: eventId)
+    }
+
+    /// An AWS EventBridge event: spot interruption warning or rebalance recommendation.
+    static func aws(_ body: JSONObject, now: Millis) throws -> Notice {
+        let detailType = try body.string("detail-type", required: true, maxLength: 256)!
+        let eventId = try body.string("id", required: true, maxLength: 256)!
+        if let source = try body.string("source", maxLength: 64), source != "aws.ec2" {
+            throw Problem.invalidField("source", "must be aws.ec2 for an EC2 interruption event, got \(source)")
+        }
+        let detail = try body.object("detail", required: true)!
+        let instanceId = try detail.string("instance-id", required: true, maxLength: 128, pattern: .identifier)!
+        switch detailType {
+        case "EC2 Spot Instance Interruption Warning":
+            let timeText = try body.string("time", required: true, maxLength: 64)!
+            guard let time = TimeFormat.parseRFC3339(timeText) else {
+                throw Problem.invalidField("time", "must be an RFC 3339 time such as 2026-11-29T10:50:00Z")
+            }
+            let deadline = try checked(time + 120_000, now: now, field: "time")
+            return Notice(nodeId: instanceId, kind: .termination, deadline: deadline, source: "aws", eventId: eventId)
+        case "EC2 Instance Rebalance Recommendation":
+            return Notice(nodeId: instanceId, kind: .rebalance, deadline: nil, source: "aws", eventId: eventId)
+        default:
+            throw Problem(
+                status: .unprocessableContent, type: "urn:spotd:problem:unsupported-event", title: "Unsupported event",
+                detail:
+                    "detail-type '\(detailType)' is not an interruption; expected 'EC2 Spot Instance Interruption Warning' or 'EC2 Instance Rebalance Recommendation'",
+                field: "detail-type")
+        }
+    }
+
+    /// GCP: the node agent's metadata form, a Cloud Audit Log entry, or either inside a Pub/Sub push envelope.
+    static func gcp(_ body: JSONObject, now: Millis) throws -> Notice {
+        if let message = try body.object("message") {
+            let data = try message.string("data", required: true, maxLength: 1 << 20)!
+            guard let decoded = Data(base64Encoded: data) else {
+                throw Problem.invalidField("message.data", "must be base64-encoded JSON")
+            }
+            return try gcp(JSONObject(JSONValue.parse(decoded), path: "message.data."), now: now)
+        }
+        if body.fields["protoPayload"] != nil {
+            return try gcpAuditLog(body, now: now)
+        }
+        let name = try body.string("instance_name", maxLength: 128, pattern: .identifier)
+        let numericId = try body.string("instance_id", maxLength: 128, pattern: .identifier)
+        guard let primary = name ?? numericId else {
+            throw Problem.invalidField(body.path + "instance_name", "or instance_id is required")
+        }
+        _ = try body.string("zone", maxLength: 256)
+        let preempted: Bool
+        switch body.fields["preempted"] {
+        case .bool(let flag)?: preempted = flag
+        case .string(let text)?: preempted = text.uppercased() == "TRUE"
+        case nil, .null?: throw Problem.invalidField(body.path + "preempted", "is required")
+        default: throw Problem.invalidField(body.path + "preempted", "must be true")
+        }
+        guard preempted else {
+            throw Problem(
+                status: .unprocessableContent, type: "urn:spotd:problem:not-preempted", title: "Not preempted",
+                detail: "preempted is false: the instance is not being preempted, so there is nothing to record",
+                field: body.path + "preempted")
+        }
+        let eventId = try body.string("event_id", maxLength: 256) ?? "preempted:\(numericId ?? primary)"
+        let aliases = [name, numericId].compactMap { $0 }.filter { $0 != primary }
+        return Notice(nodeId: primary, kind: .termination, deadline: now + 30_000, source: "gcp", eventId: eventId, aliases: aliases)
+    }
+
+    private static func gcpAuditLog(_ body: JSONObject, now: Millis) throws -> Notice {
+        let payload = try body.object("protoPayload", required: true)!
+        let method = try payload.string("methodName", required: true, maxLength: 256)!
+        guard method == "compute.instances.preempted" else {
+            throw Problem(
+                status: .unprocessableContent, type: "urn:spotd:problem:unsupported-event", title: "Unsupported event",
+                detail: "methodName '\(method)' is not a preemption; expected compute.instances.preempted",
+                field: payload.path + "methodName")
+        }
+        let resourceName = try payload.string("resourceName", maxLength: 1024)
+        let name = resourceName.flatMap { $0.split(separator: "/").last.map(String.init) }
+        let labels = try body.object("resource")?.object("labels")
+        let numericId = try labels?.string("instance_id", maxLength: 128, pattern: .identifier)
+        guard let primary = name ?? numericId, NamePattern.identifier.matches(primary) else {
+            throw Problem.invalidField(payload.path + "resourceName", "must name the instance (projects/P/zones/Z/instances/NAME)")
+        }
+        let eventId = try body.string("insertId", maxLength: 256) ?? "preempted:\(numericId ?? primary)"
+        let aliases = [name, numericId].compactMap { $0 }.filter { $0 != primary }
+        return Notice(nodeId: primary, kind: .termination, deadline: now + 30_000, source: "gcp", eventId: eventId, aliases: aliases)
+    }
+
+    /// An Azure Scheduled Events document: every Preempt or Terminate event becomes a termination per VM.
+    static func azure(_ body: JSONObject, now: Millis) throws -> (notices: [Notice], ignored: [IgnoredNotice]) {
+        _ = try body.int("DocumentIncarnation", required: true, range: 0...Int64(Int32.max))
+        let events = try body.array("Events", required: true, maxCount: 100)!
+        var notices: [Notice] = []
+        var ignored: [IgnoredNotice] = []
+        for (index, value) in events.enumerated() {
+            let event = try JSONObject(value, path: "Events[\(index)].")
+            let eventId = try event.string("EventId", required: true, maxLength: 256)!
+            let eventType = try event.string("EventType", required: true, maxLength: 64)!
+            let resources = try event.array("Resources", required: true, maxCount: 1000)!.enumerated().map { offset, item in
+                guard case .string(let name) = item, NamePattern.identifier.matches(name) else {
+                    throw Problem.invalidField("Events[\(index)].Resources[\(offset)]", "must be a VM name matching \(NamePattern.identifier.description)")
+                }
+                return name
+            }
+            guard eventType == "Preempt" || eventType == "Terminate" else {
+                ignored.append(IgnoredNotice(eventId: eventId, eventType: eventType, resources: resources))
+                continue
+            }
+            var deadline = now
+            if let notBefore = try event.string("NotBefore", maxLength: 64), !notBefore.isEmpty {
+                guard let parsed = TimeFormat.parseRFC1123(notBefore) else {
+                    throw Problem.invalidField("Events[\(index)].NotBefore", "must be an RFC 1123 time such as Mon, 19 Sep 2016 18:29:47 GMT")
+                }
+                deadline = try checked(parsed, now: now, field: "Events[\(index)].NotBefore")
+            }
+            for resource in resources {
+                notices.append(Notice(nodeId: resource, kind: .termination, deadline: deadline, source: "azure", eventId: eventId))
+            }
+        }
+        return (notices, ignored)
+    }
+
+    private static func checked(_ deadline: Millis, now: Millis, field: String) throws -> Millis {
+        guard abs(deadline - now) <= maxDeadlineSkew else {
+            throw Problem.invalidField(field, "is more than 7 days away from now; check the clock or the payload")
+        }
+        return deadline
+    }
+}

@@ -1,0 +1,240 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import ServiceLifecycle
+
+/// `/v1/provisioning-requests`: replacement capacity asked of the provider.
+struct ProvisioningController {
+    let store: AppDatabase
+
+    func register(on router: Router<AppRequestContext>) {
+        router.get("/v1/provisioning-requests", use: list)
+        router.get("/v1/provisioning-requests/:id", use: get)
+    }
+
+    @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let query = try Query(request, allowed: ["state", "limit", "cursor"])
+        return View.page(
+            try store.listProvisioningRequests(state: try query.enumeration("state", ProvisioningState.self), try query.page()),
+            View.provisioning
+        ).response()
+    }
+
+    @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let id = try context.parameters.require("id")
+        guard let value = try store.provisioningRequest(id) else { throw Problem.notFound("provisioning request", id) }
+        return View.provisioning(value).response()
+    }
+}
+
+/// `/v1/policies`: per-tier capacity preferences and admission.
+struct PolicyController {
+    let store: AppDatabase
+    let signal: WorkerSignal
+
+    func register(on router: Router<AppRequestContext>) {
+        router.get("/v1/policies", use: list)
+        router.put("/v1/policies/:tier", use: put)
+    }
+
+    @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        return JSONValue.object(["items": .array(try store.policies().map(View.policy)), "next_cursor": .null]).response()
+    }
+
+    @Sendable func put(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let tierName = try context.parameters.require("tier")
+        guard let tier = Tier(rawValue: tierName) else {
+            throw Problem.notFound("tier", tierName)
+        }
+        let body = try await request.jsonObject()
+        try body.rejectUnknown(["capacity_types", "max_uncheckpointable_spot_seconds", "spot_requires_checkpointable"])
+        let items = try body.array("capacity_types", required: true, maxCount: 3)!
+        var types: [CapacityType] = []
+        for (index, item) in items.enumerated() {
+            guard case .string(let text) = item, let type = CapacityType(rawValue: text) else {
+                throw Problem.invalidField("capacity_types[\(index)]", "must be one of: spot, on_demand, reserved")
+            }
+            guard !types.contains(type) else { throw Problem.invalidField("capacity_types[\(index)]", "repeats \(text)") }
+            types.append(type)
+        }
+        guard !types.isEmpty else { throw Problem.invalidField("capacity_types", "must list at least one capacity type") }
+        if tier == .premium && types.contains(.spot) {
+            throw Problem.invalidField("capacity_types", "premium never runs on spot (the product contract)")
+        }
+        let current = try store.policies().first { $0.tier == tier }!
+        let policy = Policy(
+            tier: tier, capacityTypes: types,
+            maxUncheckpointableSpotSeconds: try body.int("max_uncheckpointable_spot_seconds", range: 0...31_536_000)
+                ?? current.maxUncheckpointableSpotSeconds,
+            spotRequiresCheckpointable: try body.bool("spot_requires_checkpointable") ?? current.spotRequiresCheckpointable,
+            updatedAt: store.clock.now())
+        let saved = try store.putPolicy(policy, actor: context.caller.name)
+        signal.poke()
+        return View.policy(saved).response()
+    }
+}
+
+/// `/v1/events`: the audit log, as pages and as a live stream.
+struct EventController {
+    let store: AppDatabase
+
+    func register(on router: Router<AppRequestContext>) {
+        router.get("/v1/events", use: list)
+        router.get("/v1/events/stream", use: stream)
+    }
+
+    private static let typePattern = NamePattern.identifier
+
+    @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let query = try Query(request, allowed: ["since", "type", "limit", "cursor"])
+        let page = try query.page()
+        let since = max(try query.int("since", range: 0...Int64.max) ?? 0, page.after)
+        let events = try store.events(since: since, type: try query.string("type", pattern: Self.typePattern), limit: page.limit)
+        let next = events.count == page.limit ? events.last.map { PageRequest.cursor(after: $0.id) } : nil
+        return View.page(Page(items: events, nextCursor: next), View.event).response()
+    }
+
+    /// Server-Sent Events: each event as `id`, `event` (its type) and `data` (its JSON), live until the client leaves.
+    @Sendable func stream(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let query = try Query(request, allowed: ["since", "type"])
+        let type = try query.string("type", pattern: Self.typePattern)
+        var start = try query.int("since", range: 0...Int64.max)
+        if start == nil, let lastEventId = request.headers[HTTPField.Name("Last-Event-ID")!].flatMap({ Int64($0) }) {
+            start = lastEventId
+        }
+        let from = try start ?? store.lastEventId()
+        let store = self.store
+        let body = ResponseBody { writer in
+            var last = from
+            var idle = 0
+            try await writer.write(ByteBuffer(string: ": spotd event stream\n\n"))
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                let events = try store.events(since: last, type: type, limit: 500)
+                if events.isEmpty {
+                    idle += 1
+                    if idle % 60 == 0 { try await writer.write(ByteBuffer(string: ": keep-alive\n\n")) }
+                    try await Task.sleep(for: .milliseconds(250))
+                    continue
+                }
+                idle = 0
+                var chunk = ""
+                for event in events {
+                    chunk += "id: \(event.id)\nevent: \(event.type)\ndata: \(View.event(event).jsonText)\n\n"
+                    last = event.id
+                }
+                try await writer.write(ByteBuffer(string: chunk))
+            }
+            try await writer.finish(nil)
+        }
+        return Response(
+            status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
+    }
+}
+
+/// `/v1/tokens`: API tokens with roles (admin only).
+struct TokenController {
+    let store: AppDatabase
+
+    func register(on router: Router<AppRequestContext>) {
+        router.post("/v1/tokens", use: create)
+        router.get("/v1/tokens", use: list)
+        router.delete("/v1/tokens/:id", use: delete)
+    }
+
+    @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let body = try await request.jsonObject()
+        try body.rejectUnknown(["name", "role"])
+        let (token, secret) = try store.createToken(
+            name: try body.string("name", required: true, maxLength: 64, pattern: .identifier)!,
+            role: try body.enumeration("role", Role.self, required: true)!, actor: context.caller.name)
+        return View.token(token, secret: secret).response(.created)
+    }
+
+    @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let page = try Query(request, allowed: ["limit", "cursor"]).page()
+        return View.page(try store.listTokens(page)) { View.token($0) }.response()
+    }
+
+    @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        try store.revokeToken(try context.parameters.require("id"), actor: context.caller.name)
+        return Response(status: .noContent)
+    }
+}
+
+/// Health, readiness, metrics and the summary.
+struct OpsController {
+    let store: AppDatabase
+    let migrationsDirectory: URL
+
+    func register(on router: Router<AppRequestContext>) {
+        router.get("/healthz", use: health)
+        router.get("/readyz", use: ready)
+        router.get("/metrics", use: metrics)
+        router.get("/v1/summary", use: summary)
+    }
+
+    @Sendable func health(_ request: Request, context: AppRequestContext) async throws -> Response {
+        JSONValue.object(["status": .string("ok")]).response()
+    }
+
+    @Sendable func ready(_ request: Request, context: AppRequestContext) async throws -> Response {
+        guard store.isReady(migrationsDirectory: migrationsDirectory) else {
+            throw Problem(
+                status: .serviceUnavailable, type: "urn:spotd:problem:not-ready", title: "Not ready",
+                detail: "the store is unreachable or its migrations are not all applied")
+        }
+        return JSONValue.object(["status": .string("ready")]).response()
+    }
+
+    @Sendable func metrics(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let summary = try store.summary()
+        for tier in Tier.allCases {
+            SpotMetrics.queueDepth(tier: tier.rawValue, depth: summary.jobs[tier]?[.queued] ?? 0)
+        }
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(string: SpotMetrics.render())))
+    }
+
+    @Sendable func summary(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let summary = try store.summary()
+        var capacity: [String: [String: Int]] = [:]
+        for (pool, stats) in summary.pools {
+            var entry = capacity[pool.capacityType.rawValue, default: [:]]
+            entry["gpus_total", default: 0] += stats.gpusTotal
+            entry["gpus_free", default: 0] += stats.gpusTotal - stats.gpusAllocated
+            for state in NodeState.allCases { entry["nodes_\(state.rawValue)", default: 0] += stats.nodesByState[state] ?? 0 }
+            capacity[pool.capacityType.rawValue] = entry
+        }
+        var jobs: [String: JSONValue] = [:]
+        for tier in Tier.allCases {
+            var states: [String: JSONValue] = [:]
+            for state in JobState.allCases { states[state.rawValue] = .int(Int64(summary.jobs[tier]?[state] ?? 0)) }
+            jobs[tier.rawValue] = .object(states)
+        }
+        return JSONValue.object([
+            "pools": .array(
+                summary.pools.map { pool, stats in
+                    var nodes: [String: JSONValue] = [:]
+                    for state in NodeState.allCases { nodes[state.rawValue] = .int(Int64(stats.nodesByState[state] ?? 0)) }
+                    return .object([
+                        "name": .string(pool.name), "capacity_type": .string(pool.capacityType.rawValue), "gpu_type": .string(pool.gpuType),
+                        "nodes": .object(nodes), "gpus_total": .int(Int64(stats.gpusTotal)),
+                        "gpus_free": .int(Int64(stats.gpusTotal - stats.gpusAllocated)),
+                    ])
+                }),
+            "capacity_types": .object(capacity.mapValues { .object($0.mapValues { .int(Int64($0)) }) }),
+            "jobs": .object(jobs),
+            "active_interruptions": .int(Int64(summary.activeInterruptions)),
+            "pending_provisioning_requests": .int(Int64(summary.pendingProvisioning)),
+        ]).response()
+    }
+}

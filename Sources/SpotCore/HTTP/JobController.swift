@@ -1,0 +1,109 @@
+import Hummingbird
+
+/// `/v1/jobs` and `/v1/placements`: workloads and where they run.
+struct JobController {
+    let store: AppDatabase
+    let signal: WorkerSignal
+    let admissionLimit: Int64
+
+    func register(on router: Router<AppRequestContext>) {
+        router.post("/v1/jobs", use: create)
+        router.get("/v1/jobs", use: list)
+        router.get("/v1/jobs/:id", use: get)
+        router.post("/v1/jobs/:id/checkpoints", use: checkpoint)
+        router.post("/v1/jobs/:id/complete", use: complete)
+        router.post("/v1/jobs/:id/fail", use: fail)
+        router.post("/v1/jobs/:id/cancel", use: cancel)
+        router.post("/v1/placements", use: place)
+    }
+
+    @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let body = try await request.jsonObject()
+        try body.rejectUnknown(["id", "tier", "gpus", "gpu_type", "checkpointable", "expected_duration_seconds", "priority"])
+        let submission = JobSubmission(
+            id: try body.string("id", maxLength: 128, pattern: .identifier) ?? AppDatabase.newId("job"),
+            tier: try body.enumeration("tier", Tier.self, required: true)!,
+            gpus: Int(try body.int("gpus", required: true, range: 1...64)!),
+            gpuType: try body.string("gpu_type", maxLength: 64, pattern: .identifier),
+            checkpointable: try body.bool("checkpointable") ?? false,
+            expectedDurationSeconds: try body.int("expected_duration_seconds", range: 1...31_536_000),
+            priority: try body.int("priority", range: -1_000_000...1_000_000) ?? 0)
+        let job = try store.submitJob(submission, actor: context.caller.name)
+        signal.poke()
+        var response = View.job(job).response(.created)
+        response.headers[.location] = "/v1/jobs/\(job.id)"
+        return response
+    }
+
+    @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let query = try Query(request, allowed: ["state", "tier", "node", "limit", "cursor"])
+        let filter = JobFilter(
+            state: try query.enumeration("state", JobState.self), tier: try query.enumeration("tier", Tier.self),
+            node: try query.string("node"))
+        return View.page(try store.listJobs(filter, try query.page())) { View.job($0) }.response()
+    }
+
+    @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let id = try context.parameters.require("id")
+        guard let (job, history) = try store.job(id) else { throw Problem.notFound("job", id) }
+        return View.job(job, history: history).response()
+    }
+
+    @Sendable func checkpoint(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let body = try await request.jsonObject()
+        try body.rejectUnknown(["uri", "step", "attempt"])
+        let job = try store.reportCheckpoint(
+            jobId: try context.parameters.require("id"), uri: try body.string("uri", required: true, maxLength: 2048)!,
+            step: try body.int("step", required: true, range: 0...Int64(1) << 53)!,
+            attempt: try body.int("attempt", range: 0...1_000_000_000), actor: context.caller.name)
+        signal.poke()
+        return View.job(job).response()
+    }
+
+    @Sendable func complete(_ request: Request, context: AppRequestContext) async throws -> Response {
+        try await finish(request, context: context, outcome: .completed)
+    }
+
+    @Sendable func fail(_ request: Request, context: AppRequestContext) async throws -> Response {
+        try await finish(request, context: context, outcome: .failed)
+    }
+
+    @Sendable func cancel(_ request: Request, context: AppRequestContext) async throws -> Response {
+        try await finish(request, context: context, outcome: .cancelled)
+    }
+
+    private func finish(_ request: Request, context: AppRequestContext, outcome: JobOutcome) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let body = try await request.optionalJSONObject()
+        try body.rejectUnknown(["attempt", "reason"])
+        let job = try store.finishJob(
+            try context.parameters.require("id"), outcome: outcome, attempt: try body.int("attempt", range: 0...1_000_000_000),
+            reason: try body.string("reason", maxLength: 1024), actor: context.caller.name)
+        signal.poke()
+        return View.job(job).response()
+    }
+
+    @Sendable func place(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let body = try await request.jsonObject()
+        try body.rejectUnknown(["job_id", "dry_run"])
+        let jobId = try body.string("job_id", required: true, maxLength: 128, pattern: .identifier)!
+        let dryRun = try body.bool("dry_run") ?? false
+        do {
+            let result = try store.place(jobId: jobId, dryRun: dryRun, actor: context.caller.name)
+            SpotMetrics.placement(dryRun ? "dry_run" : "placed")
+            return JSONValue.object([
+                "job_id": .string(result.jobId), "node_id": .string(result.nodeId), "pool": .string(result.pool),
+                "capacity_type": .string(result.capacityType.rawValue), "attempt": .int(result.attempt),
+                "reasons": .array(result.reasons.map(JSONValue.string)), "dry_run": .bool(dryRun),
+            ]).response(dryRun ? .ok : .created)
+        } catch let problem as Problem where problem.type == "urn:spotd:problem:no-capacity" {
+            SpotMetrics.placement("no_capacity")
+            signal.poke()
+            throw problem
+        }
+    }
+}

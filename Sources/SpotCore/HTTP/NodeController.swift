@@ -1,0 +1,92 @@
+import Hummingbird
+
+/// `/v1/nodes`: machines, keyed by the cloud's instance id.
+struct NodeController {
+    let store: AppDatabase
+    let signal: WorkerSignal
+
+    func register(on router: Router<AppRequestContext>) {
+        router.post("/v1/nodes", use: create)
+        router.get("/v1/nodes", use: list)
+        router.get("/v1/nodes/:id", use: get)
+        router.post("/v1/nodes/:id/cordon", use: cordon)
+        router.post("/v1/nodes/:id/uncordon", use: uncordon)
+        router.post("/v1/nodes/:id/drain", use: drain)
+        router.delete("/v1/nodes/:id", use: delete)
+    }
+
+    @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let body = try await request.jsonObject()
+        try body.rejectUnknown(["id", "pool", "gpus", "provisioning_request_id"])
+        let detail = try store.registerNode(
+            id: try body.string("id", required: true, maxLength: 128, pattern: .identifier)!,
+            pool: try body.string("pool", required: true, maxLength: 63, pattern: .dnsLabel)!,
+            gpus: try body.int("gpus", range: 1...64).map(Int.init),
+            provisioningRequestId: try body.string("provisioning_request_id", maxLength: 128, pattern: .identifier),
+            actor: context.caller.name)
+        signal.poke()
+        var response = View.node(detail).response(.created)
+        response.headers[.location] = "/v1/nodes/\(detail.node.id)"
+        return response
+    }
+
+    @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let query = try Query(request, allowed: ["pool", "state", "capacity_type", "limit", "cursor"])
+        let filter = NodeFilter(
+            pool: try query.string("pool", pattern: .dnsLabel), state: try query.enumeration("state", NodeState.self),
+            capacityType: try query.enumeration("capacity_type", CapacityType.self))
+        return View.page(try store.listNodes(filter, try query.page()), View.node).response()
+    }
+
+    @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let id = try context.parameters.require("id")
+        guard let detail = try store.node(id) else { throw Problem.notFound("node", id) }
+        return View.node(detail).response()
+    }
+
+    @Sendable func cordon(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        try (try await request.optionalJSONObject()).rejectUnknown([])
+        return View.node(try store.cordon(try context.parameters.require("id"), actor: context.caller.name)).response()
+    }
+
+    @Sendable func uncordon(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        try (try await request.optionalJSONObject()).rejectUnknown([])
+        let detail = try store.uncordon(try context.parameters.require("id"), actor: context.caller.name)
+        signal.poke()
+        return View.node(detail).response()
+    }
+
+    /// Starts the interruption workflow by hand, with an operator-given deadline (default: 120 s from now).
+    @Sendable func drain(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let body = try await request.optionalJSONObject()
+        try body.rejectUnknown(["deadline", "notice_seconds"])
+        let now = store.clock.now()
+        var deadline = now + 120_000
+        let text = try body.string("deadline", maxLength: 64)
+        let seconds = try body.int("notice_seconds", range: 0...86_400)
+        if text != nil && seconds != nil { throw Problem.invalidField("deadline", "and notice_seconds are exclusive; give one") }
+        if let text {
+            guard let parsed = TimeFormat.parseRFC3339(text), abs(parsed - now) <= NoticeParser.maxDeadlineSkew else {
+                throw Problem.invalidField("deadline", "must be an RFC 3339 time within 7 days of now")
+            }
+            deadline = parsed
+        } else if let seconds {
+            deadline = now + seconds * 1000
+        }
+        let (detail, created) = try store.drain(nodeId: try context.parameters.require("id"), deadline: deadline, actor: context.caller.name)
+        signal.poke()
+        return View.interruption(detail).response(created ? .accepted : .ok)
+    }
+
+    @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
+        _ = try Query(request, allowed: [])
+        let detail = try store.deleteNode(try context.parameters.require("id"), actor: context.caller.name)
+        signal.poke()
+        return View.node(detail).response()
+    }
+}

@@ -1,0 +1,127 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// An RFC 9457 problem: every refusal spotd gives is one of these, as `application/problem+json`.
+public struct Problem: Error, HTTPResponseError, Sendable, Equatable {
+    public var status: HTTPResponse.Status
+    public var type: String
+    public var title: String
+    public var detail: String
+    /// The request field at fault, when there is one (`gpus`, `detail.instance-id`, `query.limit`).
+    public var field: String?
+    /// Extra members, e.g. the per-pool reasons of a failed placement.
+    public var extra: [String: JSONValue] = [:]
+    public var headers: HTTPFields = [:]
+
+    public init(status: HTTPResponse.Status, type: String, title: String, detail: String, field: String? = nil) {
+        self.status = status
+        self.type = type
+        self.title = title
+        self.detail = detail
+        self.field = field
+    }
+
+    static func badRequest(_ detail: String) -> Problem {
+        Problem(status: .badRequest, type: "urn:spotd:problem:bad-request", title: "Bad request", detail: detail)
+    }
+
+    static func invalidField(_ field: String, _ message: String) -> Problem {
+        Problem(
+            status: .badRequest, type: "urn:spotd:problem:invalid-field", title: "Invalid field",
+            detail: "\(field) \(message)", field: field)
+    }
+
+    static func invalidQuery(_ name: String, _ message: String) -> Problem {
+        Problem(
+            status: .badRequest, type: "urn:spotd:problem:invalid-query", title: "Invalid query parameter",
+            detail: "query parameter \(name) \(message)", field: "query.\(name)")
+    }
+
+    static func notFound(_ what: String, _ id: String) -> Problem {
+        Problem(
+            status: .notFound, type: "urn:spotd:problem:not-found", title: "Not found",
+            detail: "\(what) '\(id)' does not exist")
+    }
+
+    /// A reference in the body to something that does not exist.
+    static func unknownReference(_ field: String, _ what: String, _ id: String) -> Problem {
+        Problem(
+            status: .unprocessableContent, type: "urn:spotd:problem:unknown-reference", title: "Unknown reference",
+            detail: "\(field): \(what) '\(id)' does not exist", field: field)
+    }
+
+    static func conflict(_ detail: String, type: String = "urn:spotd:problem:conflict") -> Problem {
+        Problem(status: .conflict, type: type, title: "Conflict", detail: detail)
+    }
+
+    static func unauthorized(_ detail: String) -> Problem {
+        var problem = Problem(status: .unauthorized, type: "urn:spotd:problem:unauthorized", title: "Unauthorized", detail: detail)
+        problem.headers[.wwwAuthenticate] = "Bearer"
+        return problem
+    }
+
+    static func forbidden(_ detail: String) -> Problem {
+        Problem(status: .forbidden, type: "urn:spotd:problem:forbidden", title: "Forbidden", detail: detail)
+    }
+
+    static let tooLarge = Problem(
+        status: .contentTooLarge, type: "urn:spotd:problem:too-large", title: "Request body too large",
+        detail: "request bodies are limited to 1 MiB (1048576 bytes)")
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var body: [String: JSONValue] = extra
+        body["type"] = .string(type)
+        body["title"] = .string(title)
+        body["status"] = .int(Int64(status.code))
+        body["detail"] = .string(detail)
+        if let field { body["field"] = .string(field) }
+        var fields = headers
+        fields[.contentType] = "application/problem+json"
+        let data = Data(JSONValue.object(body).jsonText.utf8)
+        return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// Turns every error a handler throws into a problem answer, so that no refusal is ever plain text.
+struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let problem as Problem {
+            return try problem.response(from: request, context: context)
+        } catch {
+            return try Self.problem(for: error, request: request, context: context).response(from: request, context: context)
+        }
+    }
+
+    static func problem(for error: any Error, request: Request, context: Context) -> Problem {
+        switch error {
+        case let error as HTTPError:
+            switch error.status {
+            case .notFound:
+                return Problem(
+                    status: .notFound, type: "urn:spotd:problem:no-route", title: "Not found",
+                    detail: "no route for \(request.method) \(request.uri.path)")
+            case .methodNotAllowed:
+                return Problem(
+                    status: .methodNotAllowed, type: "urn:spotd:problem:method-not-allowed", title: "Method not allowed",
+                    detail: "\(request.method) is not allowed on \(request.uri.path)")
+            case .contentTooLarge:
+                return .tooLarge
+            default:
+                return Problem(
+                    status: error.status, type: "urn:spotd:problem:http", title: error.status.reasonPhrase,
+                    detail: error.body ?? error.status.reasonPhrase)
+            }
+        case is NIOTooManyBytesError:
+            return .tooLarge
+        default:
+            context.logger.error("request failed", metadata: ["error": "\(String(reflecting: error))"])
+            return Problem(
+                status: .internalServerError, type: "urn:spotd:problem:internal", title: "Internal error",
+                detail: "the request could not be completed; nothing was changed")
+        }
+    }
+}

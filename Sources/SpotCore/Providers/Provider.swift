@@ -1,0 +1,120 @@
+import Crypto
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// Where replacement nodes come from.
+public protocol Provider: Sendable {
+    /// Moves one pending request forward.
+    func advance(_ request: ProvisioningRequest, pool: Pool, now: Millis) async -> ProviderStep
+}
+
+/// The embedded provider: a node appears in the asked pool after the boot time, unless the pool is in stockout.
+public struct SimulatedProvider: Provider {
+    public var bootSeconds: Double
+
+    public init(bootSeconds: Double) { self.bootSeconds = bootSeconds }
+
+    public func advance(_ request: ProvisioningRequest, pool: Pool, now: Millis) async -> ProviderStep {
+        guard Double(now - request.createdAt) >= bootSeconds * 1000 else { return .wait }
+        if pool.stockout { return .failed("stockout: pool \(pool.name) has no \(pool.capacityType.rawValue) capacity") }
+        return .fulfilled(nodeId: "sim-\(request.id.dropFirst(5))", gpus: pool.gpusPerNode)
+    }
+}
+
+/// POSTs each request, HMAC-signed, to an external provisioner, which registers the node with `provisioning_request_id`.
+public struct WebhookProvider: Provider {
+    public var url: URL
+    public var secret: String?
+    /// With no node registered within this time the request fails, and the fallback starts.
+    public var timeoutSeconds: Double
+
+    public init(url: URL, secret: String?, timeoutSeconds: Double) {
+        self.url = url
+        self.secret = secret
+        self.timeoutSeconds = timeoutSeconds
+    }
+
+    public func advance(_ request: ProvisioningRequest, pool: Pool, now: Millis) async -> ProviderStep {
+        if let submitted = request.submittedAt {
+            return Double(now - submitted) >= timeoutSeconds * 1000
+                ? .failed("timeout: no node registered within \(Int(timeoutSeconds)) s") : .wait
+        }
+        let body = JSONValue.object([
+            "id": .string(request.id), "pool": .string(pool.name), "capacity_type": .string(pool.capacityType.rawValue),
+            "gpu_type": .string(pool.gpuType), "gpus_per_node": .int(Int64(pool.gpusPerNode)), "zone": .string(pool.zone),
+            "instance_type": .string(pool.instanceType), "reason": .string(request.reason),
+        ])
+        let data = Data(body.jsonText.utf8)
+        var http = URLRequest(url: url, timeoutInterval: 10)
+        http.httpMethod = "POST"
+        http.httpBody = data
+        http.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        http.setValue(request.id, forHTTPHeaderField: "Idempotency-Key")
+        if let secret {
+            let timestamp = String(now / 1000)
+            http.setValue(timestamp, forHTTPHeaderField: "X-Spotd-Timestamp")
+            http.setValue("sha256=" + Signature.hex(secret: secret, timestamp: timestamp, body: data), forHTTPHeaderField: "X-Spotd-Signature")
+        }
+        do {
+            let (_, response) = try await URLSession.shared.data(for: http)
+            guard let status = (response as? HTTPURLResponse)?.statusCode, (200..<300).contains(status) else {
+                let code = (response as? HTTPURLResponse)?.statusCode ?? 0
+                return .failed("webhook answered HTTP \(code)")
+            }
+            return .submitted
+        } catch {
+            return .failed("webhook unreachable: \(error.localizedDescription)")
+        }
+    }
+}
+
+/// HMAC-SHA256 signatures over `"<timestamp>.<raw body>"`.
+enum Signature {
+    static func hex(secret: String, timestamp: String, body: Data) -> String {
+        var message = Data(timestamp.utf8)
+        message.append(0x2E)
+        message.append(body)
+        let mac = HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: Data(secret.utf8)))
+        return mac.map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Checks a signature in constant time; `nil` when valid, else why not.
+    static func verify(secret: String, timestamp: String?, signature: String?, body: Data, now: Millis) -> String? {
+        guard let timestamp, let seconds = Int64(timestamp) else { return "X-Spotd-Timestamp is missing or not unix seconds" }
+        guard let signature, signature.hasPrefix("sha256=") else { return "X-Spotd-Signature is missing or not sha256=<hex>" }
+        guard abs(now / 1000 - seconds) <= 300 else { return "X-Spotd-Timestamp is more than 5 minutes from now" }
+        guard let given = Data(hexString: String(signature.dropFirst(7))), given.count == 32 else {
+            return "X-Spotd-Signature is not 64 hex digits"
+        }
+        var message = Data(timestamp.utf8)
+        message.append(0x2E)
+        message.append(body)
+        let valid = HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: message, using: SymmetricKey(data: Data(secret.utf8)))
+        return valid ? nil : "X-Spotd-Signature does not match the body"
+    }
+}
+
+extension Data {
+    init?(hexString: String) {
+        guard hexString.utf8.count % 2 == 0 else { return nil }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(hexString.utf8.count / 2)
+        var iterator = hexString.utf8.makeIterator()
+        while let high = iterator.next(), let low = iterator.next() {
+            guard let h = Self.nibble(high), let l = Self.nibble(low) else { return nil }
+            bytes.append(h << 4 | l)
+        }
+        self.init(bytes)
+    }
+
+    private static func nibble(_ char: UInt8) -> UInt8? {
+        switch char {
+        case 0x30...0x39: char - 0x30
+        case 0x61...0x66: char - 0x61 + 10
+        case 0x41...0x46: char - 0x41 + 10
+        default: nil
+        }
+    }
+}

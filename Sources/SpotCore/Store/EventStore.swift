@@ -1,0 +1,134 @@
+import Crypto
+import Foundation
+import GRDB
+
+extension AppDatabase {
+    /// Events after `since` (an event id), optionally of one type, oldest first.
+    func events(since: Int64, type: String?, limit: Int) throws -> [Event] {
+        try writer.read { db in
+            if let type {
+                return try Row.fetchAll(
+                    db, sql: "SELECT * FROM events WHERE id > ? AND type = ? ORDER BY id LIMIT ?", arguments: [since, type, limit]
+                ).map(Event.init(row:))
+            }
+            return try Row.fetchAll(db, sql: "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", arguments: [since, limit])
+                .map(Event.init(row:))
+        }
+    }
+
+    func lastEventId() throws -> Int64 {
+        try writer.read { db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(id), 0) FROM events") ?? 0 }
+    }
+
+    // MARK: - Tokens
+
+    static func hashSecret(_ secret: String) -> String {
+        SHA256.hash(data: Data(secret.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Creates a token; the secret is returned once and only its hash is stored.
+    func createToken(name: String, role: Role, actor: String) throws -> (Token, String) {
+        var bytes = [UInt8](repeating: 0, count: 32)
+        var generator = SystemRandomNumberGenerator()
+        for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255, using: &generator) }
+        let secret = "spotd_" + bytes.map { String(format: "%02x", $0) }.joined()
+        let token = Token(id: AppDatabase.newId("tok"), name: name, role: role, createdAt: clock.now())
+        try writer.write { db in
+            try db.execute(
+                sql: "INSERT INTO tokens (id, name, role, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [token.id, name, role.rawValue, Self.hashSecret(secret), token.createdAt])
+            try db.appendEvent(
+                "token.created", subject: "tokens/\(token.id)", actor: actor, at: token.createdAt,
+                data: ["name": .string(name), "role": .string(role.rawValue)])
+        }
+        return (token, secret)
+    }
+
+    func listTokens(_ page: PageRequest) throws -> Page<Token> {
+        try writer.read { db in
+            Self.page(
+                try Row.fetchAll(
+                    db, sql: "SELECT seq, id, name, role, created_at FROM tokens WHERE revoked_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+                    arguments: [page.after, page.limit + 1]), limit: page.limit
+            ) { Token(id: $0["id"], name: $0["name"], role: Role(rawValue: $0["role"]) ?? .viewer, createdAt: $0["created_at"]) }
+        }
+    }
+
+    func revokeToken(_ id: String, actor: String) throws {
+        try writer.write { db in
+            let now = clock.now()
+            try db.execute(sql: "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", arguments: [now, id])
+            guard db.changesCount == 1 else { throw Problem.notFound("token", id) }
+            try db.appendEvent("token.revoked", subject: "tokens/\(id)", actor: actor, at: now)
+        }
+    }
+
+    /// The live token whose secret this is.
+    func token(secret: String) throws -> Token? {
+        try writer.read { db in
+            try Row.fetchOne(
+                db, sql: "SELECT id, name, role, created_at FROM tokens WHERE secret_hash = ? AND revoked_at IS NULL",
+                arguments: [Self.hashSecret(secret)]
+            ).map { Token(id: $0["id"], name: $0["name"], role: Role(rawValue: $0["role"]) ?? .viewer, createdAt: $0["created_at"]) }
+        }
+    }
+
+    // MARK: - Summary
+
+    struct Summary: Sendable {
+        var pools: [(Pool, PoolStats)]
+        var jobs: [Tier: [JobState: Int]]
+        var activeInterruptions: Int
+        var pendingProvisioning: Int
+    }
+
+    func summary() throws -> Summary {
+        try writer.read { db in
+            let now = clock.now()
+            let stats = try Self.poolStats(db, now: now)
+            let pools = try Row.fetchAll(db, sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq").map(Pool.init(row:))
+            var jobs: [Tier: [JobState: Int]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT tier, state, COUNT(*) AS n FROM jobs GROUP BY tier, state") {
+                guard let tier = Tier(rawValue: row["tier"]), let state = JobState(rawValue: row["state"]) else { continue }
+                jobs[tier, default: [:]][state] = row["n"]
+            }
+            let active = try Int.fetchOne(
+                db, sql: "SELECT COUNT(*) FROM interruptions WHERE state IN ('received', 'draining', 'drained')") ?? 0
+            let pending = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM provisioning_requests WHERE state = 'pending'") ?? 0
+            return Summary(pools: pools.map { ($0, stats[$0.name] ?? PoolStats()) }, jobs: jobs, activeInterruptions: active, pendingProvisioning: pending)
+        }
+    }
+
+    // MARK: - Leases
+
+    /// Takes or renews the named lease for `owner`; false while another live owner holds it.
+    func acquireLease(_ name: String, owner: String, ttlMillis: Millis) throws -> Bool {
+        try writer.write { db in
+            let now = clock.now()
+            try db.execute(
+                sql: """
+                    INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?)
+                    ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+                    WHERE leases.owner = excluded.owner OR leases.expires_at < ?
+                    """, arguments: [name, owner, now + ttlMillis, now])
+            return try String.fetchOne(db, sql: "SELECT owner FROM leases WHERE name = ?", arguments: [name]) == owner
+        }
+    }
+
+    func releaseLease(_ name: String, owner: String) throws {
+        try writer.write { db in
+            try db.execute(sql: "DELETE FROM leases WHERE name = ? AND owner = ?", arguments: [name, owner])
+        }
+    }
+}
+
+extension AppDatabase {
+    /// `spotd token create`: validates like the API, and records the CLI as the actor.
+    public func createTokenForCLI(name: String, role: Role) throws -> (id: String, secret: String) {
+        guard NamePattern.identifier.matches(name), name.utf8.count <= 64 else {
+            throw Problem.invalidField("name", "must match \(NamePattern.identifier.description)")
+        }
+        let (token, secret) = try createToken(name: name, role: role, actor: "cli")
+        return (token.id, secret)
+    }
+}

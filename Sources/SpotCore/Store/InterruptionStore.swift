@@ -1,0 +1,127 @@
+import GRDB
+
+/// An interruption with its timeline.
+public struct InterruptionDetail: Sendable, Equatable {
+    public var interruption: Interruption
+    public var timeline: [TimelineStep]
+}
+
+struct InterruptionFilter: Sendable {
+    var state: InterruptionState?
+    var node: String?
+}
+
+extension AppDatabase {
+    /// Records notices and cordons their nodes, all in one transaction, before anything is answered.
+    /// Returns each notice's record and whether it is new.
+    func recordNotices(_ notices: [Notice], ignored: [IgnoredNotice] = [], actor: String) throws -> [(InterruptionDetail, Bool)] {
+        try writer.write { db in
+            let now = clock.now()
+            var results: [(InterruptionDetail, Bool)] = []
+            for notice in notices {
+                let (id, created) = try Self.record(db, notice, at: now, actor: actor)
+                results.append((try Self.interruptionDetail(db, id: id)!, created))
+            }
+            for event in ignored {
+                try db.appendEvent(
+                    "interruption.ignored", subject: "azure-events/\(event.eventId)", actor: actor, at: now,
+                    data: ["event_type": .string(event.eventType), "resources": .array(event.resources.map(JSONValue.string))])
+            }
+            return results
+        }
+    }
+
+    private static func record(_ db: Database, _ notice: Notice, at now: Millis, actor: String) throws -> (String, Bool) {
+        var node: Node?
+        for candidate in [notice.nodeId] + notice.aliases where node == nil {
+            node = try db.fetchNode(candidate)
+        }
+        let nodeId = node?.id ?? notice.nodeId
+        if let existing = try String.fetchOne(
+            db, sql: "SELECT id FROM interruptions WHERE source = ? AND event_id = ? AND node_id = ?",
+            arguments: [notice.source, notice.eventId, nodeId])
+        {
+            return (existing, false)
+        }
+        if node != nil {
+            let sameKind = try String.fetchOne(
+                db,
+                sql: notice.kind == .termination
+                    ? "SELECT id FROM interruptions WHERE node_id = ? AND kind = 'termination' AND state <> 'unmatched'"
+                    : "SELECT id FROM interruptions WHERE node_id = ? AND kind = 'rebalance' AND state = 'received'",
+                arguments: [nodeId])
+            if let sameKind { return (sameKind, false) }
+        }
+        let id = AppDatabase.newId("int")
+        let state: InterruptionState = node == nil ? .unmatched : .received
+        try db.execute(
+            sql: """
+                INSERT INTO interruptions (id, node_id, pool, kind, source, event_id, state, deadline, received_at, node_was_live)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                id, nodeId, node?.pool, notice.kind.rawValue, notice.source, notice.eventId, state.rawValue, notice.deadline, now,
+                node.map { $0.state.live } ?? false,
+            ])
+        try db.appendStep(id, "received", at: now, detail: "\(notice.source) \(notice.kind.rawValue)")
+        var data: [String: JSONValue] = [
+            "interruption_id": .string(id), "kind": .string(notice.kind.rawValue), "source": .string(notice.source),
+            "event_id": .string(notice.eventId),
+        ]
+        if let deadline = notice.deadline { data["deadline"] = .string(TimeFormat.rfc3339(deadline)) }
+        guard let node else {
+            try db.appendEvent("interruption.unmatched", subject: "nodes/\(nodeId)", actor: actor, at: now, data: data)
+            return (id, true)
+        }
+        try db.appendEvent("interruption.received", subject: "nodes/\(nodeId)", actor: actor, at: now, data: data)
+        switch node.state {
+        case .ready, .provisioning:
+            try AppDatabase.cordon(db, node: node, at: now, actor: actor, reason: "\(notice.kind.rawValue) notice \(id)")
+            try db.appendStep(id, "cordoned", at: now)
+        case .cordoned, .draining, .drained:
+            try db.appendStep(id, "cordoned", at: now, detail: "already \(node.state.rawValue)")
+        case .terminated:
+            try db.appendStep(id, "node_terminated", at: now, detail: "already terminated")
+        }
+        return (id, true)
+    }
+
+    func listInterruptions(_ filter: InterruptionFilter, _ page: PageRequest) throws -> Page<InterruptionDetail> {
+        try writer.read { db in
+            var sql = "SELECT id, seq FROM interruptions WHERE seq > ?"
+            var arguments: StatementArguments = [page.after]
+            if let state = filter.state {
+                sql += " AND state = ?"
+                _ = arguments.append(contentsOf: [state.rawValue])
+            }
+            if let node = filter.node {
+                sql += " AND node_id = ?"
+                _ = arguments.append(contentsOf: [node])
+            }
+            sql += " ORDER BY seq LIMIT ?"
+            _ = arguments.append(contentsOf: [page.limit + 1])
+            let ids = Self.page(try Row.fetchAll(db, sql: sql, arguments: arguments), limit: page.limit) { $0["id"] as String }
+            return Page(items: try ids.items.compactMap { try Self.interruptionDetail(db, id: $0) }, nextCursor: ids.nextCursor)
+        }
+    }
+
+    func interruption(_ id: String) throws -> InterruptionDetail? {
+        try writer.read { db in try Self.interruptionDetail(db, id: id) }
+    }
+
+    static func interruptionDetail(_ db: Database, id: String) throws -> InterruptionDetail? {
+        guard let interruption = try db.fetchInterruption(id) else { return nil }
+        let steps = try Row.fetchAll(
+            db, sql: "SELECT step, at, job_id, detail FROM interruption_steps WHERE interruption_id = ? ORDER BY seq", arguments: [id]
+        ).map { TimelineStep(step: $0["step"], at: $0["at"], jobId: $0["job_id"], detail: $0["detail"]) }
+        return InterruptionDetail(interruption: interruption, timeline: steps)
+    }
+
+    /// An operator's drain: the interruption workflow with an operator-given deadline.
+    func drain(nodeId: String, deadline: Millis, actor: String) throws -> (InterruptionDetail, Bool) {
+        guard try node(nodeId) != nil else { throw Problem.notFound("node", nodeId) }
+        if let node = try node(nodeId), node.node.state == .terminated { throw Problem.conflict("node '\(nodeId)' is terminated") }
+        let notice = Notice(nodeId: nodeId, kind: .termination, deadline: deadline, source: "operator", eventId: AppDatabase.newId("drain"))
+        return try recordNotices([notice], actor: actor)[0]
+    }
+}

@@ -1,0 +1,153 @@
+import GRDB
+
+struct JobFilter: Sendable {
+    var state: JobState?
+    var tier: Tier?
+    var node: String?
+}
+
+/// What a job is asked to be when submitted.
+struct JobSubmission: Sendable {
+    var id: String
+    var tier: Tier
+    var gpus: Int
+    var gpuType: String?
+    var checkpointable: Bool
+    var expectedDurationSeconds: Int64?
+    var priority: Int64
+}
+
+/// How a running job ended.
+enum JobOutcome: String, Sendable {
+    case completed, failed, cancelled
+}
+
+extension AppDatabase {
+    func submitJob(_ submission: JobSubmission, actor: String) throws -> Job {
+        try writer.write { db in
+            let now = clock.now()
+            if try db.fetchJob(submission.id) != nil { throw Problem.conflict("job '\(submission.id)' already exists") }
+            try db.execute(
+                sql: """
+                    INSERT INTO jobs (id, tier, gpus, gpu_type, checkpointable, expected_duration_seconds, priority, state,
+                        attempt, requeue_count, submitted_at, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, ?, ?)
+                    """,
+                arguments: [
+                    submission.id, submission.tier.rawValue, submission.gpus, submission.gpuType, submission.checkpointable,
+                    submission.expectedDurationSeconds, submission.priority, now, now,
+                ])
+            try db.appendEvent(
+                "job.submitted", subject: "jobs/\(submission.id)", actor: actor, at: now,
+                data: ["tier": .string(submission.tier.rawValue), "gpus": .int(Int64(submission.gpus))])
+            return try db.fetchJob(submission.id)!
+        }
+    }
+
+    func listJobs(_ filter: JobFilter, _ page: PageRequest) throws -> Page<Job> {
+        try writer.read { db in
+            var sql = "SELECT \(Job.columns) FROM jobs WHERE seq > ?"
+            var arguments: StatementArguments = [page.after]
+            if let state = filter.state {
+                sql += " AND state = ?"
+                _ = arguments.append(contentsOf: [state.rawValue])
+            }
+            if let tier = filter.tier {
+                sql += " AND tier = ?"
+                _ = arguments.append(contentsOf: [tier.rawValue])
+            }
+            if let node = filter.node {
+                sql += " AND node_id = ?"
+                _ = arguments.append(contentsOf: [node])
+            }
+            sql += " ORDER BY seq LIMIT ?"
+            _ = arguments.append(contentsOf: [page.limit + 1])
+            return Self.page(try Row.fetchAll(db, sql: sql, arguments: arguments), limit: page.limit, map: Job.init(row:))
+        }
+    }
+
+    func job(_ id: String) throws -> (Job, [Event])? {
+        try writer.read { db in
+            guard let job = try db.fetchJob(id) else { return nil }
+            let history = try Row.fetchAll(
+                db, sql: "SELECT * FROM events WHERE subject = ? ORDER BY id LIMIT 200", arguments: ["jobs/\(id)"]
+            ).map(Event.init(row:))
+            return (job, history)
+        }
+    }
+
+    /// Loads a job that a report is about, fencing out stale attempts.
+    private static func reportable(_ db: Database, id: String, attempt: Int64?, action: String) throws -> Job {
+        guard let job = try db.fetchJob(id) else { throw Problem.notFound("job", id) }
+        if let attempt, attempt != job.attempt {
+            throw Problem.conflict(
+                "job '\(id)' is on attempt \(job.attempt); a report for attempt \(attempt) is stale and was refused",
+                type: "urn:spotd:problem:stale-attempt")
+        }
+        guard job.state.onNode else {
+            throw Problem.conflict("job '\(id)' is \(job.state.rawValue); only a running job can be \(action)")
+        }
+        return job
+    }
+
+    /// A checkpoint was saved. A job that was asked to checkpoint is requeued from it.
+    func reportCheckpoint(jobId: String, uri: String, step: Int64, attempt: Int64?, actor: String) throws -> Job {
+        try writer.write { db in
+            let now = clock.now()
+            var job = try Self.reportable(db, id: jobId, attempt: attempt, action: "checkpointed")
+            if let last = job.lastCheckpoint, step < last.step {
+                throw Problem.conflict("job '\(jobId)' already has a checkpoint at step \(last.step); step \(step) is older")
+            }
+            try db.execute(
+                sql: "UPDATE jobs SET last_checkpoint_uri = ?, last_checkpoint_step = ?, last_checkpoint_at = ?, updated_at = ? WHERE id = ?",
+                arguments: [uri, step, now, now, jobId])
+            try db.appendEvent(
+                "job.checkpointed", subject: "jobs/\(jobId)", actor: actor, at: now,
+                data: ["uri": .string(uri), "step": .int(step), "attempt": .int(job.attempt)])
+            job.lastCheckpoint = Checkpoint(uri: uri, step: step, at: now)
+            if job.state == .checkpointing {
+                let interruption = try job.nodeId.flatMap { try db.activeTermination(nodeId: $0) }
+                if let interruption {
+                    try db.appendStep(interruption.id, "checkpoint_acknowledged", at: now, jobId: jobId, detail: uri)
+                }
+                let reason = job.preemptedFor.map { "preempted for premium job \($0)" } ?? "checkpointed before reclaim"
+                try db.requeue(job, at: now, actor: actor, interruptionId: interruption?.id, reason: reason)
+            }
+            return try db.fetchJob(jobId)!
+        }
+    }
+
+    /// Ends a job: completed or failed (reports from its attempt) or cancelled (by an operator or scheduler).
+    func finishJob(_ jobId: String, outcome: JobOutcome, attempt: Int64?, reason: String?, actor: String) throws -> Job {
+        try writer.write { db in
+            let now = clock.now()
+            let job: Job
+            if outcome == .cancelled {
+                guard let found = try db.fetchJob(jobId) else { throw Problem.notFound("job", jobId) }
+                if let attempt, attempt != found.attempt {
+                    throw Problem.conflict(
+                        "job '\(jobId)' is on attempt \(found.attempt); a request for attempt \(attempt) is stale",
+                        type: "urn:spotd:problem:stale-attempt")
+                }
+                guard !found.state.finished else { throw Problem.conflict("job '\(jobId)' is already \(found.state.rawValue)") }
+                job = found
+            } else {
+                job = try Self.reportable(db, id: jobId, attempt: attempt, action: outcome.rawValue)
+            }
+            if let nodeId = job.nodeId { try db.releaseGPUs(nodeId: nodeId, gpus: job.gpus, at: now) }
+            try db.execute(
+                sql: """
+                    UPDATE jobs SET state = ?, node_id = NULL, checkpoint_deadline = NULL, preempted_for = NULL,
+                        finished_at = ?, updated_at = ? WHERE id = ?
+                    """, arguments: [outcome.rawValue, now, now, jobId])
+            var data: [String: JSONValue] = ["attempt": .int(job.attempt)]
+            if let nodeId = job.nodeId { data["node_id"] = .string(nodeId) }
+            if let reason { data["reason"] = .string(reason) }
+            try db.appendEvent("job.\(outcome.rawValue)", subject: "jobs/\(jobId)", actor: actor, at: now, data: data)
+            if job.state == .checkpointing, let nodeId = job.nodeId, let interruption = try db.activeTermination(nodeId: nodeId) {
+                try db.appendStep(interruption.id, "job_\(outcome.rawValue)", at: now, jobId: jobId)
+            }
+            return try db.fetchJob(jobId)!
+        }
+    }
+}

@@ -1,0 +1,187 @@
+import GRDB
+
+/// A node with what hangs off it.
+public struct NodeDetail: Sendable, Equatable {
+    public var node: Node
+    public var capacityType: CapacityType?
+    public var gpuType: String?
+    public var zone: String?
+    public var jobIds: [String]
+    public var interruptionId: String?
+}
+
+struct NodeFilter: Sendable {
+    var pool: String?
+    var state: NodeState?
+    var capacityType: CapacityType?
+}
+
+extension AppDatabase {
+    func registerNode(id: String, pool poolName: String, gpus: Int?, provisioningRequestId: String?, actor: String) throws -> NodeDetail {
+        try writer.write { db in
+            let now = clock.now()
+            guard let pool = try db.fetchPool(poolName) else { throw Problem.unknownReference("pool", "pool", poolName) }
+            if try db.fetchNode(id) != nil { throw Problem.conflict("node '\(id)' is already registered") }
+            let gpuCount = gpus ?? pool.gpusPerNode
+            if let requestId = provisioningRequestId {
+                guard let request = try Row.fetchOne(
+                    db, sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ?", arguments: [requestId]
+                ).map(ProvisioningRequest.init(row:)) else {
+                    throw Problem.unknownReference("provisioning_request_id", "provisioning request", requestId)
+                }
+                guard request.state == .pending else {
+                    throw Problem.conflict("provisioning request '\(requestId)' is already \(request.state.rawValue)")
+                }
+                guard request.pool == poolName else {
+                    throw Problem.conflict("provisioning request '\(requestId)' asked for pool '\(request.pool)', not '\(poolName)'")
+                }
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO nodes (id, pool, gpus, gpus_allocated, state, provisioning_request_id, created_at, updated_at, idle_since)
+                    VALUES (?, ?, ?, 0, 'ready', ?, ?, ?, ?)
+                    """, arguments: [id, poolName, gpuCount, provisioningRequestId, now, now, now])
+            try db.appendEvent(
+                "node.registered", subject: "nodes/\(id)", actor: actor, at: now,
+                data: ["pool": .string(poolName), "gpus": .int(Int64(gpuCount))])
+            if let requestId = provisioningRequestId {
+                try Self.fulfill(db, requestId: requestId, nodeId: id, at: now, actor: actor)
+            }
+            return try Self.nodeDetail(db, id: id)!
+        }
+    }
+
+    /// Marks a provisioning request fulfilled by a node.
+    static func fulfill(_ db: Database, requestId: String, nodeId: String, at now: Millis, actor: String) throws {
+        try db.execute(
+            sql: "UPDATE provisioning_requests SET state = 'fulfilled', node_id = ?, resolved_at = ? WHERE id = ? AND state = 'pending'",
+            arguments: [nodeId, now, requestId])
+        let interruptionId = try String.fetchOne(
+            db, sql: "SELECT interruption_id FROM provisioning_requests WHERE id = ?", arguments: [requestId])
+        if let interruptionId {
+            try db.appendStep(interruptionId, "replacement_ready", at: now, detail: nodeId)
+        }
+        try db.appendEvent(
+            "provisioning.fulfilled", subject: "provisioning-requests/\(requestId)", actor: actor, at: now,
+            data: ["node_id": .string(nodeId)])
+    }
+
+    func listNodes(_ filter: NodeFilter, _ page: PageRequest) throws -> Page<NodeDetail> {
+        try writer.read { db in
+            var sql = "SELECT n.id AS id, n.seq AS seq FROM nodes n LEFT JOIN pools p ON p.name = n.pool WHERE n.seq > ?"
+            var arguments: StatementArguments = [page.after]
+            if let pool = filter.pool {
+                sql += " AND n.pool = ?"
+                _ = arguments.append(contentsOf: [pool])
+            }
+            if let state = filter.state {
+                sql += " AND n.state = ?"
+                _ = arguments.append(contentsOf: [state.rawValue])
+            }
+            if let type = filter.capacityType {
+                sql += " AND p.capacity_type = ?"
+                _ = arguments.append(contentsOf: [type.rawValue])
+            }
+            sql += " ORDER BY n.seq LIMIT ?"
+            _ = arguments.append(contentsOf: [page.limit + 1])
+            let rows = try Row.fetchAll(db, sql: sql, arguments: arguments)
+            let page = Self.page(rows, limit: page.limit) { $0["id"] as String }
+            return Page(items: try page.items.compactMap { try Self.nodeDetail(db, id: $0) }, nextCursor: page.nextCursor)
+        }
+    }
+
+    func node(_ id: String) throws -> NodeDetail? {
+        try writer.read { db in try Self.nodeDetail(db, id: id) }
+    }
+
+    static func nodeDetail(_ db: Database, id: String) throws -> NodeDetail? {
+        guard let node = try db.fetchNode(id) else { return nil }
+        let pool = try db.fetchPool(node.pool)
+        let jobs = try String.fetchAll(
+            db, sql: "SELECT id FROM jobs WHERE node_id = ? AND state IN ('running', 'checkpointing') ORDER BY seq", arguments: [id])
+        let interruption = try String.fetchOne(
+            db,
+            sql: """
+                SELECT id FROM interruptions WHERE node_id = ? AND state IN ('received', 'draining', 'drained')
+                ORDER BY CASE kind WHEN 'termination' THEN 0 ELSE 1 END, seq DESC LIMIT 1
+                """, arguments: [id])
+        return NodeDetail(
+            node: node, capacityType: pool?.capacityType, gpuType: pool?.gpuType, zone: pool?.zone, jobIds: jobs,
+            interruptionId: interruption)
+    }
+
+    func cordon(_ id: String, actor: String) throws -> NodeDetail {
+        try writer.write { db in
+            guard let node = try db.fetchNode(id) else { throw Problem.notFound("node", id) }
+            switch node.state {
+            case .terminated:
+                throw Problem.conflict("node '\(id)' is terminated")
+            case .ready, .provisioning:
+                try Self.cordon(db, node: node, at: clock.now(), actor: actor, reason: "operator")
+            case .cordoned, .draining, .drained:
+                break
+            }
+            return try Self.nodeDetail(db, id: id)!
+        }
+    }
+
+    /// Cordons a node inside the caller's transaction.
+    static func cordon(_ db: Database, node: Node, at now: Millis, actor: String, reason: String) throws {
+        try db.execute(sql: "UPDATE nodes SET state = 'cordoned', updated_at = ? WHERE id = ?", arguments: [now, node.id])
+        try db.appendEvent(
+            "node.cordoned", subject: "nodes/\(node.id)", actor: actor, at: now, data: ["reason": .string(reason)])
+    }
+
+    func uncordon(_ id: String, actor: String) throws -> NodeDetail {
+        try writer.write { db in
+            guard let node = try db.fetchNode(id) else { throw Problem.notFound("node", id) }
+            switch node.state {
+            case .ready:
+                break
+            case .cordoned:
+                if let active = try db.activeTermination(nodeId: id) {
+                    throw Problem.conflict("node '\(id)' has an active termination notice '\(active.id)'; it cannot be uncordoned")
+                }
+                let now = clock.now()
+                try db.execute(sql: "UPDATE nodes SET state = 'ready', updated_at = ? WHERE id = ?", arguments: [now, id])
+                try db.execute(
+                    sql: """
+                        UPDATE interruptions SET state = 'completed', completed_at = ?
+                        WHERE node_id = ? AND kind = 'rebalance' AND state = 'received'
+                        """, arguments: [now, id])
+                try db.appendEvent("node.uncordoned", subject: "nodes/\(id)", actor: actor, at: now)
+            case .provisioning, .draining, .drained, .terminated:
+                throw Problem.conflict("node '\(id)' is \(node.state.rawValue); only a cordoned node can be uncordoned")
+            }
+            return try Self.nodeDetail(db, id: id)!
+        }
+    }
+
+    /// The node is gone: requeue its jobs and mark it terminated.
+    func deleteNode(_ id: String, actor: String) throws -> NodeDetail {
+        try writer.write { db in
+            guard let node = try db.fetchNode(id) else { throw Problem.notFound("node", id) }
+            if node.state != .terminated {
+                try Self.terminate(db, node: node, at: clock.now(), actor: actor, reason: "deleted")
+            }
+            return try Self.nodeDetail(db, id: id)!
+        }
+    }
+
+    /// Terminates a node inside the caller's transaction: every job still on it is requeued.
+    static func terminate(_ db: Database, node: Node, at now: Millis, actor: String, reason: String) throws {
+        let interruption = try db.activeTermination(nodeId: node.id)
+        for job in try db.jobsOnNode(node.id) {
+            try db.requeue(job, at: now, actor: actor, interruptionId: interruption?.id, reason: "node \(reason)")
+        }
+        try db.execute(
+            sql: "UPDATE nodes SET state = 'terminated', gpus_allocated = 0, terminated_at = ?, updated_at = ? WHERE id = ?",
+            arguments: [now, now, node.id])
+        if let interruption { try db.appendStep(interruption.id, "node_terminated", at: now, detail: reason) }
+        try db.execute(
+            sql: "UPDATE interruptions SET state = 'completed', completed_at = ? WHERE node_id = ? AND kind = 'rebalance' AND state = 'received'",
+            arguments: [now, node.id])
+        try db.appendEvent(
+            "node.terminated", subject: "nodes/\(node.id)", actor: actor, at: now, data: ["reason": .string(reason)])
+    }
+}

@@ -1,0 +1,189 @@
+import GRDB
+
+/// The outcome of one placement call.
+struct PlacementResult: Sendable, Equatable {
+    var jobId: String
+    var nodeId: String
+    var pool: String
+    var capacityType: CapacityType
+    var attempt: Int64
+    var reasons: [String]
+}
+
+extension AppDatabase {
+    // MARK: - Policies
+
+    func policies() throws -> [Policy] {
+        try writer.read { db in try Self.policies(db, defaults: 3600, now: 0) }
+    }
+
+    static func policies(_ db: Database, defaults admissionLimit: Int64, now: Millis) throws -> [Policy] {
+        let stored = try Row.fetchAll(db, sql: "SELECT * FROM policies").map(Policy.init(row:))
+        return Policy.defaults(admissionLimit: admissionLimit, at: now).map { policy in
+            stored.first { $0.tier == policy.tier } ?? policy
+        }
+    }
+
+    /// Seeds the default policies once, with the configured admission limit.
+    func seedPolicies(admissionLimit: Int64) throws {
+        try writer.write { db in
+            for policy in Policy.defaults(admissionLimit: admissionLimit, at: clock.now()) {
+                try db.execute(
+                    sql: """
+                        INSERT OR IGNORE INTO policies (tier, capacity_types, max_uncheckpointable_spot_seconds,
+                            spot_requires_checkpointable, updated_at) VALUES (?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        policy.tier.rawValue, policy.capacityTypes.map(\.rawValue).joined(separator: ","),
+                        policy.maxUncheckpointableSpotSeconds, policy.spotRequiresCheckpointable, policy.updatedAt,
+                    ])
+            }
+        }
+    }
+
+    func putPolicy(_ policy: Policy, actor: String) throws -> Policy {
+        try writer.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO policies (tier, capacity_types, max_uncheckpointable_spot_seconds, spot_requires_checkpointable, updated_at)
+                    VALUES (?, ?, ?, ?, ?)
+                    ON CONFLICT(tier) DO UPDATE SET capacity_types = excluded.capacity_types,
+                        max_uncheckpointable_spot_seconds = excluded.max_uncheckpointable_spot_seconds,
+                        spot_requires_checkpointable = excluded.spot_requires_checkpointable, updated_at = excluded.updated_at
+                    """,
+                arguments: [
+                    policy.tier.rawValue, policy.capacityTypes.map(\.rawValue).joined(separator: ","),
+                    policy.maxUncheckpointableSpotSeconds, policy.spotRequiresCheckpointable, policy.updatedAt,
+                ])
+            try db.appendEvent(
+                "policy.updated", subject: "policies/\(policy.tier.rawValue)", actor: actor, at: policy.updatedAt,
+                data: ["capacity_types": .array(policy.capacityTypes.map { .string($0.rawValue) })])
+            return policy
+        }
+    }
+
+    // MARK: - One placement
+
+    /// Places one queued job (or answers what would happen, for a dry run), in one transaction.
+    func place(jobId: String, dryRun: Bool, actor: String) throws -> PlacementResult {
+        let outcome: Result<PlacementResult, Problem> = try writer.write { db in
+            let now = clock.now()
+            guard let job = try db.fetchJob(jobId) else { throw Problem.notFound("job", jobId) }
+            guard job.state == .queued else {
+                throw Problem.conflict("job '\(jobId)' is \(job.state.rawValue); only a queued job can be placed")
+            }
+            let policy = try Self.policies(db, defaults: 3600, now: now).first { $0.tier == job.tier }!
+            let pools = try Row.fetchAll(db, sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq").map(Pool.init(row:))
+            let stats = try Self.poolStats(db, now: now)
+            var candidates: [PoolCandidate] = []
+            for pool in pools {
+                var candidate = PoolCandidate(pool: pool, stats: stats[pool.name] ?? PoolStats())
+                if Placement.poolRefusal(job: job, policy: policy, pool: pool) == nil {
+                    candidate.bestNode = try Row.fetchOne(
+                        db,
+                        sql: """
+                            SELECT \(Node.columns) FROM nodes INDEXED BY nodes_free
+                            WHERE pool = ? AND state = 'ready' AND gpus - gpus_allocated >= ?
+                            ORDER BY gpus - gpus_allocated, seq LIMIT 1
+                            """, arguments: [pool.name, job.gpus]
+                    ).map(Node.init(row:))
+                    if job.tier == .bestEffort {
+                        candidate.bestEffortJobs = try Int.fetchOne(
+                            db,
+                            sql: """
+                                SELECT COUNT(*) FROM jobs j JOIN nodes n ON n.id = j.node_id
+                                WHERE n.pool = ? AND j.tier = 'best_effort' AND j.state IN ('running', 'checkpointing')
+                                """, arguments: [pool.name]) ?? 0
+                    }
+                }
+                candidates.append(candidate)
+            }
+            switch Placement.decide(job: job, policy: policy, candidates: candidates) {
+            case .refuse(let reasons):
+                var problem = Problem.conflict(
+                    "no eligible capacity for job '\(jobId)': "
+                        + reasons.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; "),
+                    type: "urn:spotd:problem:no-capacity")
+                problem.extra["pools"] = .object(reasons.mapValues(JSONValue.string))
+                if !dryRun, job.tier == .premium, let note = try Self.preemptFor(db, job: job, policy: policy, now: now, actor: actor) {
+                    problem.detail += "; \(note)"
+                }
+                return .failure(problem)
+            case .place(let nodeId, let pool, let capacityType, let reasons):
+                let attempt = max(job.attempt, 1)
+                if !dryRun {
+                    try Self.bind(db, job: job, nodeId: nodeId, pool: pool, attempt: attempt, at: now, actor: actor, reasons: reasons)
+                }
+                return .success(
+                    PlacementResult(
+                        jobId: jobId, nodeId: nodeId, pool: pool, capacityType: capacityType, attempt: attempt, reasons: reasons))
+            }
+        }
+        return try outcome.get()
+    }
+
+    /// Binds a job to a node: GPUs allocated, job running; inside the caller's transaction.
+    static func bind(
+        _ db: Database, job: Job, nodeId: String, pool: String, attempt: Int64, at now: Millis, actor: String, reasons: [String]
+    ) throws {
+        try db.execute(
+            sql: """
+                UPDATE nodes SET gpus_allocated = gpus_allocated + ?, idle_since = NULL, updated_at = ?
+                WHERE id = ? AND state = 'ready' AND gpus - gpus_allocated >= ?
+                """, arguments: [job.gpus, now, nodeId, job.gpus])
+        guard db.changesCount == 1 else { throw Problem.conflict("node '\(nodeId)' no longer has room for job '\(job.id)'") }
+        try db.execute(
+            sql: "UPDATE jobs SET state = 'running', node_id = ?, attempt = ?, started_at = ?, updated_at = ? WHERE id = ? AND state = 'queued'",
+            arguments: [nodeId, attempt, now, now, job.id])
+        guard db.changesCount == 1 else { throw Problem.conflict("job '\(job.id)' is no longer queued") }
+        try db.appendEvent(
+            "job.placed", subject: "jobs/\(job.id)", actor: actor, at: now,
+            data: [
+                "node_id": .string(nodeId), "pool": .string(pool), "attempt": .int(attempt),
+                "reasons": .array(reasons.map(JSONValue.string)),
+            ])
+    }
+
+    // MARK: - Premium protection
+
+    /// Asks best-effort jobs on stable capacity to yield to a premium job; returns a note, or nil when nothing can yield.
+    static func preemptFor(_ db: Database, job: Job, policy: Policy, now: Millis, actor: String, graceSeconds: Int64 = 30) throws -> String? {
+        let pending = try Int.fetchOne(
+            db, sql: "SELECT COALESCE(SUM(gpus), 0) FROM jobs WHERE preempted_for = ? AND state = 'checkpointing'", arguments: [job.id]
+        ) ?? 0
+        if pending > 0 { return "best-effort jobs are already yielding \(pending) GPU(s) to it" }
+        let rows = try Row.fetchAll(
+            db,
+            sql: """
+                SELECT DISTINCT n.id AS id FROM nodes n JOIN pools p ON p.name = n.pool
+                JOIN jobs j ON j.node_id = n.id AND j.tier = 'best_effort' AND j.state = 'running'
+                WHERE n.state = 'ready' AND p.capacity_type <> 'spot'
+                """)
+        var sites: [Placement.PreemptionSite] = []
+        for row in rows {
+            guard let node = try db.fetchNode(row["id"]), let pool = try db.fetchPool(node.pool) else { continue }
+            sites.append(
+                Placement.PreemptionSite(node: node, pool: pool, bestEffortJobs: try db.jobsOnNode(node.id).filter { $0.tier == .bestEffort }))
+        }
+        guard let choice = Placement.choosePreemption(job: job, policy: policy, sites: sites) else { return nil }
+        for victimId in choice.jobIds {
+            guard let victim = try db.fetchJob(victimId) else { continue }
+            if victim.checkpointable {
+                try db.execute(
+                    sql: "UPDATE jobs SET state = 'checkpointing', checkpoint_deadline = ?, preempted_for = ?, updated_at = ? WHERE id = ?",
+                    arguments: [now + graceSeconds * 1000, job.id, now, victimId])
+                try db.appendEvent(
+                    "job.checkpoint_requested", subject: "jobs/\(victimId)", actor: actor, at: now,
+                    data: [
+                        "reason": .string("preempted for premium job \(job.id)"), "deadline": .string(TimeFormat.rfc3339(now + graceSeconds * 1000)),
+                    ])
+            } else {
+                try db.requeue(victim, at: now, actor: actor, interruptionId: nil, reason: "preempted for premium job \(job.id)")
+            }
+        }
+        try db.appendEvent(
+            "job.preemption_started", subject: "jobs/\(job.id)", actor: actor, at: now,
+            data: ["node_id": .string(choice.nodeId), "jobs": .array(choice.jobIds.map(JSONValue.string))])
+        return "preempting \(choice.jobIds.count) best-effort job(s) on node \(choice.nodeId) to make room"
+    }
+}

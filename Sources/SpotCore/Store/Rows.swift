@@ -1,0 +1,225 @@
+import GRDB
+
+// MARK: - Row decoding
+
+extension Pool {
+    static let columns = "seq, name, capacity_type, gpu_type, gpus_per_node, zone, instance_type, hourly_price, min_nodes, max_nodes, stockout, created_at, updated_at"
+
+    init(row: Row) {
+        name = row["name"]
+        capacityType = CapacityType(rawValue: row["capacity_type"]) ?? .spot
+        gpuType = row["gpu_type"]
+        gpusPerNode = row["gpus_per_node"]
+        zone = row["zone"]
+        instanceType = row["instance_type"]
+        hourlyPrice = row["hourly_price"]
+        minNodes = row["min_nodes"]
+        maxNodes = row["max_nodes"]
+        stockout = row["stockout"]
+        createdAt = row["created_at"]
+        updatedAt = row["updated_at"]
+    }
+}
+
+extension Node {
+    static let columns = "seq, id, pool, gpus, gpus_allocated, state, provisioning_request_id, created_at, updated_at, idle_since, terminated_at"
+
+    init(row: Row) {
+        id = row["id"]
+        pool = row["pool"]
+        gpus = row["gpus"]
+        gpusAllocated = row["gpus_allocated"]
+        state = NodeState(rawValue: row["state"]) ?? .terminated
+        provisioningRequestId = row["provisioning_request_id"]
+        createdAt = row["created_at"]
+        updatedAt = row["updated_at"]
+        idleSince = row["idle_since"]
+        terminatedAt = row["terminated_at"]
+    }
+}
+
+extension Job {
+    static let columns = """
+        seq, id, tier, gpus, gpu_type, checkpointable, expected_duration_seconds, priority, state, node_id, attempt, \
+        requeue_count, last_checkpoint_uri, last_checkpoint_step, last_checkpoint_at, resume_from_uri, resume_from_step, \
+        resume_from_at, checkpoint_deadline, preempted_for, submitted_at, updated_at, started_at, finished_at
+        """
+
+    init(row: Row) {
+        id = row["id"]
+        seq = row["seq"]
+        tier = Tier(rawValue: row["tier"]) ?? .bestEffort
+        gpus = row["gpus"]
+        gpuType = row["gpu_type"]
+        checkpointable = row["checkpointable"]
+        expectedDurationSeconds = row["expected_duration_seconds"]
+        priority = row["priority"]
+        state = JobState(rawValue: row["state"]) ?? .failed
+        nodeId = row["node_id"]
+        attempt = row["attempt"]
+        requeueCount = row["requeue_count"]
+        if let uri: String = row["last_checkpoint_uri"] {
+            lastCheckpoint = Checkpoint(uri: uri, step: row["last_checkpoint_step"], at: row["last_checkpoint_at"])
+        }
+        if let uri: String = row["resume_from_uri"] {
+            resumeFrom = Checkpoint(uri: uri, step: row["resume_from_step"], at: row["resume_from_at"])
+        }
+        checkpointDeadline = row["checkpoint_deadline"]
+        preemptedFor = row["preempted_for"]
+        submittedAt = row["submitted_at"]
+        updatedAt = row["updated_at"]
+        startedAt = row["started_at"]
+        finishedAt = row["finished_at"]
+    }
+}
+
+extension Interruption {
+    static let columns = "seq, id, node_id, pool, kind, source, event_id, state, deadline, received_at, completed_at, node_was_live"
+
+    init(row: Row) {
+        id = row["id"]
+        seq = row["seq"]
+        nodeId = row["node_id"]
+        pool = row["pool"]
+        kind = InterruptionKind(rawValue: row["kind"]) ?? .termination
+        source = row["source"]
+        eventId = row["event_id"]
+        state = InterruptionState(rawValue: row["state"]) ?? .unmatched
+        deadline = row["deadline"]
+        receivedAt = row["received_at"]
+        completedAt = row["completed_at"]
+        nodeWasLive = row["node_was_live"]
+    }
+}
+
+extension ProvisioningRequest {
+    static let columns = """
+        seq, id, pool, reason, interruption_id, replaces_node_id, attempt_number, state, node_id, error, created_at, \
+        submitted_at, resolved_at
+        """
+
+    init(row: Row) {
+        id = row["id"]
+        seq = row["seq"]
+        pool = row["pool"]
+        reason = row["reason"]
+        interruptionId = row["interruption_id"]
+        replacesNodeId = row["replaces_node_id"]
+        attemptNumber = row["attempt_number"]
+        state = ProvisioningState(rawValue: row["state"]) ?? .failed
+        nodeId = row["node_id"]
+        error = row["error"]
+        createdAt = row["created_at"]
+        submittedAt = row["submitted_at"]
+        resolvedAt = row["resolved_at"]
+    }
+}
+
+extension Policy {
+    init(row: Row) {
+        tier = Tier(rawValue: row["tier"]) ?? .bestEffort
+        let text: String = row["capacity_types"]
+        capacityTypes = text.split(separator: ",").compactMap { CapacityType(rawValue: String($0)) }
+        maxUncheckpointableSpotSeconds = row["max_uncheckpointable_spot_seconds"]
+        spotRequiresCheckpointable = row["spot_requires_checkpointable"]
+        updatedAt = row["updated_at"]
+    }
+}
+
+extension Event {
+    init(row: Row) {
+        id = row["id"]
+        at = row["at"]
+        type = row["type"]
+        subject = row["subject"]
+        actor = row["actor"]
+        data = JSONValue.fromText(row["data"])
+    }
+}
+
+// MARK: - Shared writes
+
+extension Database {
+    /// Appends an audit event; called inside the transaction that makes the change.
+    func appendEvent(_ type: String, subject: String, actor: String, at: Millis, data: [String: JSONValue] = [:]) throws {
+        try execute(
+            sql: "INSERT INTO events (at, type, subject, actor, data) VALUES (?, ?, ?, ?, ?)",
+            arguments: [at, type, subject, actor, JSONValue.object(data).jsonText])
+    }
+
+    /// Appends a step to an interruption's timeline.
+    func appendStep(_ interruptionId: String, _ step: String, at: Millis, jobId: String? = nil, detail: String? = nil) throws {
+        try execute(
+            sql: "INSERT INTO interruption_steps (interruption_id, step, at, job_id, detail) VALUES (?, ?, ?, ?, ?)",
+            arguments: [interruptionId, step, at, jobId, detail])
+    }
+
+    func fetchNode(_ id: String) throws -> Node? {
+        try Row.fetchOne(self, sql: "SELECT \(Node.columns) FROM nodes WHERE id = ?", arguments: [id]).map(Node.init(row:))
+    }
+
+    func fetchJob(_ id: String) throws -> Job? {
+        try Row.fetchOne(self, sql: "SELECT \(Job.columns) FROM jobs WHERE id = ?", arguments: [id]).map(Job.init(row:))
+    }
+
+    func fetchPool(_ name: String) throws -> Pool? {
+        try Row.fetchOne(self, sql: "SELECT \(Pool.columns) FROM pools WHERE name = ?", arguments: [name]).map(Pool.init(row:))
+    }
+
+    func fetchInterruption(_ id: String) throws -> Interruption? {
+        try Row.fetchOne(self, sql: "SELECT \(Interruption.columns) FROM interruptions WHERE id = ?", arguments: [id])
+            .map(Interruption.init(row:))
+    }
+
+    /// The active (not completed, not unmatched) termination of a node, if any.
+    func activeTermination(nodeId: String) throws -> Interruption? {
+        try Row.fetchOne(
+            self,
+            sql: """
+                SELECT \(Interruption.columns) FROM interruptions
+                WHERE node_id = ? AND kind = 'termination' AND state IN ('received', 'draining', 'drained')
+                """, arguments: [nodeId]
+        ).map(Interruption.init(row:))
+    }
+
+    func jobsOnNode(_ nodeId: String) throws -> [Job] {
+        try Row.fetchAll(
+            self, sql: "SELECT \(Job.columns) FROM jobs WHERE node_id = ? AND state IN ('running', 'checkpointing') ORDER BY seq",
+            arguments: [nodeId]
+        ).map(Job.init(row:))
+    }
+
+    /// Gives a job's GPUs back to its node.
+    func releaseGPUs(nodeId: String, gpus: Int, at now: Millis) throws {
+        try execute(
+            sql: """
+                UPDATE nodes SET gpus_allocated = MAX(0, gpus_allocated - ?), updated_at = ?,
+                    idle_since = CASE WHEN gpus_allocated - ? <= 0 THEN ? ELSE idle_since END
+                WHERE id = ?
+                """, arguments: [gpus, now, gpus, now, nodeId])
+    }
+
+    /// Puts a job back in the queue, resuming from its newest checkpoint; one step of the workflow.
+    func requeue(_ job: Job, at now: Millis, actor: String, interruptionId: String?, reason: String) throws {
+        if let nodeId = job.nodeId { try releaseGPUs(nodeId: nodeId, gpus: job.gpus, at: now) }
+        try execute(
+            sql: """
+                UPDATE jobs SET state = 'queued', node_id = NULL, attempt = attempt + 1, requeue_count = requeue_count + 1,
+                    resume_from_uri = last_checkpoint_uri, resume_from_step = last_checkpoint_step,
+                    resume_from_at = last_checkpoint_at, checkpoint_deadline = NULL, preempted_for = NULL, updated_at = ?
+                WHERE id = ?
+                """, arguments: [now, job.id])
+        var data: [String: JSONValue] = [
+            "node_id": job.nodeId.map(JSONValue.string) ?? .null, "reason": .string(reason),
+            "attempt": .int(job.attempt + 1),
+        ]
+        if let checkpoint = job.lastCheckpoint {
+            data["resume_from"] = .object(["uri": .string(checkpoint.uri), "step": .int(checkpoint.step)])
+        }
+        if let interruptionId {
+            data["interruption_id"] = .string(interruptionId)
+            try appendStep(interruptionId, "requeued", at: now, jobId: job.id, detail: reason)
+        }
+        try appendEvent("job.requeued", subject: "jobs/\(job.id)", actor: actor, at: now, data: data)
+    }
+}

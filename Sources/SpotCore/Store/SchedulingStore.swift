@@ -1,0 +1,61 @@
+import GRDB
+
+extension AppDatabase {
+    /// One pass of the scheduling loop: places queued jobs in order of tier, priority and age, in one transaction.
+    /// Returns how many jobs were placed.
+    func placeQueued(batch: Int = 5000, admissionLimit: Int64 = 3600, actor: String = "scheduler-loop") throws -> Int {
+        try writer.write { db in
+            let now = clock.now()
+            let jobs = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT \(Job.columns) FROM jobs WHERE state = 'queued'
+                    ORDER BY CASE tier WHEN 'premium' THEN 0 WHEN 'standard' THEN 1 ELSE 2 END, priority DESC, seq LIMIT ?
+                    """, arguments: [batch]
+            ).map(Job.init(row:))
+            guard !jobs.isEmpty else { return 0 }
+            let nodes = try Row.fetchAll(
+                db, sql: "SELECT \(Node.columns) FROM nodes WHERE state = 'ready' AND gpus_allocated < gpus"
+            ).map(Node.init(row:))
+            let pools = try Row.fetchAll(db, sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq").map(Pool.init(row:))
+            let stats = try Self.poolStats(db, now: now)
+            let policies = Dictionary(uniqueKeysWithValues: try Self.policies(db, defaults: admissionLimit, now: now).map { ($0.tier, $0) })
+            var bestEffortByPool: [String: Int] = [:]
+            for row in try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT n.pool AS pool, COUNT(*) AS n FROM jobs j JOIN nodes n ON n.id = j.node_id
+                    WHERE j.tier = 'best_effort' AND j.state IN ('running', 'checkpointing') GROUP BY n.pool
+                    """)
+            {
+                bestEffortByPool[row["pool"]] = row["n"]
+            }
+            var index = CapacityIndex(nodes: nodes)
+            var placed = 0
+            var preemptionTried = false
+            for job in jobs {
+                guard let policy = policies[job.tier] else { continue }
+                let candidates = pools.map { pool in
+                    PoolCandidate(
+                        pool: pool, stats: stats[pool.name] ?? PoolStats(), bestNode: index.bestNode(pool: pool.name, gpus: job.gpus),
+                        bestEffortJobs: bestEffortByPool[pool.name] ?? 0)
+                }
+                switch Placement.decide(job: job, policy: policy, candidates: candidates) {
+                case .place(let nodeId, let pool, _, let reasons):
+                    let attempt = max(job.attempt, 1)
+                    try Self.bind(db, job: job, nodeId: nodeId, pool: pool, attempt: attempt, at: now, actor: actor, reasons: reasons)
+                    if let at = index.index(of: nodeId, pool: pool, gpus: job.gpus) { index.allocate(index: at, gpus: job.gpus) }
+                    if job.tier == .bestEffort { bestEffortByPool[pool, default: 0] += 1 }
+                    placed += 1
+                case .refuse:
+                    if job.tier == .premium && !preemptionTried {
+                        // One preemption decision per pass keeps each pass short; the next pass handles the next job.
+                        preemptionTried = true
+                        _ = try Self.preemptFor(db, job: job, policy: policy, now: now, actor: actor)
+                    }
+                }
+            }
+            return placed
+        }
+    }
+}

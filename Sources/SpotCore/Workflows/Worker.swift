@@ -1,0 +1,116 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// The background worker: runs the durable interruption workflows, provisioning and the scheduling loop.
+/// Every pass reads the store, decides and writes, so it is safe to run after a crash at any point.
+public struct WorkflowWorker: Service {
+    let store: AppDatabase
+    let config: SpotConfig
+    let provider: any Provider
+    let signal: WorkerSignal
+    let logger: Logger
+    /// Identifies this process as the lease holder.
+    let owner: String
+
+    init(store: AppDatabase, config: SpotConfig, provider: any Provider, signal: WorkerSignal, logger: Logger) {
+        self.store = store
+        self.config = config
+        self.provider = provider
+        self.signal = signal
+        self.logger = logger
+        self.owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(AppDatabase.newId("w"))"
+    }
+
+    public func run() async throws {
+        logger.info("worker started", metadata: ["owner": "\(owner)", "auto_place": "\(config.autoPlace)"])
+        var state = PassState()
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            await pass(&state)
+            await cancelWhenGracefulShutdown {
+                await signal.wait(timeout: .milliseconds(Int(config.workerIntervalSeconds * 1000)))
+            }
+        }
+        try? store.releaseLease("worker", owner: owner)
+        logger.info("worker stopped")
+    }
+
+    /// What passes remember between runs.
+    struct PassState {
+        var lastLeaseRenewal: Millis = 0
+        var holdsLease = false
+        var lastPlacementEvent: Int64 = -1
+        var lastHousekeeping: Millis = 0
+    }
+
+    /// One pass; errors are logged and the next pass tries again.
+    func pass(_ state: inout PassState) async {
+        do {
+            let now = store.clock.now()
+            if !state.holdsLease || now - state.lastLeaseRenewal > 500 {
+                state.holdsLease = try store.acquireLease("worker", owner: owner, ttlMillis: 2000)
+                state.lastLeaseRenewal = now
+            }
+            guard state.holdsLease else { return }
+            try await runOnce(&state)
+        } catch {
+            logger.error("worker pass failed", metadata: ["error": "\(String(reflecting: error))"])
+        }
+    }
+
+    /// Every step of a pass, in order; used directly by tests.
+    func runOnce(_ state: inout PassState) async throws {
+        let settings = WorkflowSettings(drainMarginSeconds: config.drainMarginSeconds, scaleDownIdleSeconds: config.scaleDownIdleSeconds)
+        let report = try store.reconcileInterruptions(settings)
+        SpotMetrics.requeues(report.requeued + report.checkpointsExpired)
+        for duration in report.drainDurations { SpotMetrics.drainDuration(seconds: duration) }
+        if report.didWork {
+            logger.info(
+                "workflow pass",
+                metadata: [
+                    "drains_started": "\(report.drainsStarted)", "requeued": "\(report.requeued)",
+                    "checkpoints_expired": "\(report.checkpointsExpired)", "nodes_drained": "\(report.nodesDrained)",
+                    "nodes_terminated": "\(report.nodesTerminated)", "completed": "\(report.interruptionsCompleted)",
+                ])
+        }
+        try await advanceProvisioning()
+        let now = store.clock.now()
+        if now - state.lastHousekeeping >= 1000 {
+            state.lastHousekeeping = now
+            _ = try store.ensureMinimums(actor: "autoscaler")
+            let released = try store.scaleDown(idleSeconds: config.scaleDownIdleSeconds, actor: "autoscaler")
+            if released > 0 { logger.info("scaled down idle fallback nodes", metadata: ["count": "\(released)"]) }
+        }
+        if config.autoPlace {
+            let lastEvent = try store.lastEventId()
+            if lastEvent != state.lastPlacementEvent {
+                let placed = try store.placeQueued(admissionLimit: config.admissionLimitSeconds)
+                SpotMetrics.placement("placed", count: placed)
+                state.lastPlacementEvent = try store.lastEventId()
+                if placed > 0 { logger.debug("scheduling loop placed jobs", metadata: ["count": "\(placed)"]) }
+            }
+        }
+    }
+
+    /// Moves every pending provisioning request forward through the provider.
+    func advanceProvisioning() async throws {
+        for (request, pool) in try store.pendingProvisioning() {
+            let step: ProviderStep
+            if let pool {
+                step = await provider.advance(request, pool: pool, now: store.clock.now())
+            } else {
+                step = .failed("pool \(request.pool) no longer exists")
+            }
+            guard step != .wait else { continue }
+            if try store.applyProvisioning(request.id, step, actor: "provisioner") {
+                switch step {
+                case .fulfilled: SpotMetrics.provisioning("fulfilled")
+                case .failed(let message):
+                    SpotMetrics.provisioning("failed")
+                    logger.warning("provisioning failed", metadata: ["request": "\(request.id)", "pool": "\(request.pool)", "error": "\(message)"])
+                default: break
+                }
+            }
+        }
+    }
+}
