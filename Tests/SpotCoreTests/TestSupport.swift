@@ -1,0 +1,164 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import Testing
+
+@testable import SpotCore
+
+/// A throwaway store in a temporary folder, a manual clock, and the app built on them.
+struct TestEnv {
+    let directory: URL
+    let clock: ManualClock
+    let runtime: SpotRuntime
+
+    init(_ configure: (inout SpotConfig) -> Void = { _ in }) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("spotd-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        clock = ManualClock()
+        var config = SpotConfig()
+        config.dbPath = directory.appendingPathComponent("spotd.sqlite").path
+        config.port = 0
+        config.simBootSeconds = 5
+        configure(&config)
+        var logger = Logger(label: "spotd-test")
+        logger.logLevel = .warning
+        runtime = try SpotRuntime(config: config, clock: clock, logger: logger)
+    }
+
+    var store: AppDatabase { runtime.store }
+
+    /// The app without its background worker: tests step the worker themselves.
+    func app() -> some ApplicationProtocol {
+        var logger = Logger(label: "spotd-test")
+        logger.logLevel = .warning
+        return buildApplication(runtime, logger: logger, withWorker: false)
+    }
+
+    /// Runs one worker pass at the clock's current time.
+    func step() async throws {
+        var state = WorkflowWorker.PassState()
+        try await runtime.worker(logger: Logger(label: "spotd-test-worker")).runOnce(&state)
+    }
+
+    /// Advances the clock and runs a pass.
+    func advance(_ seconds: Double) async throws {
+        clock.advance(seconds: seconds)
+        try await step()
+    }
+
+    /// Counts rows of a table, to prove a refused request changed nothing.
+    func count(_ table: String) throws -> Int {
+        try store.writer.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table)") ?? 0 }
+    }
+
+    /// Row counts of every table that a request could change.
+    func snapshot() throws -> [String: Int] {
+        var counts: [String: Int] = [:]
+        for table in ["pools", "nodes", "jobs", "interruptions", "interruption_steps", "provisioning_requests", "events", "tokens"] {
+            counts[table] = try count(table)
+        }
+        return counts
+    }
+}
+
+import GRDB
+
+/// A response read as JSON.
+struct Reply {
+    var status: HTTPResponse.Status
+    var headers: HTTPFields
+    var json: JSONValue
+    var text: String
+
+    subscript(_ key: String) -> JSONValue? { json[key] }
+}
+
+extension TestClientProtocol {
+    @discardableResult
+    func call(_ method: HTTPRequest.Method, _ uri: String, _ body: String? = nil, headers: HTTPFields = [:]) async throws -> Reply {
+        var fields = headers
+        if body != nil && fields[.contentType] == nil { fields[.contentType] = "application/json" }
+        return try await execute(uri: uri, method: method, headers: fields, body: body.map { ByteBuffer(string: $0) }) { response in
+            let text = String(buffer: response.body)
+            let json = (try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))) ?? .null
+            return Reply(status: response.status, headers: response.headers, json: json, text: text)
+        }
+    }
+
+    /// POSTs and expects a given status, returning the reply.
+    @discardableResult
+    func expect(
+        _ status: HTTPResponse.Status, _ method: HTTPRequest.Method, _ uri: String, _ body: String? = nil, headers: HTTPFields = [:],
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws -> Reply {
+        let reply = try await call(method, uri, body, headers: headers)
+        #expect(reply.status == status, "\(method) \(uri) answered \(reply.status.code): \(reply.text)", sourceLocation: sourceLocation)
+        return reply
+    }
+
+    /// Expects a problem+json refusal and returns it.
+    @discardableResult
+    func expectProblem(
+        _ status: HTTPResponse.Status, _ method: HTTPRequest.Method, _ uri: String, _ body: String? = nil, headers: HTTPFields = [:],
+        field: String? = nil, sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws -> Reply {
+        let reply = try await expect(status, method, uri, body, headers: headers, sourceLocation: sourceLocation)
+        #expect(reply.headers[.contentType] == "application/problem+json", sourceLocation: sourceLocation)
+        #expect(reply["status"] == .int(Int64(status.code)), sourceLocation: sourceLocation)
+        #expect(reply["detail"]?.string?.isEmpty == false, sourceLocation: sourceLocation)
+        if let field { #expect(reply["field"] == .string(field), "problem: \(reply.text)", sourceLocation: sourceLocation) }
+        return reply
+    }
+}
+
+extension JSONValue {
+    subscript(_ key: String) -> JSONValue? {
+        if case .object(let fields) = self { return fields[key] }
+        return nil
+    }
+
+    subscript(_ index: Int) -> JSONValue? {
+        if case .array(let items) = self, items.indices.contains(index) { return items[index] }
+        return nil
+    }
+
+    var string: String? { if case .string(let text) = self { return text } else { return nil } }
+    var int: Int64? { if case .int(let number) = self { return number } else { return nil } }
+    var bool: Bool? { if case .bool(let flag) = self { return flag } else { return nil } }
+    var array: [JSONValue] { if case .array(let items) = self { return items } else { return [] } }
+}
+
+/// Seeds the common fixture: pools and nodes through the API.
+enum Seed {
+    static func pool(
+        _ name: String, _ type: String, gpu: String = "H100", gpus: Int = 8, zone: String = "us-east-1a",
+        instance: String = "p5.48xlarge", price: Double = 30, max: Int = 1000
+    ) -> String {
+        """
+        {"name":"\(name)","capacity_type":"\(type)","gpu_type":"\(gpu)","gpus_per_node":\(gpus),"zone":"\(zone)",\
+        "instance_type":"\(instance)","hourly_price":\(price),"max_nodes":\(max)}
+        """
+    }
+
+    static func node(_ id: String, pool: String) -> String { #"{"id":"\#(id)","pool":"\#(pool)"}"# }
+
+    static func job(_ id: String, tier: String, gpus: Int = 1, checkpointable: Bool = false, extra: String = "") -> String {
+        #"{"id":"\#(id)","tier":"\#(tier)","gpus":\#(gpus),"checkpointable":\#(checkpointable)\#(extra)}"#
+    }
+
+    /// Two spot pools in different zones and one on-demand pool, all H100 x8.
+    static func standardPools(_ client: some TestClientProtocol) async throws {
+        try await client.expect(.created, .post, "/v1/pools", pool("spot-a", "spot", zone: "us-east-1a", price: 30))
+        try await client.expect(.created, .post, "/v1/pools", pool("spot-b", "spot", zone: "us-east-1b", price: 32))
+        try await client.expect(.created, .post, "/v1/pools", pool("od", "on_demand", zone: "us-east-1a", price: 98))
+    }
+}
+
+/// Reads a fixture file shipped beside the tests.
+func fixture(_ name: String) throws -> String {
+    let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures").appendingPathComponent(name)
+    return try String(contentsOf: url, encoding: .utf8)
+}
