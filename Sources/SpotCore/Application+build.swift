@@ -37,19 +37,20 @@ public struct SpotRuntime: Sendable {
 /// Builds the router: middleware first, then one controller per resource.
 public func buildRouter(_ runtime: SpotRuntime) -> Router<AppRequestContext> {
     let router = Router(context: AppRequestContext.self)
-    router.add(middleware: ProblemMiddleware())
+    let routes = RouteBook(router: router)
+    router.add(middleware: ProblemMiddleware(routes: routes.table))
     router.add(middleware: MetricsMiddleware())
     router.add(middleware: AuthMiddleware(store: runtime.store, adminToken: runtime.config.adminToken))
     let store = runtime.store
-    PoolController(store: store, signal: runtime.signal).register(on: router)
-    NodeController(store: store, signal: runtime.signal).register(on: router)
-    JobController(store: store, signal: runtime.signal, admissionLimit: runtime.config.admissionLimitSeconds).register(on: router)
-    InterruptionController(store: store, signal: runtime.signal, webhookSecret: runtime.config.webhookSecret).register(on: router)
-    ProvisioningController(store: store).register(on: router)
-    PolicyController(store: store, signal: runtime.signal).register(on: router)
-    EventController(store: store).register(on: router)
-    TokenController(store: store).register(on: router)
-    OpsController(store: store, migrationsDirectory: runtime.migrationsDirectory).register(on: router)
+    PoolController(store: store, signal: runtime.signal).register(on: routes)
+    NodeController(store: store, signal: runtime.signal).register(on: routes)
+    JobController(store: store, signal: runtime.signal, admissionLimit: runtime.config.admissionLimitSeconds).register(on: routes)
+    InterruptionController(store: store, signal: runtime.signal, webhookSecret: runtime.config.webhookSecret).register(on: routes)
+    ProvisioningController(store: store).register(on: routes)
+    PolicyController(store: store, signal: runtime.signal).register(on: routes)
+    EventController(store: store).register(on: routes)
+    TokenController(store: store).register(on: routes)
+    OpsController(store: store, migrationsDirectory: runtime.migrationsDirectory).register(on: routes)
     return router
 }
 

@@ -8,9 +8,9 @@ import ServiceLifecycle
 struct ProvisioningController {
     let store: AppDatabase
 
-    func register(on router: Router<AppRequestContext>) {
-        router.get("/v1/provisioning-requests", use: list)
-        router.get("/v1/provisioning-requests/:id", use: get)
+    func register(on routes: RouteBook) {
+        routes.add(.get, "/v1/provisioning-requests", use: list)
+        routes.add(.get, "/v1/provisioning-requests/:id", use: get)
     }
 
     @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -34,9 +34,9 @@ struct PolicyController {
     let store: AppDatabase
     let signal: WorkerSignal
 
-    func register(on router: Router<AppRequestContext>) {
-        router.get("/v1/policies", use: list)
-        router.put("/v1/policies/:tier", use: put)
+    func register(on routes: RouteBook) {
+        routes.add(.get, "/v1/policies", use: list)
+        routes.add(.put, "/v1/policies/:tier", use: put)
     }
 
     @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -82,9 +82,9 @@ struct PolicyController {
 struct EventController {
     let store: AppDatabase
 
-    func register(on router: Router<AppRequestContext>) {
-        router.get("/v1/events", use: list)
-        router.get("/v1/events/stream", use: stream)
+    func register(on routes: RouteBook) {
+        routes.add(.get, "/v1/events", use: list)
+        routes.add(.get, "/v1/events/stream", use: stream)
     }
 
     private static let typePattern = NamePattern.identifier
@@ -139,10 +139,10 @@ struct EventController {
 struct TokenController {
     let store: AppDatabase
 
-    func register(on router: Router<AppRequestContext>) {
-        router.post("/v1/tokens", use: create)
-        router.get("/v1/tokens", use: list)
-        router.delete("/v1/tokens/:id", use: delete)
+    func register(on routes: RouteBook) {
+        routes.add(.post, "/v1/tokens", use: create)
+        routes.add(.get, "/v1/tokens", use: list)
+        routes.add(.delete, "/v1/tokens/:id", use: delete)
     }
 
     @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -172,11 +172,11 @@ struct OpsController {
     let store: AppDatabase
     let migrationsDirectory: URL
 
-    func register(on router: Router<AppRequestContext>) {
-        router.get("/healthz", use: health)
-        router.get("/readyz", use: ready)
-        router.get("/metrics", use: metrics)
-        router.get("/v1/summary", use: summary)
+    func register(on routes: RouteBook) {
+        routes.add(.get, "/healthz", use: health)
+        routes.add(.get, "/readyz", use: ready)
+        routes.add(.get, "/metrics", use: metrics)
+        routes.add(.get, "/v1/summary", use: summary)
     }
 
     @Sendable func health(_ request: Request, context: AppRequestContext) async throws -> Response {

@@ -9,13 +9,13 @@ struct InterruptionController {
     let signal: WorkerSignal
     let webhookSecret: String?
 
-    func register(on router: Router<AppRequestContext>) {
-        router.post("/v1/interruptions", use: generic)
-        router.post("/v1/interruptions/aws", use: aws)
-        router.post("/v1/interruptions/gcp", use: gcp)
-        router.post("/v1/interruptions/azure", use: azure)
-        router.get("/v1/interruptions", use: list)
-        router.get("/v1/interruptions/:id", use: get)
+    func register(on routes: RouteBook) {
+        routes.add(.post, "/v1/interruptions", use: generic)
+        routes.add(.post, "/v1/interruptions/aws", use: aws)
+        routes.add(.post, "/v1/interruptions/gcp", use: gcp)
+        routes.add(.post, "/v1/interruptions/azure", use: azure)
+        routes.add(.get, "/v1/interruptions", use: list)
+        routes.add(.get, "/v1/interruptions/:id", use: get)
     }
 
     /// Reads the body and checks its signature when a webhook secret is set: nothing is parsed before that.

@@ -6,15 +6,15 @@ struct JobController {
     let signal: WorkerSignal
     let admissionLimit: Int64
 
-    func register(on router: Router<AppRequestContext>) {
-        router.post("/v1/jobs", use: create)
-        router.get("/v1/jobs", use: list)
-        router.get("/v1/jobs/:id", use: get)
-        router.post("/v1/jobs/:id/checkpoints", use: checkpoint)
-        router.post("/v1/jobs/:id/complete", use: complete)
-        router.post("/v1/jobs/:id/fail", use: fail)
-        router.post("/v1/jobs/:id/cancel", use: cancel)
-        router.post("/v1/placements", use: place)
+    func register(on routes: RouteBook) {
+        routes.add(.post, "/v1/jobs", use: create)
+        routes.add(.get, "/v1/jobs", use: list)
+        routes.add(.get, "/v1/jobs/:id", use: get)
+        routes.add(.post, "/v1/jobs/:id/checkpoints", use: checkpoint)
+        routes.add(.post, "/v1/jobs/:id/complete", use: complete)
+        routes.add(.post, "/v1/jobs/:id/fail", use: fail)
+        routes.add(.post, "/v1/jobs/:id/cancel", use: cancel)
+        routes.add(.post, "/v1/placements", use: place)
     }
 
     @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {

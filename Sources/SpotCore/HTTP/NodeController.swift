@@ -5,14 +5,14 @@ struct NodeController {
     let store: AppDatabase
     let signal: WorkerSignal
 
-    func register(on router: Router<AppRequestContext>) {
-        router.post("/v1/nodes", use: create)
-        router.get("/v1/nodes", use: list)
-        router.get("/v1/nodes/:id", use: get)
-        router.post("/v1/nodes/:id/cordon", use: cordon)
-        router.post("/v1/nodes/:id/uncordon", use: uncordon)
-        router.post("/v1/nodes/:id/drain", use: drain)
-        router.delete("/v1/nodes/:id", use: delete)
+    func register(on routes: RouteBook) {
+        routes.add(.post, "/v1/nodes", use: create)
+        routes.add(.get, "/v1/nodes", use: list)
+        routes.add(.get, "/v1/nodes/:id", use: get)
+        routes.add(.post, "/v1/nodes/:id/cordon", use: cordon)
+        routes.add(.post, "/v1/nodes/:id/uncordon", use: uncordon)
+        routes.add(.post, "/v1/nodes/:id/drain", use: drain)
+        routes.add(.delete, "/v1/nodes/:id", use: delete)
     }
 
     @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {

@@ -5,12 +5,12 @@ struct PoolController {
     let store: AppDatabase
     let signal: WorkerSignal
 
-    func register(on router: Router<AppRequestContext>) {
-        router.post("/v1/pools", use: create)
-        router.get("/v1/pools", use: list)
-        router.get("/v1/pools/:name", use: get)
-        router.patch("/v1/pools/:name", use: patch)
-        router.delete("/v1/pools/:name", use: delete)
+    func register(on routes: RouteBook) {
+        routes.add(.post, "/v1/pools", use: create)
+        routes.add(.get, "/v1/pools", use: list)
+        routes.add(.get, "/v1/pools/:name", use: get)
+        routes.add(.patch, "/v1/pools/:name", use: patch)
+        routes.add(.delete, "/v1/pools/:name", use: delete)
     }
 
     @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {

@@ -86,21 +86,30 @@ public struct Problem: Error, HTTPResponseError, Sendable, Equatable {
 
 /// Turns every error a handler throws into a problem answer, so that no refusal is ever plain text.
 struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
+    let routes: RouteTable
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
         } catch let problem as Problem {
             return try problem.response(from: request, context: context)
         } catch {
-            return try Self.problem(for: error, request: request, context: context).response(from: request, context: context)
+            return try problem(for: error, request: request, context: context).response(from: request, context: context)
         }
     }
 
-    static func problem(for error: any Error, request: Request, context: Context) -> Problem {
+    func problem(for error: any Error, request: Request, context: Context) -> Problem {
         switch error {
         case let error as HTTPError:
             switch error.status {
             case .notFound:
+                if let allowed = routes.allowedMethods(path: request.uri.path), !allowed.contains(request.method) {
+                    var problem = Problem(
+                        status: .methodNotAllowed, type: "urn:spotd:problem:method-not-allowed", title: "Method not allowed",
+                        detail: "\(request.method) is not allowed on \(request.uri.path)")
+                    problem.headers[.allow] = allowed.map(\.rawValue).sorted().joined(separator: ", ")
+                    return problem
+                }
                 return Problem(
                     status: .notFound, type: "urn:spotd:problem:no-route", title: "Not found",
                     detail: "no route for \(request.method) \(request.uri.path)")

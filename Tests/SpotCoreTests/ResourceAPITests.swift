@@ -1,0 +1,177 @@
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import NIOCore
+import Testing
+
+@testable import SpotCore
+
+@Suite("Pools, nodes, jobs, events, summary")
+struct ResourceAPITests {
+    @Test func poolLifecycle() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            let created = try await client.expect(.created, .post, "/v1/pools", Seed.pool("spot-a", "spot"))
+            #expect(created.headers[.location] == "/v1/pools/spot-a")
+            #expect(created["gpus_per_node"] == .int(8))
+            try await client.expectProblem(.conflict, .post, "/v1/pools", Seed.pool("spot-a", "spot"))
+            let patched = try await client.expect(.ok, .patch, "/v1/pools/spot-a", #"{"stockout":true,"max_nodes":5}"#)
+            #expect(patched["stockout"] == .bool(true))
+            #expect(patched["max_nodes"] == .int(5))
+            try await client.expectProblem(.badRequest, .patch, "/v1/pools/spot-a", #"{"gpu_type":"A100"}"#, field: "gpu_type")
+            try await client.expectProblem(.badRequest, .patch, "/v1/pools/spot-a", #"{"min_nodes":9}"#, field: "min_nodes")
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("n1", pool: "spot-a"))
+            try await client.expectProblem(.conflict, .delete, "/v1/pools/spot-a")
+            try await client.expect(.ok, .delete, "/v1/nodes/n1")
+            try await client.expect(.noContent, .delete, "/v1/pools/spot-a")
+            try await client.expectProblem(.notFound, .get, "/v1/pools/spot-a")
+        }
+    }
+
+    @Test func badPoolInputIsRefusedAndChangesNothing() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            let before = try env.snapshot()
+            let cases: [(String, String?)] = [
+                (#"{"name":"ok","capacity_type":"spot"#, nil),
+                (#"{"name":"UPPER","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1}"#, "name"),
+                (#"{"name":"a","capacity_type":"preemptible","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1}"#, "capacity_type"),
+                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":65,"zone":"z","instance_type":"i","hourly_price":1}"#, "gpus_per_node"),
+                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":"8","zone":"z","instance_type":"i","hourly_price":1}"#, "gpus_per_node"),
+                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8.5,"zone":"z","instance_type":"i","hourly_price":1}"#, "gpus_per_node"),
+                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":-1}"#, "hourly_price"),
+                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1e400}"#, nil),
+                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1,"color":"red"}"#, "color"),
+                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1,"min_nodes":3,"max_nodes":2}"#, "min_nodes"),
+                (#"{"capacity_type":"spot"}"#, "name"),
+                ("[]", "body"),
+                ("", nil),
+                (#"{"name":"\#(String(repeating: "a", count: 70))","capacity_type":"spot"}"#, "name"),
+            ]
+            for (body, field) in cases {
+                try await client.expectProblem(.badRequest, .post, "/v1/pools", body, field: field)
+            }
+            try await client.expectProblem(.badRequest, .post, "/v1/pools?dry=1", Seed.pool("a", "spot"), field: "query.dry")
+            #expect(try env.snapshot() == before)
+        }
+    }
+
+    @Test func oversizeAndDeeplyNestedBodies() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            let before = try env.snapshot()
+            let big = #"{"name":"a","pad":""# + String(repeating: "x", count: (1 << 20) + 10) + "\"}"
+            try await client.expectProblem(.contentTooLarge, .post, "/v1/pools", big)
+            let deep = String(repeating: "[", count: 5000) + String(repeating: "]", count: 5000)
+            try await client.expectProblem(.badRequest, .post, "/v1/jobs", deep)
+            var invalidUTF8 = ByteBuffer(string: #"{"id":""#)
+            invalidUTF8.writeBytes([0xFF, 0xFE, 0xC3])
+            invalidUTF8.writeString(#"","tier":"premium","gpus":1}"#)
+            let status = try await client.execute(
+                uri: "/v1/jobs", method: .post, headers: [.contentType: "application/json"], body: invalidUTF8
+            ) { $0.status }
+            #expect(status == .badRequest)
+            #expect(try env.snapshot() == before)
+        }
+    }
+
+    @Test func nodesRegisterFilterCordonAndPage() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            try await Seed.standardPools(client)
+            for index in 0..<5 { try await client.expect(.created, .post, "/v1/nodes", Seed.node("s\(index)", pool: "spot-a")) }
+            try await client.expect(.created, .post, "/v1/nodes", #"{"id":"o1","pool":"od","gpus":4}"#)
+            try await client.expectProblem(.conflict, .post, "/v1/nodes", Seed.node("s0", pool: "spot-a"))
+            try await client.expectProblem(.unprocessableContent, .post, "/v1/nodes", Seed.node("x", pool: "missing"), field: "pool")
+            try await client.expectProblem(.badRequest, .post, "/v1/nodes", #"{"id":"bad id!","pool":"od"}"#, field: "id")
+
+            let onDemand = try await client.expect(.ok, .get, "/v1/nodes?capacity_type=on_demand")
+            #expect(onDemand["items"]?.array.map { $0["id"]?.string } == ["o1"])
+            #expect(onDemand["items"]?[0]?["gpus"] == .int(4))
+            try await client.expectProblem(.badRequest, .get, "/v1/nodes?state=sleeping", field: "query.state")
+            try await client.expectProblem(.badRequest, .get, "/v1/nodes?limit=0", field: "query.limit")
+            try await client.expectProblem(.badRequest, .get, "/v1/nodes?limit=1001", field: "query.limit")
+            try await client.expectProblem(.badRequest, .get, "/v1/nodes?cursor=garbage!", field: "query.cursor")
+
+            var seen: [String] = []
+            var cursor: String?
+            repeat {
+                let page = try await client.expect(.ok, .get, "/v1/nodes?pool=spot-a&limit=2" + (cursor.map { "&cursor=\($0)" } ?? ""))
+                seen += page["items"]!.array.compactMap { $0["id"]?.string }
+                cursor = page["next_cursor"]?.string
+            } while cursor != nil
+            #expect(seen == ["s0", "s1", "s2", "s3", "s4"])
+
+            let cordoned = try await client.expect(.ok, .post, "/v1/nodes/s1/cordon")
+            #expect(cordoned["schedulable"] == .bool(false))
+            #expect(try await client.expect(.ok, .get, "/v1/nodes?state=cordoned")["items"]?.array.count == 1)
+            let uncordoned = try await client.expect(.ok, .post, "/v1/nodes/s1/uncordon")
+            #expect(uncordoned["state"] == .string("ready"))
+            try await client.expectProblem(.notFound, .post, "/v1/nodes/zzz/cordon")
+            try await client.expectProblem(.badRequest, .post, "/v1/nodes/s1/cordon", #"{"force":true}"#, field: "force")
+        }
+    }
+
+    @Test func jobsSubmitReportAndFinish() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            try await Seed.standardPools(client)
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("o1", pool: "od"))
+            let generated = try await client.expect(.created, .post, "/v1/jobs", #"{"tier":"standard","gpus":2}"#)
+            #expect(generated["id"]?.string?.hasPrefix("job-") == true)
+            #expect(generated["attempt"] == .int(0))
+            try await client.expectProblem(.badRequest, .post, "/v1/jobs", #"{"tier":"gold","gpus":2}"#, field: "tier")
+            try await client.expectProblem(.badRequest, .post, "/v1/jobs", #"{"tier":"standard","gpus":0}"#, field: "gpus")
+            try await client.expectProblem(.badRequest, .post, "/v1/jobs", #"{"tier":"standard","gpus":1,"checkpointable":"yes"}"#, field: "checkpointable")
+            try await client.expectProblem(.badRequest, .post, "/v1/jobs", #"{"tier":"standard","gpus":1,"priority":99999999999}"#, field: "priority")
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("j1", tier: "premium", gpus: 2))
+            try await client.expectProblem(.conflict, .post, "/v1/jobs", Seed.job("j1", tier: "premium", gpus: 2))
+            try await client.expectProblem(.conflict, .post, "/v1/jobs/j1/complete")
+            try await env.step()
+            let running = try await client.expect(.ok, .get, "/v1/jobs/j1")
+            #expect(running["state"] == .string("running"))
+            #expect(running["attempt"] == .int(1))
+            #expect(running["history"]?.array.map { $0["type"]?.string } == ["job.submitted", "job.placed"])
+            try await client.expectProblem(.conflict, .post, "/v1/jobs/j1/checkpoints", #"{"uri":"s3://x","step":1,"attempt":7}"#)
+            try await client.expect(.ok, .post, "/v1/jobs/j1/checkpoints", #"{"uri":"s3://x","step":5}"#)
+            try await client.expectProblem(.conflict, .post, "/v1/jobs/j1/checkpoints", #"{"uri":"s3://x","step":4}"#)
+            let completed = try await client.expect(.ok, .post, "/v1/jobs/j1/complete", #"{"attempt":1}"#)
+            #expect(completed["state"] == .string("completed"))
+            // The generated standard job still holds its 2 GPUs on the same on-demand node.
+            #expect(try env.store.node("o1")?.node.gpusAllocated == 2)
+            try await client.expectProblem(.conflict, .post, "/v1/jobs/j1/cancel")
+            try await client.expect(.ok, .post, "/v1/jobs/\(generated["id"]!.string!)/cancel", #"{"reason":"not needed"}"#)
+            #expect(try env.store.node("o1")?.node.gpusAllocated == 0)
+            let filtered = try await client.expect(.ok, .get, "/v1/jobs?state=completed&tier=premium")
+            #expect(filtered["items"]?.array.count == 1)
+            try await client.expectProblem(.notFound, .get, "/v1/jobs/nope")
+        }
+    }
+
+    @Test func eventsSummaryAndOps() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            try await Seed.standardPools(client)
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("j", tier: "best_effort", gpus: 3))
+            let events = try await client.expect(.ok, .get, "/v1/events")
+            let types = events["items"]!.array.compactMap { $0["type"]?.string }
+            #expect(types == ["pool.created", "pool.created", "pool.created", "node.registered", "job.submitted"])
+            let since = events["items"]![2]!["id"]!.int!
+            let later = try await client.expect(.ok, .get, "/v1/events?since=\(since)&limit=1")
+            #expect(later["items"]?.array.count == 1)
+            #expect(later["next_cursor"]?.string != nil)
+            let onlyNodes = try await client.expect(.ok, .get, "/v1/events?type=node.registered")
+            #expect(onlyNodes["items"]?.array.count == 1)
+            let summary = try await client.expect(.ok, .get, "/v1/summary")
+            #expect(summary["jobs"]?["best_effort"]?["queued"] == .int(1))
+            #expect(summary["capacity_types"]?["spot"]?["gpus_free"] == .int(8))
+            try await client.expect(.ok, .get, "/healthz")
+            try await client.expect(.ok, .get, "/readyz")
+            let metrics = try await client.expect(.ok, .get, "/metrics")
+            #expect(metrics.text.contains("spotd_queue_depth"))
+            try await client.expectProblem(.notFound, .get, "/v1/nothing")
+            try await client.expectProblem(.methodNotAllowed, .put, "/v1/jobs")
+        }
+    }
+}
