@@ -1,0 +1,242 @@
+import Foundation
+import HummingbirdTesting
+import Testing
+
+@testable import SpotCore
+
+/// Builders for the pure placement tables.
+enum Table {
+    static func pool(_ name: String, _ type: CapacityType, gpu: String = "H100", gpus: Int = 8, zone: String = "a") -> Pool {
+        Pool(
+            name: name, capacityType: type, gpuType: gpu, gpusPerNode: gpus, zone: zone, instanceType: "p5", hourlyPrice: 10,
+            minNodes: 0, maxNodes: 100, stockout: false, createdAt: 0, updatedAt: 0)
+    }
+
+    static func node(_ id: String, pool: String, gpus: Int = 8, used: Int = 0, state: NodeState = .ready) -> Node {
+        Node(id: id, pool: pool, gpus: gpus, gpusAllocated: used, state: state, createdAt: 0, updatedAt: 0)
+    }
+
+    static func job(
+        _ id: String = "j", tier: Tier, gpus: Int = 1, gpuType: String? = nil, checkpointable: Bool = false, duration: Int64? = nil
+    ) -> Job {
+        Job(
+            id: id, seq: 1, tier: tier, gpus: gpus, gpuType: gpuType, checkpointable: checkpointable, expectedDurationSeconds: duration,
+            priority: 0, state: .queued, attempt: 0, requeueCount: 0, submittedAt: 0, updatedAt: 0)
+    }
+
+    static func policy(_ tier: Tier) -> Policy {
+        Policy.defaults(admissionLimit: 3600, at: 0).first { $0.tier == tier }!
+    }
+
+    static func candidates(_ pools: [Pool], nodes: [Node], stats: [String: PoolStats] = [:], job: Job) -> [PoolCandidate] {
+        let index = CapacityIndex(nodes: nodes)
+        return pools.map { PoolCandidate(pool: $0, stats: stats[$0.name] ?? PoolStats(), bestNode: index.bestNode(pool: $0.name, gpus: job.gpus)) }
+    }
+
+    static func decide(_ job: Job, pools: [Pool], nodes: [Node], stats: [String: PoolStats] = [:]) -> PlacementDecision {
+        Placement.decide(job: job, policy: policy(job.tier), candidates: candidates(pools, nodes: nodes, stats: stats, job: job))
+    }
+}
+
+@Suite("Placement decisions (pure)")
+struct PlacementDecisionTests {
+    let spot = Table.pool("spot", .spot)
+    let spotB = Table.pool("spot-b", .spot, zone: "b")
+    let onDemand = Table.pool("od", .onDemand)
+    let reserved = Table.pool("rsv", .reserved)
+    let a100 = Table.pool("a100", .onDemand, gpu: "A100")
+
+    func placedNode(_ decision: PlacementDecision) -> String? {
+        if case .place(let node, _, _, _) = decision { return node }
+        return nil
+    }
+
+    func refusals(_ decision: PlacementDecision) -> [String: String] {
+        if case .refuse(let reasons) = decision { return reasons }
+        return [:]
+    }
+
+    @Test func premiumNeverOnSpotAndPrefersReserved() {
+        let nodes = [Table.node("s", pool: "spot"), Table.node("o", pool: "od"), Table.node("r", pool: "rsv")]
+        #expect(placedNode(Table.decide(Table.job(tier: .premium), pools: [spot, onDemand, reserved], nodes: nodes)) == "r")
+        let refused = refusals(Table.decide(Table.job(tier: .premium), pools: [spot], nodes: [Table.node("s", pool: "spot")]))
+        #expect(refused["spot"]?.contains("tier policy") == true)
+    }
+
+    @Test func standardUsesSpotOnlyWhenCheckpointable() {
+        let nodes = [Table.node("s", pool: "spot")]
+        #expect(refusals(Table.decide(Table.job(tier: .standard), pools: [spot], nodes: nodes))["spot"]?.contains("checkpointable") == true)
+        #expect(placedNode(Table.decide(Table.job(tier: .standard, checkpointable: true), pools: [spot], nodes: nodes)) == "s")
+        // With both, on-demand comes first for standard.
+        let both = [Table.node("s", pool: "spot"), Table.node("o", pool: "od")]
+        #expect(placedNode(Table.decide(Table.job(tier: .standard, checkpointable: true), pools: [spot, onDemand], nodes: both)) == "o")
+    }
+
+    @Test func admissionKeepsLongUncheckpointableWorkOffSpot() {
+        let nodes = [Table.node("s", pool: "spot"), Table.node("o", pool: "od")]
+        let long = Table.job(tier: .bestEffort, duration: 7200)
+        #expect(placedNode(Table.decide(long, pools: [spot, onDemand], nodes: nodes)) == "o")
+        #expect(refusals(Table.decide(long, pools: [spot], nodes: nodes))["spot"]?.contains("admission") == true)
+        #expect(placedNode(Table.decide(Table.job(tier: .bestEffort, duration: 600), pools: [spot, onDemand], nodes: nodes)) == "s")
+        #expect(placedNode(Table.decide(Table.job(tier: .bestEffort, checkpointable: true, duration: 7200), pools: [spot], nodes: nodes)) == "s")
+    }
+
+    @Test func gpuTypeCordonedAndFullAreExplained() {
+        let job = Table.job(tier: .standard, gpus: 4, gpuType: "H100")
+        let nodes = [Table.node("a", pool: "a100"), Table.node("c", pool: "od", state: .cordoned), Table.node("x", pool: "rsv", used: 6)]
+        let reasons = refusals(Table.decide(job, pools: [a100, onDemand, reserved], nodes: nodes))
+        #expect(reasons["a100"]?.contains("wrong GPU type") == true)
+        #expect(reasons["rsv"]?.contains("tier policy") == true)
+        #expect(reasons["od"] != nil)
+    }
+
+    @Test func packsOntoPartlyUsedNodesFirst() {
+        let nodes = [Table.node("empty", pool: "od"), Table.node("half", pool: "od", used: 4), Table.node("full", pool: "od", used: 8)]
+        #expect(placedNode(Table.decide(Table.job(tier: .standard, gpus: 2), pools: [onDemand], nodes: nodes)) == "half")
+        #expect(placedNode(Table.decide(Table.job(tier: .standard, gpus: 6), pools: [onDemand], nodes: nodes)) == "empty")
+    }
+
+    @Test func bestEffortSpreadsAndAvoidsRiskyPools() {
+        let nodes = [Table.node("a", pool: "spot"), Table.node("b", pool: "spot-b")]
+        var candidates = Table.candidates([spot, spotB], nodes: nodes, job: Table.job(tier: .bestEffort))
+        candidates[0].bestEffortJobs = 3
+        let spread = Placement.decide(job: Table.job(tier: .bestEffort), policy: Table.policy(.bestEffort), candidates: candidates)
+        #expect(placedNode(spread) == "b")
+        var risky = PoolStats()
+        risky.rebalanceSignals = 1
+        #expect(placedNode(Table.decide(Table.job(tier: .bestEffort), pools: [spot, spotB], nodes: nodes, stats: ["spot-b": risky])) == "a")
+    }
+
+    @Test func preemptionPicksFewestBestEffortJobsOnStableCapacity() {
+        var victim1 = Table.job("be1", tier: .bestEffort, gpus: 4)
+        victim1.state = .running
+        var victim2 = Table.job("be2", tier: .bestEffort, gpus: 2)
+        victim2.state = .running
+        let sites = [
+            Placement.PreemptionSite(node: Table.node("o1", pool: "od", used: 8), pool: onDemand, bestEffortJobs: [victim2, victim1]),
+            Placement.PreemptionSite(node: Table.node("s1", pool: "spot", used: 8), pool: spot, bestEffortJobs: [victim1]),
+        ]
+        let choice = Placement.choosePreemption(job: Table.job(tier: .premium, gpus: 4), policy: Table.policy(.premium), sites: sites)
+        #expect(choice?.nodeId == "o1")
+        #expect(choice?.jobIds == ["be1"])
+        #expect(Placement.choosePreemption(job: Table.job(tier: .standard, gpus: 4), policy: Table.policy(.standard), sites: sites) == nil)
+    }
+
+    @Test func autoscalerPrefersOtherSpotPoolThenOnDemand() {
+        let lost = Table.pool("spot", .spot, zone: "a")
+        let otherZone = Table.pool("spot-b", .spot, zone: "b")
+        let sameShape = Table.pool("spot-twin", .spot, zone: "a")
+        let od = Table.pool("od", .onDemand)
+        var stats: [String: PoolStats] = [:]
+        #expect(Autoscaler.replacementPool(lost: lost, pools: [lost, sameShape, otherZone, od], stats: stats)?.name == "spot-b")
+        #expect(Autoscaler.replacementPool(lost: lost, pools: [lost, otherZone, od], stats: stats, onDemandOnly: true)?.name == "od")
+        var full = PoolStats()
+        full.committedNodes = 100
+        stats["spot-b"] = full
+        #expect(Autoscaler.replacementPool(lost: lost, pools: [lost, otherZone, od], stats: stats)?.name == "od")
+        #expect(Autoscaler.replacementPool(lost: lost, pools: [lost, Table.pool("a100", .onDemand, gpu: "A100")], stats: stats) == nil)
+    }
+}
+
+@Suite("Placement through HTTP")
+struct PlacementAPITests {
+    @Test func premiumRefusedOnSpotOnlyWithReasons() async throws {
+        let env = try TestEnv { $0.autoPlace = false }
+        try await env.app().test(.router) { client in
+            try await client.expect(.created, .post, "/v1/pools", Seed.pool("spot-a", "spot"))
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("p", tier: "premium"))
+            let refused = try await client.expectProblem(.conflict, .post, "/v1/placements", #"{"job_id":"p"}"#)
+            #expect(refused["detail"]?.string?.contains("spot-a: tier policy") == true)
+            #expect(refused["pools"]?["spot-a"]?.string?.contains("premium") == true)
+            try await client.expectProblem(.notFound, .post, "/v1/placements", #"{"job_id":"ghost"}"#)
+            try await client.expectProblem(.badRequest, .post, "/v1/placements", #"{"job":"p"}"#)
+        }
+    }
+
+    @Test func admissionDryRunAndCordonedNodes() async throws {
+        let env = try TestEnv { $0.autoPlace = false }
+        try await env.app().test(.router) { client in
+            try await Seed.standardPools(client)
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("o1", pool: "od"))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("long", tier: "best_effort", extra: #","expected_duration_seconds":7200"#))
+            let dry = try await client.expect(.ok, .post, "/v1/placements", #"{"job_id":"long","dry_run":true}"#)
+            #expect(dry["node_id"] == .string("o1"))
+            #expect(try await client.call(.get, "/v1/jobs/long")["state"] == .string("queued"))
+            #expect(try env.store.node("o1")?.node.gpusAllocated == 0)
+            try await client.expect(.ok, .post, "/v1/nodes/o1/cordon")
+            let refused = try await client.expectProblem(.conflict, .post, "/v1/placements", #"{"job_id":"long"}"#)
+            #expect(refused["pools"]?["spot-a"]?.string?.contains("admission") == true)
+            #expect(refused["pools"]?["od"]?.string?.contains("cordoned") == true)
+            try await client.expect(.ok, .post, "/v1/nodes/o1/uncordon")
+            let placed = try await client.expect(.created, .post, "/v1/placements", #"{"job_id":"long"}"#)
+            #expect(placed["attempt"] == .int(1))
+            #expect(placed["reasons"]?.array.isEmpty == false)
+            try await client.expectProblem(.conflict, .post, "/v1/placements", #"{"job_id":"long"}"#)
+        }
+    }
+
+    @Test func loopPlacesPremiumFirstWhenOneSlotOpens() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            try await client.expect(.created, .post, "/v1/pools", Seed.pool("od", "on_demand", gpus: 1))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("be", tier: "best_effort"))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("std", tier: "standard"))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("prem", tier: "premium"))
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("o1", pool: "od"))
+            try await env.step()
+            #expect(try await client.call(.get, "/v1/jobs/prem")["state"] == .string("running"))
+            #expect(try await client.call(.get, "/v1/jobs/std")["state"] == .string("queued"))
+            try await client.expect(.ok, .post, "/v1/jobs/prem/complete")
+            try await env.step()
+            #expect(try await client.call(.get, "/v1/jobs/std")["state"] == .string("running"))
+            #expect(try await client.call(.get, "/v1/jobs/be")["state"] == .string("queued"))
+        }
+    }
+
+    @Test func premiumPreemptsBestEffortOnStableCapacity() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            try await client.expect(.created, .post, "/v1/pools", Seed.pool("od", "on_demand"))
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("o1", pool: "od"))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("be-ckpt", tier: "best_effort", gpus: 4, checkpointable: true))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("be-plain", tier: "best_effort", gpus: 4))
+            try await env.step()
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("prem", tier: "premium", gpus: 4))
+            try await env.step()
+            // One best-effort job yields (the non-checkpointable one at once, or the checkpointable one after its checkpoint).
+            try await env.step()
+            try await env.advance(31)
+            try await env.step()
+            let premium = try await client.call(.get, "/v1/jobs/prem")
+            #expect(premium["state"] == .string("running"))
+            #expect(premium["node_id"] == .string("o1"))
+            let requeued = try await client.call(.get, "/v1/events?type=job.requeued")
+            #expect(requeued["items"]?.array.count == 1)
+            #expect(requeued["items"]?[0]?["data"]?["reason"]?.string?.contains("premium job prem") == true)
+        }
+    }
+
+    /// 60 concurrent placement calls race for 20 free slots over real sockets: exactly 20 win.
+    @Test func concurrentPlacementsNeverOverAllocate() async throws {
+        let env = try TestEnv { $0.autoPlace = false }
+        try await env.app().test(.live) { client in
+            try await client.expect(.created, .post, "/v1/pools", Seed.pool("od", "on_demand", gpus: 4))
+            for index in 0..<5 { try await client.expect(.created, .post, "/v1/nodes", Seed.node("o\(index)", pool: "od")) }
+            for index in 0..<60 { try await client.expect(.created, .post, "/v1/jobs", Seed.job("j\(index)", tier: "standard")) }
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for index in 0..<60 {
+                    group.addTask { try await client.call(.post, "/v1/placements", #"{"job_id":"j\#(index)"}"#).status.code }
+                }
+                return try await group.reduce(into: [Int]()) { $0.append($1) }
+            }
+            #expect(statuses.filter { $0 == 201 }.count == 20)
+            #expect(statuses.filter { $0 == 409 }.count == 40)
+            let nodes = try await client.call(.get, "/v1/nodes")
+            #expect(nodes["items"]?.array.allSatisfy { $0["gpus_allocated"] == .int(4) } == true)
+            let running = try await client.call(.get, "/v1/jobs?state=running")
+            #expect(running["items"]?.array.count == 20)
+        }
+    }
+}
