@@ -46,7 +46,11 @@ let package = Package(
             name: "SpotCoreTests",
             dependencies: [
                 "SpotCore",
+                "spotd",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
     ]
