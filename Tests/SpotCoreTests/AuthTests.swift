@@ -19,7 +19,8 @@ struct AuthTests {
             try await client.expect(.created, .post, "/v1/nodes", Seed.node("o1", pool: "od"), headers: adminHeaders)
             var tokens: [Role: String] = [.admin: Self.admin]
             for role in [Role.operator, .scheduler, .notifier, .viewer] {
-                let created = try await client.expect(.created, .post, "/v1/tokens", #"{"name":"\#(role.rawValue)-bot","role":"\#(role.rawValue)"}"#, headers: adminHeaders)
+                let created = try await client.expect(
+                    .created, .post, "/v1/tokens", #"{"name":"\#(role.rawValue)-bot","role":"\#(role.rawValue)"}"#, headers: adminHeaders)
                 tokens[role] = try #require(created["token"]?.string)
             }
             // (method, path, body, roles allowed)
@@ -63,7 +64,8 @@ struct AuthTests {
     @Test func tokensAreHashedListedAndRevokedAtOnce() async throws {
         let env = try TestEnv { $0.adminToken = Self.admin }
         try await env.app().test(.router) { client in
-            let created = try await client.expect(.created, .post, "/v1/tokens", #"{"name":"ci","role":"viewer"}"#, headers: bearer(Self.admin))
+            let created = try await client.expect(
+                .created, .post, "/v1/tokens", #"{"name":"ci","role":"viewer"}"#, headers: bearer(Self.admin))
             let secret = try #require(created["token"]?.string)
             let id = try #require(created["id"]?.string)
             let listed = try await client.expect(.ok, .get, "/v1/tokens", headers: bearer(Self.admin))
@@ -73,7 +75,8 @@ struct AuthTests {
             try await client.expect(.noContent, .delete, "/v1/tokens/\(id)", headers: bearer(Self.admin))
             try await client.expectProblem(.unauthorized, .get, "/v1/pools", headers: bearer(secret))
             try await client.expectProblem(.notFound, .delete, "/v1/tokens/\(id)", headers: bearer(Self.admin))
-            try await client.expectProblem(.badRequest, .post, "/v1/tokens", #"{"name":"x","role":"root"}"#, headers: bearer(Self.admin), field: "role")
+            try await client.expectProblem(
+                .badRequest, .post, "/v1/tokens", #"{"name":"x","role":"root"}"#, headers: bearer(Self.admin), field: "role")
             // The event log names who did it.
             try await client.expect(.created, .post, "/v1/pools", Seed.pool("p", "spot"), headers: bearer(Self.admin))
             let events = try await client.call(.get, "/v1/events?type=pool.created", headers: bearer(Self.admin))
@@ -103,7 +106,8 @@ struct AuthTests {
             let before = try env.snapshot()
             try await client.expectProblem(.unauthorized, .post, "/v1/interruptions", body)
             try await client.expectProblem(.unauthorized, .post, "/v1/interruptions", body, headers: headers(now, nil))
-            try await client.expectProblem(.unauthorized, .post, "/v1/interruptions", body, headers: headers(now, "sha256=" + String(repeating: "0", count: 64)))
+            try await client.expectProblem(
+                .unauthorized, .post, "/v1/interruptions", body, headers: headers(now, "sha256=" + String(repeating: "0", count: 64)))
             try await client.expectProblem(.unauthorized, .post, "/v1/interruptions", body + " ", headers: headers(now, good))
             let stale = "sha256=" + Signature.hex(secret: "whsec-test", timestamp: String(now - 301), body: Data(body.utf8))
             try await client.expectProblem(.unauthorized, .post, "/v1/interruptions", body, headers: headers(now - 301, stale))

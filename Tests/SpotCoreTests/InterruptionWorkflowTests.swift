@@ -114,7 +114,8 @@ struct InterruptionWorkflowTests {
             #expect(try env.store.node("vm-b")?.node.state == .cordoned)
 
             let unknown = try await client.expect(
-                .accepted, .post, "/v1/interruptions/aws", try filled("aws-spot-interruption.json", now: env.clock.now(), instances: ["i-nobody"]))
+                .accepted, .post, "/v1/interruptions/aws",
+                try filled("aws-spot-interruption.json", now: env.clock.now(), instances: ["i-nobody"]))
             #expect(unknown["state"] == .string("unmatched"))
             let listed = try await client.expect(.ok, .get, "/v1/interruptions?state=unmatched")
             #expect(listed["items"]?.array.count == 1)
@@ -134,7 +135,8 @@ struct InterruptionWorkflowTests {
                 field: "detail.instance-id")
             try await client.expectProblem(.badRequest, .post, "/v1/interruptions/gcp", #"{"zone":"us-central1-a","preempted":true}"#)
             try await client.expectProblem(.badRequest, .post, "/v1/interruptions/azure", #"{"DocumentIncarnation":"two","Events":[]}"#)
-            try await client.expectProblem(.badRequest, .post, "/v1/interruptions", #"{"node_id":"i-0abc","kind":"termination","deadline":"soon"}"#)
+            try await client.expectProblem(
+                .badRequest, .post, "/v1/interruptions", #"{"node_id":"i-0abc","kind":"termination","deadline":"soon"}"#)
             try await client.expectProblem(.badRequest, .post, "/v1/interruptions", #"[1,2,3]"#)
             #expect(try env.snapshot() == before)
             #expect(try env.store.node("i-0abc")?.node.state == .ready)

@@ -28,7 +28,11 @@ struct NoticeParserTests {
 
     @Test func awsSpotWarningIsTerminationAtTimePlus120() throws {
         let notice = try NoticeParser.aws(object(filled("aws-spot-interruption.json", now: now, instances: ["i-0abc"])), now: now + 500)
-        #expect(notice == Notice(nodeId: "i-0abc", kind: .termination, deadline: now + 120_000, source: "aws", eventId: "12345678-1234-1234-1234-123456789012"))
+        #expect(
+            notice
+                == Notice(
+                    nodeId: "i-0abc", kind: .termination, deadline: now + 120_000, source: "aws",
+                    eventId: "12345678-1234-1234-1234-123456789012"))
     }
 
     @Test func awsRebalanceHasNoDeadline() throws {
@@ -40,7 +44,8 @@ struct NoticeParserTests {
 
     @Test func awsRefusesOtherEventsAndBadShapes() throws {
         var text = try filled("aws-spot-interruption.json", now: now, instances: ["i-0abc"])
-        let wrongType = text.replacingOccurrences(of: "EC2 Spot Instance Interruption Warning", with: "EC2 Instance State-change Notification")
+        let wrongType = text.replacingOccurrences(
+            of: "EC2 Spot Instance Interruption Warning", with: "EC2 Instance State-change Notification")
         #expect(throws: Problem.self) { try NoticeParser.aws(object(wrongType), now: now) }
         let badTime = text.replacingOccurrences(of: TimeFormat.rfc3339(now), with: "yesterday")
         let problem = try #require(throws: Problem.self) { try NoticeParser.aws(object(badTime), now: now) }
@@ -64,7 +69,8 @@ struct NoticeParserTests {
         #expect(notice.nodeId == "gke-gpu-2")
         #expect(notice.eventId == "-x0gjn7e1b1oc")
         #expect(notice.deadline == now + 30_000)
-        let envelope = #"{"message":{"data":"\#(Data(entry.utf8).base64EncodedString())","messageId":"1"},"subscription":"projects/p/subscriptions/s"}"#
+        let envelope =
+            #"{"message":{"data":"\#(Data(entry.utf8).base64EncodedString())","messageId":"1"},"subscription":"projects/p/subscriptions/s"}"#
         #expect(try NoticeParser.gcp(object(envelope), now: now) == notice)
     }
 
@@ -95,7 +101,8 @@ struct NoticeParserTests {
     }
 
     @Test func genericFormDefaultsAndExclusiveDeadline() throws {
-        let notice = try NoticeParser.generic(object(#"{"node_id":"n1","kind":"termination","notice_seconds":60,"source":"agent","event_id":"e1"}"#), now: now)
+        let notice = try NoticeParser.generic(
+            object(#"{"node_id":"n1","kind":"termination","notice_seconds":60,"source":"agent","event_id":"e1"}"#), now: now)
         #expect(notice.deadline == now + 60_000)
         let both = #"{"node_id":"n1","kind":"termination","notice_seconds":60,"deadline":"2027-01-15T08:00:00Z"}"#
         #expect(throws: Problem.self) { try NoticeParser.generic(object(both), now: now) }

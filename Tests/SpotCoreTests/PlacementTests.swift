@@ -30,7 +30,9 @@ enum Table {
 
     static func candidates(_ pools: [Pool], nodes: [Node], stats: [String: PoolStats] = [:], job: Job) -> [PoolCandidate] {
         let index = CapacityIndex(nodes: nodes)
-        return pools.map { PoolCandidate(pool: $0, stats: stats[$0.name] ?? PoolStats(), bestNode: index.bestNode(pool: $0.name, gpus: job.gpus)) }
+        return pools.map {
+            PoolCandidate(pool: $0, stats: stats[$0.name] ?? PoolStats(), bestNode: index.bestNode(pool: $0.name, gpus: job.gpus))
+        }
     }
 
     static func decide(_ job: Job, pools: [Pool], nodes: [Node], stats: [String: PoolStats] = [:]) -> PlacementDecision {
@@ -78,7 +80,9 @@ struct PlacementDecisionTests {
         #expect(placedNode(Table.decide(long, pools: [spot, onDemand], nodes: nodes)) == "o")
         #expect(refusals(Table.decide(long, pools: [spot], nodes: nodes))["spot"]?.contains("admission") == true)
         #expect(placedNode(Table.decide(Table.job(tier: .bestEffort, duration: 600), pools: [spot, onDemand], nodes: nodes)) == "s")
-        #expect(placedNode(Table.decide(Table.job(tier: .bestEffort, checkpointable: true, duration: 7200), pools: [spot], nodes: nodes)) == "s")
+        #expect(
+            placedNode(Table.decide(Table.job(tier: .bestEffort, checkpointable: true, duration: 7200), pools: [spot], nodes: nodes)) == "s"
+        )
     }
 
     @Test func gpuTypeCordonedAndFullAreExplained() {
@@ -104,7 +108,8 @@ struct PlacementDecisionTests {
         #expect(placedNode(spread) == "b")
         var risky = PoolStats()
         risky.rebalanceSignals = 1
-        #expect(placedNode(Table.decide(Table.job(tier: .bestEffort), pools: [spot, spotB], nodes: nodes, stats: ["spot-b": risky])) == "a")
+        #expect(
+            placedNode(Table.decide(Table.job(tier: .bestEffort), pools: [spot, spotB], nodes: nodes, stats: ["spot-b": risky])) == "a")
     }
 
     @Test func preemptionPicksFewestBestEffortJobsOnStableCapacity() {
@@ -160,7 +165,8 @@ struct PlacementAPITests {
             try await Seed.standardPools(client)
             try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
             try await client.expect(.created, .post, "/v1/nodes", Seed.node("o1", pool: "od"))
-            try await client.expect(.created, .post, "/v1/jobs", Seed.job("long", tier: "best_effort", extra: #","expected_duration_seconds":7200"#))
+            try await client.expect(
+                .created, .post, "/v1/jobs", Seed.job("long", tier: "best_effort", extra: #","expected_duration_seconds":7200"#))
             let dry = try await client.expect(.ok, .post, "/v1/placements", #"{"job_id":"long","dry_run":true}"#)
             #expect(dry["node_id"] == .string("o1"))
             #expect(try await client.call(.get, "/v1/jobs/long")["state"] == .string("queued"))

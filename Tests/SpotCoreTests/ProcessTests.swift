@@ -1,11 +1,11 @@
 import Foundation
 import Testing
 
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
-
 @testable import SpotCore
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// A real `spotd serve` process on a real SQLite file, killed and restarted.
 final class SpotdProcess {
@@ -109,7 +109,8 @@ struct ProcessTests {
         try await server.request("POST", "/v1/pools", Seed.pool("spot-b", "spot", zone: "b"))
         for index in 0..<6 { try await server.request("POST", "/v1/nodes", Seed.node("n\(index)", pool: "spot-a")) }
         for index in 0..<12 {
-            try await server.request("POST", "/v1/jobs", Seed.job("j\(index)", tier: "best_effort", gpus: 4, checkpointable: index % 3 == 0))
+            try await server.request(
+                "POST", "/v1/jobs", Seed.job("j\(index)", tier: "best_effort", gpus: 4, checkpointable: index % 3 == 0))
         }
         #expect(try await server.eventually { try await server.request("GET", "/v1/jobs?state=queued").1["items"]?.array.isEmpty == true })
 

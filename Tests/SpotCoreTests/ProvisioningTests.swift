@@ -20,7 +20,8 @@ struct ProvisioningTests {
             for index in 0..<20 { try await client.expect(.created, .post, "/v1/nodes", Seed.node("spot-\(index)", pool: "spot-a")) }
             for index in 0..<2 { try await client.expect(.created, .post, "/v1/nodes", Seed.node("od-\(index)", pool: "od")) }
             for index in 0..<40 {
-                try await client.expect(.created, .post, "/v1/jobs", Seed.job("be-\(index)", tier: "best_effort", gpus: 4, checkpointable: index % 2 == 0))
+                try await client.expect(
+                    .created, .post, "/v1/jobs", Seed.job("be-\(index)", tier: "best_effort", gpus: 4, checkpointable: index % 2 == 0))
             }
             for index in 0..<4 { try await client.expect(.created, .post, "/v1/jobs", Seed.job("prem-\(index)", tier: "premium", gpus: 4)) }
             try await env.step()
@@ -30,7 +31,8 @@ struct ProvisioningTests {
             let reclaimed = (0..<5).map { "spot-\($0)" }
             for node in reclaimed {
                 let reply = try await client.expect(
-                    .accepted, .post, "/v1/interruptions/aws", try filled("aws-spot-interruption.json", now: env.clock.now(), instances: [node])
+                    .accepted, .post, "/v1/interruptions/aws",
+                    try filled("aws-spot-interruption.json", now: env.clock.now(), instances: [node])
                         .replacingOccurrences(of: "12345678-1234-1234-1234-123456789012", with: "evt-\(node)"))
                 #expect(try env.store.node(node)?.node.state == .cordoned, "\(reply.text)")
             }
@@ -101,7 +103,9 @@ struct ProvisioningTests {
             try await env.advance(1)
             #expect(try await client.call(.get, "/v1/nodes?pool=spot-a&state=ready")["items"]?.array.count == 2)
             // Lose one spot node: spot-b is out, so the replacement comes from on-demand.
-            try await client.expect(.accepted, .post, "/v1/interruptions", #"{"node_id":"\#(try await firstNode(client, "spot-a"))","kind":"termination","notice_seconds":1}"#)
+            try await client.expect(
+                .accepted, .post, "/v1/interruptions",
+                #"{"node_id":"\#(try await firstNode(client, "spot-a"))","kind":"termination","notice_seconds":1}"#)
             for _ in 0..<4 { try await env.advance(1) }
             let fallback = try await client.call(.get, "/v1/nodes?pool=od&state=ready")
             #expect(fallback["items"]?.array.count == 1)
@@ -123,10 +127,11 @@ struct ProvisioningTests {
         router.post("/provision") { request, _ -> HTTPResponse.Status in
             let body = try await request.body.collect(upTo: 1 << 16)
             received.withLock {
-                $0.append((
-                    String(buffer: body), request.headers[HTTPField.Name("X-Spotd-Signature")!],
-                    request.headers[HTTPField.Name("X-Spotd-Timestamp")!]
-                ))
+                $0.append(
+                    (
+                        String(buffer: body), request.headers[HTTPField.Name("X-Spotd-Signature")!],
+                        request.headers[HTTPField.Name("X-Spotd-Timestamp")!]
+                    ))
             }
             return .accepted
         }

@@ -19,7 +19,8 @@ struct ResourceAPITests {
             #expect(patched["stockout"] == .bool(true))
             #expect(patched["max_nodes"] == .int(5))
             try await client.expectProblem(.badRequest, .patch, "/v1/pools/spot-a", #"{"gpu_type":"A100"}"#, field: "gpu_type")
-            try await client.expectProblem(.badRequest, .patch, "/v1/pools/spot-a", #"{"min_nodes":9}"#, field: "min_nodes")
+            try await client.expectProblem(.unprocessableContent, .patch, "/v1/pools/spot-a", #"{"min_nodes":9}"#, field: "min_nodes")
+            try await client.expectProblem(.badRequest, .patch, "/v1/pools/spot-a", #"{"stockout":null}"#, field: "stockout")
             try await client.expect(.created, .post, "/v1/nodes", Seed.node("n1", pool: "spot-a"))
             try await client.expectProblem(.conflict, .delete, "/v1/pools/spot-a")
             try await client.expect(.ok, .delete, "/v1/nodes/n1")
@@ -34,15 +35,42 @@ struct ResourceAPITests {
             let before = try env.snapshot()
             let cases: [(String, String?)] = [
                 (#"{"name":"ok","capacity_type":"spot"#, nil),
-                (#"{"name":"UPPER","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1}"#, "name"),
-                (#"{"name":"a","capacity_type":"preemptible","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1}"#, "capacity_type"),
-                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":65,"zone":"z","instance_type":"i","hourly_price":1}"#, "gpus_per_node"),
-                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":"8","zone":"z","instance_type":"i","hourly_price":1}"#, "gpus_per_node"),
-                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8.5,"zone":"z","instance_type":"i","hourly_price":1}"#, "gpus_per_node"),
-                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":-1}"#, "hourly_price"),
-                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1e400}"#, nil),
-                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1,"color":"red"}"#, "color"),
-                (#"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1,"min_nodes":3,"max_nodes":2}"#, "min_nodes"),
+                (
+                    #"{"name":"UPPER","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1}"#,
+                    "name"
+                ),
+                (
+                    #"{"name":"a","capacity_type":"preemptible","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1}"#,
+                    "capacity_type"
+                ),
+                (
+                    #"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":65,"zone":"z","instance_type":"i","hourly_price":1}"#,
+                    "gpus_per_node"
+                ),
+                (
+                    #"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":"8","zone":"z","instance_type":"i","hourly_price":1}"#,
+                    "gpus_per_node"
+                ),
+                (
+                    #"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8.5,"zone":"z","instance_type":"i","hourly_price":1}"#,
+                    "gpus_per_node"
+                ),
+                (
+                    #"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":-1}"#,
+                    "hourly_price"
+                ),
+                (
+                    #"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1e400}"#,
+                    nil
+                ),
+                (
+                    #"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1,"color":"red"}"#,
+                    "color"
+                ),
+                (
+                    #"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1,"stockout":null}"#,
+                    "stockout"
+                ),
                 (#"{"capacity_type":"spot"}"#, "name"),
                 ("[]", "body"),
                 ("", nil),
@@ -52,6 +80,9 @@ struct ResourceAPITests {
                 try await client.expectProblem(.badRequest, .post, "/v1/pools", body, field: field)
             }
             try await client.expectProblem(.badRequest, .post, "/v1/pools?dry=1", Seed.pool("a", "spot"), field: "query.dry")
+            let crossField =
+                #"{"name":"a","capacity_type":"spot","gpu_type":"H100","gpus_per_node":8,"zone":"z","instance_type":"i","hourly_price":1,"min_nodes":3,"max_nodes":2}"#
+            try await client.expectProblem(.unprocessableContent, .post, "/v1/pools", crossField, field: "min_nodes")
             #expect(try env.snapshot() == before)
         }
     }
@@ -122,8 +153,10 @@ struct ResourceAPITests {
             #expect(generated["attempt"] == .int(0))
             try await client.expectProblem(.badRequest, .post, "/v1/jobs", #"{"tier":"gold","gpus":2}"#, field: "tier")
             try await client.expectProblem(.badRequest, .post, "/v1/jobs", #"{"tier":"standard","gpus":0}"#, field: "gpus")
-            try await client.expectProblem(.badRequest, .post, "/v1/jobs", #"{"tier":"standard","gpus":1,"checkpointable":"yes"}"#, field: "checkpointable")
-            try await client.expectProblem(.badRequest, .post, "/v1/jobs", #"{"tier":"standard","gpus":1,"priority":99999999999}"#, field: "priority")
+            try await client.expectProblem(
+                .badRequest, .post, "/v1/jobs", #"{"tier":"standard","gpus":1,"checkpointable":"yes"}"#, field: "checkpointable")
+            try await client.expectProblem(
+                .badRequest, .post, "/v1/jobs", #"{"tier":"standard","gpus":1,"priority":99999999999}"#, field: "priority")
             try await client.expect(.created, .post, "/v1/jobs", Seed.job("j1", tier: "premium", gpus: 2))
             try await client.expectProblem(.conflict, .post, "/v1/jobs", Seed.job("j1", tier: "premium", gpus: 2))
             try await client.expectProblem(.conflict, .post, "/v1/jobs/j1/complete")

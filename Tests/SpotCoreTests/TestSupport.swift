@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
@@ -63,8 +64,6 @@ struct TestEnv {
         return counts
     }
 }
-
-import GRDB
 
 /// A response read as JSON.
 struct Reply {

@@ -160,18 +160,14 @@ public struct PageRequest: Sendable, Equatable {
         self.after = after
     }
 
+    /// An opaque cursor: `c` and the last sequence number in hex. Every string of that shape is a valid cursor.
     static func cursor(after seq: Int64) -> String {
-        Data("c1:\(seq)".utf8).base64EncodedString().replacingOccurrences(of: "=", with: "")
+        "c" + String(seq, radix: 16)
     }
 
     static func decodeCursor(_ text: String) -> Int64? {
-        guard text.utf8.count <= 64 else { return nil }
-        var padded = text
-        while padded.utf8.count % 4 != 0 { padded += "=" }
-        guard let data = Data(base64Encoded: padded), let raw = String(data: data, encoding: .utf8),
-            raw.hasPrefix("c1:"), let seq = Int64(raw.dropFirst(3)), seq >= 0
-        else { return nil }
-        return seq
+        guard text.hasPrefix("c"), (2...16).contains(text.utf8.count) else { return nil }
+        return Int64(text.dropFirst(), radix: 16).flatMap { $0 >= 0 ? $0 : nil }
     }
 }
 

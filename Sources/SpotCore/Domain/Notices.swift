@@ -82,9 +82,12 @@ enum NoticeParser {
         if let message = try body.object("message") {
             let data = try message.string("data", required: true, maxLength: 1 << 20)!
             guard let decoded = Data(base64Encoded: data) else {
-                throw Problem.invalidField("message.data", "must be base64-encoded JSON")
+                throw Problem.unprocessable("message.data", "must be base64-encoded JSON")
             }
-            return try gcp(JSONObject(JSONValue.parse(decoded), path: "message.data."), now: now)
+            guard let inner = try? JSONValue.parse(decoded) else {
+                throw Problem.unprocessable("message.data", "must be base64-encoded JSON")
+            }
+            return try gcp(JSONObject(inner, path: "message.data."), now: now)
         }
         if body.fields["protoPayload"] != nil {
             return try gcpAuditLog(body, now: now)
@@ -146,7 +149,8 @@ enum NoticeParser {
             let eventType = try event.string("EventType", required: true, maxLength: 64)!
             let resources = try event.array("Resources", required: true, maxCount: 1000)!.enumerated().map { offset, item in
                 guard case .string(let name) = item, NamePattern.identifier.matches(name) else {
-                    throw Problem.invalidField("Events[\(index)].Resources[\(offset)]", "must be a VM name matching \(NamePattern.identifier.description)")
+                    throw Problem.invalidField(
+                        "Events[\(index)].Resources[\(offset)]", "must be a VM name matching \(NamePattern.identifier.description)")
                 }
                 return name
             }
@@ -157,7 +161,8 @@ enum NoticeParser {
             var deadline = now
             if let notBefore = try event.string("NotBefore", maxLength: 64), !notBefore.isEmpty {
                 guard let parsed = TimeFormat.parseRFC1123(notBefore) else {
-                    throw Problem.invalidField("Events[\(index)].NotBefore", "must be an RFC 1123 time such as Mon, 19 Sep 2016 18:29:47 GMT")
+                    throw Problem.invalidField(
+                        "Events[\(index)].NotBefore", "must be an RFC 1123 time such as Mon, 19 Sep 2016 18:29:47 GMT")
                 }
                 deadline = try checked(parsed, now: now, field: "Events[\(index)].NotBefore")
             }
@@ -170,7 +175,7 @@ enum NoticeParser {
 
     private static func checked(_ deadline: Millis, now: Millis, field: String) throws -> Millis {
         guard abs(deadline - now) <= maxDeadlineSkew else {
-            throw Problem.invalidField(field, "is more than 7 days away from now; check the clock or the payload")
+            throw Problem.unprocessable(field, "is more than 7 days away from now; check the clock or the payload")
         }
         return deadline
     }

@@ -35,7 +35,8 @@ enum Placement {
                 return "tier policy: \(job.tier.rawValue) jobs use spot only when checkpointable"
             }
             if !job.checkpointable, let duration = job.expectedDurationSeconds, duration > policy.maxUncheckpointableSpotSeconds {
-                return "admission: not checkpointable and expected \(duration) s > \(policy.maxUncheckpointableSpotSeconds) s limit for spot"
+                return
+                    "admission: not checkpointable and expected \(duration) s > \(policy.maxUncheckpointableSpotSeconds) s limit for spot"
             }
         }
         return nil

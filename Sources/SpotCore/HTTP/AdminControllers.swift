@@ -63,7 +63,7 @@ struct PolicyController {
         }
         guard !types.isEmpty else { throw Problem.invalidField("capacity_types", "must list at least one capacity type") }
         if tier == .premium && types.contains(.spot) {
-            throw Problem.invalidField("capacity_types", "premium never runs on spot (the product contract)")
+            throw Problem.unprocessable("capacity_types", "may not list spot for premium: premium never runs on spot")
         }
         let current = try store.policies().first { $0.tier == tier }!
         let policy = Policy(

@@ -40,7 +40,8 @@ struct InterruptionController {
         for (detail, created) in results where created {
             SpotMetrics.notice(source: detail.interruption.source, kind: detail.interruption.kind.rawValue)
             if detail.interruption.state != .unmatched {
-                SpotMetrics.cordonLatency(nanoseconds: elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+                SpotMetrics.cordonLatency(
+                    nanoseconds: elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
             }
         }
         if results.contains(where: { $0.1 }) { signal.poke() }

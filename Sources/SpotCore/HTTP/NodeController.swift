@@ -71,14 +71,18 @@ struct NodeController {
         let seconds = try body.int("notice_seconds", range: 0...86_400)
         if text != nil && seconds != nil { throw Problem.invalidField("deadline", "and notice_seconds are exclusive; give one") }
         if let text {
-            guard let parsed = TimeFormat.parseRFC3339(text), abs(parsed - now) <= NoticeParser.maxDeadlineSkew else {
-                throw Problem.invalidField("deadline", "must be an RFC 3339 time within 7 days of now")
+            guard let parsed = TimeFormat.parseRFC3339(text) else {
+                throw Problem.invalidField("deadline", "must be an RFC 3339 time such as 2026-11-29T10:50:00Z")
+            }
+            guard abs(parsed - now) <= NoticeParser.maxDeadlineSkew else {
+                throw Problem.unprocessable("deadline", "is more than 7 days away from now")
             }
             deadline = parsed
         } else if let seconds {
             deadline = now + seconds * 1000
         }
-        let (detail, created) = try store.drain(nodeId: try context.parameters.require("id"), deadline: deadline, actor: context.caller.name)
+        let (detail, created) = try store.drain(
+            nodeId: try context.parameters.require("id"), deadline: deadline, actor: context.caller.name)
         signal.poke()
         return View.interruption(detail).response(created ? .accepted : .ok)
     }

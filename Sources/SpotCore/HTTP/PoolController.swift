@@ -22,8 +22,8 @@ struct PoolController {
         ])
         let now = store.clock.now()
         let minNodes = Int(try body.int("min_nodes", range: 0...10_000) ?? 0)
-        let maxNodes = Int(try body.int("max_nodes", range: 0...10_000) ?? 1000)
-        guard minNodes <= maxNodes else { throw Problem.invalidField("min_nodes", "must not exceed max_nodes (\(maxNodes))") }
+        let maxNodes = Int(try body.int("max_nodes", range: 0...10_000) ?? Int64(max(1000, minNodes)))
+        guard minNodes <= maxNodes else { throw Problem.unprocessable("min_nodes", "must not exceed max_nodes (\(maxNodes))") }
         let pool = Pool(
             name: try body.string("name", required: true, maxLength: 63, pattern: .dnsLabel)!,
             capacityType: try body.enumeration("capacity_type", CapacityType.self, required: true)!,

@@ -39,6 +39,13 @@ public struct Problem: Error, HTTPResponseError, Sendable, Equatable {
             detail: "query parameter \(name) \(message)", field: "query.\(name)")
     }
 
+    /// Well-formed input that breaks a rule the schema cannot express (cross-field, time window, policy).
+    static func unprocessable(_ field: String, _ message: String) -> Problem {
+        Problem(
+            status: .unprocessableContent, type: "urn:spotd:problem:unprocessable", title: "Unprocessable field",
+            detail: "\(field) \(message)", field: field)
+    }
+
     static func notFound(_ what: String, _ id: String) -> Problem {
         Problem(
             status: .notFound, type: "urn:spotd:problem:not-found", title: "Not found",

@@ -41,7 +41,9 @@ final class RouteTable: Sendable {
                     && zip(template.segments, segments).allSatisfy { $0.hasPrefix(":") || $0 == $1 }
             }
         }
-        guard !literalFirst.isEmpty else { return nil }
-        return literalFirst.reduce(into: Set()) { $0.formUnion($1.methods) }
+        // As the router does, literal segments win over parameters: only the most specific templates count.
+        let parameters = { (segments: [Substring]) in segments.filter { $0.hasPrefix(":") }.count }
+        guard let fewest = literalFirst.map({ parameters($0.segments) }).min() else { return nil }
+        return literalFirst.filter { parameters($0.segments) == fewest }.reduce(into: Set()) { $0.formUnion($1.methods) }
     }
 }

@@ -1,7 +1,8 @@
 import Crypto
 import Foundation
+
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// Where replacement nodes come from.
@@ -55,7 +56,8 @@ public struct WebhookProvider: Provider {
         if let secret {
             let timestamp = String(now / 1000)
             http.setValue(timestamp, forHTTPHeaderField: "X-Spotd-Timestamp")
-            http.setValue("sha256=" + Signature.hex(secret: secret, timestamp: timestamp, body: data), forHTTPHeaderField: "X-Spotd-Signature")
+            http.setValue(
+                "sha256=" + Signature.hex(secret: secret, timestamp: timestamp, body: data), forHTTPHeaderField: "X-Spotd-Signature")
         }
         do {
             let (_, response) = try await URLSession.shared.data(for: http)

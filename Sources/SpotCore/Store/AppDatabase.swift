@@ -11,7 +11,9 @@ public final class AppDatabase: Sendable {
     let logger: Logger
 
     /// Opens (creating if needed) the store at `path` and applies the migrations found in `migrationsDirectory`.
-    public init(path: String, migrationsDirectory: URL, clock: any SpotClock = SystemClock(), logger: Logger = Logger(label: "spotd.store")) throws {
+    public init(path: String, migrationsDirectory: URL, clock: any SpotClock = SystemClock(), logger: Logger = Logger(label: "spotd.store"))
+        throws
+    {
         var configuration = Configuration()
         configuration.foreignKeysEnabled = true
         configuration.busyMode = .timeout(10)

@@ -92,10 +92,13 @@ extension AppDatabase {
                 guard let tier = Tier(rawValue: row["tier"]), let state = JobState(rawValue: row["state"]) else { continue }
                 jobs[tier, default: [:]][state] = row["n"]
             }
-            let active = try Int.fetchOne(
-                db, sql: "SELECT COUNT(*) FROM interruptions WHERE state IN ('received', 'draining', 'drained')") ?? 0
+            let active =
+                try Int.fetchOne(
+                    db, sql: "SELECT COUNT(*) FROM interruptions WHERE state IN ('received', 'draining', 'drained')") ?? 0
             let pending = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM provisioning_requests WHERE state = 'pending'") ?? 0
-            return Summary(pools: pools.map { ($0, stats[$0.name] ?? PoolStats()) }, jobs: jobs, activeInterruptions: active, pendingProvisioning: pending)
+            return Summary(
+                pools: pools.map { ($0, stats[$0.name] ?? PoolStats()) }, jobs: jobs, activeInterruptions: active,
+                pendingProvisioning: pending)
         }
     }
 

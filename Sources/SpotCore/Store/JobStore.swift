@@ -99,7 +99,8 @@ extension AppDatabase {
                 throw Problem.conflict("job '\(jobId)' already has a checkpoint at step \(last.step); step \(step) is older")
             }
             try db.execute(
-                sql: "UPDATE jobs SET last_checkpoint_uri = ?, last_checkpoint_step = ?, last_checkpoint_at = ?, updated_at = ? WHERE id = ?",
+                sql:
+                    "UPDATE jobs SET last_checkpoint_uri = ?, last_checkpoint_step = ?, last_checkpoint_at = ?, updated_at = ? WHERE id = ?",
                 arguments: [uri, step, now, now, jobId])
             try db.appendEvent(
                 "job.checkpointed", subject: "jobs/\(jobId)", actor: actor, at: now,

@@ -24,9 +24,11 @@ extension AppDatabase {
             if try db.fetchNode(id) != nil { throw Problem.conflict("node '\(id)' is already registered") }
             let gpuCount = gpus ?? pool.gpusPerNode
             if let requestId = provisioningRequestId {
-                guard let request = try Row.fetchOne(
-                    db, sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ?", arguments: [requestId]
-                ).map(ProvisioningRequest.init(row:)) else {
+                guard
+                    let request = try Row.fetchOne(
+                        db, sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ?", arguments: [requestId]
+                    ).map(ProvisioningRequest.init(row:))
+                else {
                     throw Problem.unknownReference("provisioning_request_id", "provisioning request", requestId)
                 }
                 guard request.state == .pending else {
@@ -179,7 +181,8 @@ extension AppDatabase {
             arguments: [now, now, node.id])
         if let interruption { try db.appendStep(interruption.id, "node_terminated", at: now, detail: reason) }
         try db.execute(
-            sql: "UPDATE interruptions SET state = 'completed', completed_at = ? WHERE node_id = ? AND kind = 'rebalance' AND state = 'received'",
+            sql:
+                "UPDATE interruptions SET state = 'completed', completed_at = ? WHERE node_id = ? AND kind = 'rebalance' AND state = 'received'",
             arguments: [now, node.id])
         try db.appendEvent(
             "node.terminated", subject: "nodes/\(node.id)", actor: actor, at: now, data: ["reason": .string(reason)])

@@ -88,12 +88,13 @@ extension AppDatabase {
                             """, arguments: [pool.name, job.gpus]
                     ).map(Node.init(row:))
                     if job.tier == .bestEffort {
-                        candidate.bestEffortJobs = try Int.fetchOne(
-                            db,
-                            sql: """
-                                SELECT COUNT(*) FROM jobs j JOIN nodes n ON n.id = j.node_id
-                                WHERE n.pool = ? AND j.tier = 'best_effort' AND j.state IN ('running', 'checkpointing')
-                                """, arguments: [pool.name]) ?? 0
+                        candidate.bestEffortJobs =
+                            try Int.fetchOne(
+                                db,
+                                sql: """
+                                    SELECT COUNT(*) FROM jobs j JOIN nodes n ON n.id = j.node_id
+                                    WHERE n.pool = ? AND j.tier = 'best_effort' AND j.state IN ('running', 'checkpointing')
+                                    """, arguments: [pool.name]) ?? 0
                     }
                 }
                 candidates.append(candidate)
@@ -133,7 +134,8 @@ extension AppDatabase {
                 """, arguments: [job.gpus, now, nodeId, job.gpus])
         guard db.changesCount == 1 else { throw Problem.conflict("node '\(nodeId)' no longer has room for job '\(job.id)'") }
         try db.execute(
-            sql: "UPDATE jobs SET state = 'running', node_id = ?, attempt = ?, started_at = ?, updated_at = ? WHERE id = ? AND state = 'queued'",
+            sql:
+                "UPDATE jobs SET state = 'running', node_id = ?, attempt = ?, started_at = ?, updated_at = ? WHERE id = ? AND state = 'queued'",
             arguments: [nodeId, attempt, now, now, job.id])
         guard db.changesCount == 1 else { throw Problem.conflict("job '\(job.id)' is no longer queued") }
         try db.appendEvent(
@@ -147,10 +149,12 @@ extension AppDatabase {
     // MARK: - Premium protection
 
     /// Asks best-effort jobs on stable capacity to yield to a premium job; returns a note, or nil when nothing can yield.
-    static func preemptFor(_ db: Database, job: Job, policy: Policy, now: Millis, actor: String, graceSeconds: Int64 = 30) throws -> String? {
-        let pending = try Int.fetchOne(
-            db, sql: "SELECT COALESCE(SUM(gpus), 0) FROM jobs WHERE preempted_for = ? AND state = 'checkpointing'", arguments: [job.id]
-        ) ?? 0
+    static func preemptFor(_ db: Database, job: Job, policy: Policy, now: Millis, actor: String, graceSeconds: Int64 = 30) throws -> String?
+    {
+        let pending =
+            try Int.fetchOne(
+                db, sql: "SELECT COALESCE(SUM(gpus), 0) FROM jobs WHERE preempted_for = ? AND state = 'checkpointing'", arguments: [job.id]
+            ) ?? 0
         if pending > 0 { return "best-effort jobs are already yielding \(pending) GPU(s) to it" }
         let rows = try Row.fetchAll(
             db,
@@ -163,7 +167,8 @@ extension AppDatabase {
         for row in rows {
             guard let node = try db.fetchNode(row["id"]), let pool = try db.fetchPool(node.pool) else { continue }
             sites.append(
-                Placement.PreemptionSite(node: node, pool: pool, bestEffortJobs: try db.jobsOnNode(node.id).filter { $0.tier == .bestEffort }))
+                Placement.PreemptionSite(
+                    node: node, pool: pool, bestEffortJobs: try db.jobsOnNode(node.id).filter { $0.tier == .bestEffort }))
         }
         guard let choice = Placement.choosePreemption(job: job, policy: policy, sites: sites) else { return nil }
         for victimId in choice.jobIds {
@@ -175,7 +180,8 @@ extension AppDatabase {
                 try db.appendEvent(
                     "job.checkpoint_requested", subject: "jobs/\(victimId)", actor: actor, at: now,
                     data: [
-                        "reason": .string("preempted for premium job \(job.id)"), "deadline": .string(TimeFormat.rfc3339(now + graceSeconds * 1000)),
+                        "reason": .string("preempted for premium job \(job.id)"),
+                        "deadline": .string(TimeFormat.rfc3339(now + graceSeconds * 1000)),
                     ])
             } else {
                 try db.requeue(victim, at: now, actor: actor, interruptionId: nil, reason: "preempted for premium job \(job.id)")

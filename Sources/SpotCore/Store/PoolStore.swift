@@ -70,7 +70,9 @@ extension AppDatabase {
             if let value = patch.zone { pool.zone = value }
             if let value = patch.instanceType { pool.instanceType = value }
             guard pool.minNodes <= pool.maxNodes else {
-                throw Problem.invalidField(patch.minNodes != nil ? "min_nodes" : "max_nodes", "min_nodes must not exceed max_nodes")
+                throw Problem.unprocessable(
+                    patch.minNodes != nil ? "min_nodes" : "max_nodes",
+                    "would put min_nodes (\(pool.minNodes)) above max_nodes (\(pool.maxNodes))")
             }
             pool.updatedAt = clock.now()
             try db.execute(
@@ -92,12 +94,14 @@ extension AppDatabase {
     func deletePool(_ name: String, actor: String) throws {
         try writer.write { db in
             guard try db.fetchPool(name) != nil else { throw Problem.notFound("pool", name) }
-            let live = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND state <> 'terminated'", arguments: [name]) ?? 0
+            let live =
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND state <> 'terminated'", arguments: [name]) ?? 0
             guard live == 0 else {
                 throw Problem.conflict("pool '\(name)' still has \(live) live node(s); delete or terminate them first")
             }
-            let pending = try Int.fetchOne(
-                db, sql: "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND state = 'pending'", arguments: [name]) ?? 0
+            let pending =
+                try Int.fetchOne(
+                    db, sql: "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND state = 'pending'", arguments: [name]) ?? 0
             guard pending == 0 else {
                 throw Problem.conflict("pool '\(name)' has \(pending) pending provisioning request(s)")
             }
@@ -143,9 +147,10 @@ extension AppDatabase {
         {
             let pool: String = row["pool"]
             let notices: Int = row["n"]
-            let exposed = try Int.fetchOne(
-                db, sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND (terminated_at IS NULL OR terminated_at >= ?)",
-                arguments: [pool, since]) ?? 0
+            let exposed =
+                try Int.fetchOne(
+                    db, sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND (terminated_at IS NULL OR terminated_at >= ?)",
+                    arguments: [pool, since]) ?? 0
             let hours = Double(riskWindowMillis) / 3_600_000
             stats[pool, default: PoolStats()].interruptionRate = Double(notices) / (Double(max(exposed, 1)) * hours)
             stats[pool, default: PoolStats()].rebalanceSignals = row["r"]

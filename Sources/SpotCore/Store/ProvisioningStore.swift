@@ -49,10 +49,12 @@ extension AppDatabase {
     func applyProvisioning(_ requestId: String, _ step: ProviderStep, actor: String) throws -> Bool {
         try writer.write { db in
             let now = clock.now()
-            guard let request = try Row.fetchOne(
-                db, sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ? AND state = 'pending'",
-                arguments: [requestId]
-            ).map(ProvisioningRequest.init(row:)) else { return false }
+            guard
+                let request = try Row.fetchOne(
+                    db, sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ? AND state = 'pending'",
+                    arguments: [requestId]
+                ).map(ProvisioningRequest.init(row:))
+            else { return false }
             switch step {
             case .wait:
                 return false
@@ -84,7 +86,8 @@ extension AppDatabase {
                 if let lostId = request.replacesNodeId, let lost = try db.fetchNode(lostId) {
                     let interruption = try request.interruptionId.flatMap { try db.fetchInterruption($0) }
                     let tried = Set(
-                        try String.fetchAll(db, sql: "SELECT pool FROM provisioning_requests WHERE replaces_node_id = ?", arguments: [lostId]))
+                        try String.fetchAll(
+                            db, sql: "SELECT pool FROM provisioning_requests WHERE replaces_node_id = ?", arguments: [lostId]))
                     _ = try requestReplacement(
                         db, for: lost, interruption: interruption, attemptNumber: request.attemptNumber + 1, now: now, actor: actor,
                         excluding: tried, onDemandOnly: true)
@@ -105,15 +108,18 @@ extension AppDatabase {
             for pool in pools {
                 let missing = pool.minNodes - (stats[pool.name]?.committedNodes ?? 0)
                 guard missing > 0 else { continue }
-                let recentFailure = try Int.fetchOne(
-                    db,
-                    sql: "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND reason = 'min_nodes' AND state = 'failed' AND resolved_at > ?",
-                    arguments: [pool.name, now - 60_000]) ?? 0
+                let recentFailure =
+                    try Int.fetchOne(
+                        db,
+                        sql:
+                            "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND reason = 'min_nodes' AND state = 'failed' AND resolved_at > ?",
+                        arguments: [pool.name, now - 60_000]) ?? 0
                 guard recentFailure == 0 else { continue }
                 for _ in 0..<missing {
                     let id = AppDatabase.newId("prov")
                     try db.execute(
-                        sql: "INSERT INTO provisioning_requests (id, pool, reason, state, created_at) VALUES (?, ?, 'min_nodes', 'pending', ?)",
+                        sql:
+                            "INSERT INTO provisioning_requests (id, pool, reason, state, created_at) VALUES (?, ?, 'min_nodes', 'pending', ?)",
                         arguments: [id, pool.name, now])
                     try db.appendEvent(
                         "provisioning.requested", subject: "provisioning-requests/\(id)", actor: actor, at: now,
@@ -141,14 +147,17 @@ extension AppDatabase {
             var released = 0
             for row in idle {
                 let gpus: Int = row["gpus"]
-                let spotFree = try Int.fetchOne(
-                    db,
-                    sql: """
-                        SELECT COALESCE(SUM(n.gpus - n.gpus_allocated), 0) FROM nodes n JOIN pools p ON p.name = n.pool
-                        WHERE p.capacity_type = 'spot' AND p.gpu_type = ? AND n.state = 'ready'
-                        """, arguments: [row["gpu_type"] as String]) ?? 0
-                let live = try Int.fetchOne(
-                    db, sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND state <> 'terminated'", arguments: [row["pool"] as String]) ?? 0
+                let spotFree =
+                    try Int.fetchOne(
+                        db,
+                        sql: """
+                            SELECT COALESCE(SUM(n.gpus - n.gpus_allocated), 0) FROM nodes n JOIN pools p ON p.name = n.pool
+                            WHERE p.capacity_type = 'spot' AND p.gpu_type = ? AND n.state = 'ready'
+                            """, arguments: [row["gpu_type"] as String]) ?? 0
+                let live =
+                    try Int.fetchOne(
+                        db, sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND state <> 'terminated'", arguments: [row["pool"] as String])
+                    ?? 0
                 guard spotFree >= gpus, live > row["min_nodes"] as Int, let node = try db.fetchNode(row["id"]) else { continue }
                 try Self.terminate(db, node: node, at: now, actor: actor, reason: "scaled down: idle on-demand fallback, spot is back")
                 released += 1

@@ -3,7 +3,8 @@ import GRDB
 // MARK: - Row decoding
 
 extension Pool {
-    static let columns = "seq, name, capacity_type, gpu_type, gpus_per_node, zone, instance_type, hourly_price, min_nodes, max_nodes, stockout, created_at, updated_at"
+    static let columns =
+        "seq, name, capacity_type, gpu_type, gpus_per_node, zone, instance_type, hourly_price, min_nodes, max_nodes, stockout, created_at, updated_at"
 
     init(row: Row) {
         name = row["name"]
@@ -22,7 +23,8 @@ extension Pool {
 }
 
 extension Node {
-    static let columns = "seq, id, pool, gpus, gpus_allocated, state, provisioning_request_id, created_at, updated_at, idle_since, terminated_at"
+    static let columns =
+        "seq, id, pool, gpus, gpus_allocated, state, provisioning_request_id, created_at, updated_at, idle_since, terminated_at"
 
     init(row: Row) {
         id = row["id"]

@@ -63,7 +63,8 @@ extension AppDatabase {
                         ])
                     report.checkpointsRequested += 1
                 case .requeue:
-                    try db.requeue(job, at: now, actor: settings.actor, interruptionId: interruption.id, reason: "node reclaimed; not checkpointable")
+                    try db.requeue(
+                        job, at: now, actor: settings.actor, interruptionId: interruption.id, reason: "node reclaimed; not checkpointable")
                     report.requeued += 1
                 }
             }
@@ -76,7 +77,8 @@ extension AppDatabase {
             try db.execute(sql: "UPDATE interruptions SET state = 'draining' WHERE id = ?", arguments: [interruption.id])
             try db.appendStep(interruption.id, "drain_started", at: now)
             if interruption.nodeWasLive {
-                report.provisioningRequested += try requestReplacement(db, for: node, interruption: interruption, attemptNumber: 1, now: now, actor: settings.actor)
+                report.provisioningRequested += try requestReplacement(
+                    db, for: node, interruption: interruption, attemptNumber: 1, now: now, actor: settings.actor)
             }
             report.drainsStarted += 1
         }
@@ -132,7 +134,8 @@ extension AppDatabase {
         for job in due {
             let interruption = try job.nodeId.flatMap { try db.activeTermination(nodeId: $0) }
             if let interruption { try db.appendStep(interruption.id, "checkpoint_timeout", at: now, jobId: job.id) }
-            let reason = job.preemptedFor.map { "preempted for premium job \($0); checkpoint deadline passed" }
+            let reason =
+                job.preemptedFor.map { "preempted for premium job \($0); checkpoint deadline passed" }
                 ?? "checkpoint deadline passed"
             try db.requeue(job, at: now, actor: settings.actor, interruptionId: interruption?.id, reason: reason)
             report.checkpointsExpired += 1

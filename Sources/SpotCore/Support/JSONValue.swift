@@ -107,10 +107,14 @@ struct JSONObject {
         }
     }
 
+    /// The field's value; nil when absent. An explicit `null` is refused: no field of spotd's is nullable.
     private func present(_ key: String, required: Bool) throws -> JSONValue? {
-        guard let value = fields[key], value != .null else {
+        guard let value = fields[key] else {
             if required { throw Problem.invalidField(path + key, "is required") }
             return nil
+        }
+        if value == .null {
+            throw Problem.invalidField(path + key, required ? "is required and must not be null" : "must not be null; leave it out instead")
         }
         return value
     }
@@ -121,7 +125,7 @@ struct JSONObject {
             throw Problem.invalidField(path + key, "must be a string, got \(value.typeName)")
         }
         if text.isEmpty { throw Problem.invalidField(path + key, "must not be empty") }
-        if text.utf8.count > maxLength { throw Problem.invalidField(path + key, "must be at most \(maxLength) bytes") }
+        if text.unicodeScalars.count > maxLength { throw Problem.invalidField(path + key, "must be at most \(maxLength) characters") }
         if let pattern, !pattern.matches(text) {
             throw Problem.invalidField(path + key, "must match \(pattern.description)")
         }

@@ -107,7 +107,8 @@ public struct WorkflowWorker: Service {
                 case .fulfilled: SpotMetrics.provisioning("fulfilled")
                 case .failed(let message):
                     SpotMetrics.provisioning("failed")
-                    logger.warning("provisioning failed", metadata: ["request": "\(request.id)", "pool": "\(request.pool)", "error": "\(message)"])
+                    logger.warning(
+                        "provisioning failed", metadata: ["request": "\(request.id)", "pool": "\(request.pool)", "error": "\(message)"])
                 default: break
                 }
             }
