@@ -10,7 +10,7 @@ struct Spotd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "spotd",
         abstract: "Keeps a GPU platform safe when clouds reclaim spot nodes.",
-        subcommands: [Serve.self, Migrate.self, TokenCommand.self, Demo.self],
+        subcommands: [Serve.self, Migrate.self, TokenCommand.self, DemoCommand.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -151,10 +151,16 @@ struct TokenCommand: AsyncParsableCommand {
     }
 }
 
-struct Demo: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Play the reference scenario on a throwaway store and print its timeline.")
+struct DemoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo", abstract: "Play the reference scenario on a throwaway store and print its timeline.")
+
+    @Flag(help: "Put the other spot pool in stockout, so replacements fall back to on-demand.") var stockout = false
 
     func run() async throws {
-        fail("the demo is not built yet")
+        var options = Demo.Options()
+        options.stockout = stockout
+        let passed = try await Demo.run(options) { line in print(line) }
+        if !passed { throw ExitCode(1) }
     }
 }

@@ -1,0 +1,90 @@
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
+/// `spotd demo`: the reference scenario on a throwaway store, with the real server, worker and simulated provider.
+/// 20 spot nodes run best-effort jobs, premium jobs run on on-demand nodes, and the cloud reclaims 5 spot nodes at once.
+public enum Demo {
+    public struct Options: Sendable {
+        public var stockout = false
+        public var bootSeconds = 3.0
+        public init() {}
+    }
+
+    public static func run(_ options: Options, print write: @escaping @Sendable (String) -> Void) async throws -> Bool {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("spotd-demo-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var config = SpotConfig()
+        config.dbPath = directory.appendingPathComponent("demo.sqlite").path
+        config.port = Int.random(in: 30_000..<60_000)
+        config.simBootSeconds = options.bootSeconds
+        config.workerIntervalSeconds = 0.1
+        var logger = Logger(label: "spotd-demo")
+        logger.logLevel = .error
+        let runtime = try SpotRuntime(config: config, logger: logger)
+        let app = buildApplication(runtime, logger: logger)
+        let group = ServiceGroup(services: [app], gracefulShutdownSignals: [], logger: logger)
+        let server = Task { try await group.run() }
+        defer {
+            server.cancel()
+        }
+        let client = DemoClient(base: "http://127.0.0.1:\(config.port)")
+        try await client.waitUntilUp()
+        let scenario = Scenario(client: client, write: write, options: options)
+        let passed = try await scenario.play()
+        await group.triggerGracefulShutdown()
+        _ = try? await server.value
+        try? runtime.store.close()
+        return passed
+    }
+}
+
+/// A tiny JSON-over-HTTP client for the demo.
+struct DemoClient: Sendable {
+    let base: String
+
+    @discardableResult
+    func call(_ method: String, _ path: String, _ body: String? = nil) async throws -> (Int, JSONValue) {
+        var request = URLRequest(url: URL(string: base + path)!, timeoutInterval: 30)
+        request.httpMethod = method
+        if let body {
+            request.httpBody = Data(body.utf8)
+            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        }
+        let (data, response) = try await URLSession.shared.data(for: request)
+        let json = (try? JSONDecoder().decode(JSONValue.self, from: data)) ?? .null
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, json)
+    }
+
+    func items(_ path: String) async throws -> [JSONValue] {
+        guard case .object(let page) = try await call("GET", path).1, case .array(let items)? = page["items"] else { return [] }
+        return items
+    }
+
+    func waitUntilUp() async throws {
+        for _ in 0..<200 {
+            if let (status, _) = try? await call("GET", "/healthz"), status == 200 { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw DemoError.serverDidNotStart
+    }
+}
+
+enum DemoError: Error { case serverDidNotStart, setupFailed(String) }
+
+extension JSONValue {
+    /// Field access for the demo's readers.
+    subscript(demo key: String) -> JSONValue? {
+        if case .object(let fields) = self { return fields[key] }
+        return nil
+    }
+
+    var demoString: String? { if case .string(let text) = self { return text } else { return nil } }
+    var demoInt: Int64? { if case .int(let number) = self { return number } else { return nil } }
+}

@@ -1,0 +1,187 @@
+import Foundation
+
+/// The reference scenario, step by step, told as it happens.
+struct Scenario {
+    let client: DemoClient
+    let write: @Sendable (String) -> Void
+    let options: Demo.Options
+
+    static let spotNodes = 20
+    static let reclaimed = 5
+
+    func expect(_ status: Int, _ method: String, _ path: String, _ body: String? = nil) async throws {
+        let (got, json) = try await client.call(method, path, body)
+        guard got == status else { throw DemoError.setupFailed("\(method) \(path) answered \(got): \(json.jsonText)") }
+    }
+
+    func play() async throws -> Bool {
+        write("spotd demo: the reference scenario on a throwaway store\n")
+        try await setUp()
+        let premiumBefore = try await client.items("/v1/jobs?tier=premium&state=running")
+        let bestEffortRunning = try await client.items("/v1/jobs?tier=best_effort&state=running").count
+        write(
+            "ready: \(Self.spotNodes) spot nodes run \(bestEffortRunning) best-effort jobs; \(premiumBefore.count) premium jobs run on on-demand"
+        )
+        if options.stockout { write("spot-b is in stockout: replacements will fall back to on-demand") }
+        let since = try await client.items("/v1/events?limit=1000").compactMap { $0[demo: "id"]?.demoInt }.max() ?? 0
+
+        // The cloud reclaims 5 spot nodes at once: AWS EventBridge warnings, fired together.
+        let noticeAt = Date()
+        let victims = try await client.items("/v1/nodes?pool=spot-a&limit=\(Self.reclaimed)").compactMap { $0[demo: "id"]?.demoString }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for node in victims {
+                group.addTask {
+                    let event = """
+                        {"version":"0","id":"demo-\(node)","detail-type":"EC2 Spot Instance Interruption Warning","source":"aws.ec2",\
+                        "account":"123456789012","time":"\(TimeFormat.rfc3339(SystemClock().now()))","region":"us-east-1",\
+                        "resources":["arn:aws:ec2:us-east-1a:instance/\(node)"],"detail":{"instance-id":"\(node)","instance-action":"terminate"}}
+                        """
+                    try await expect(202, "POST", "/v1/interruptions/aws", event)
+                }
+            }
+            try await group.waitForAll()
+        }
+        write(
+            "t+\(Self.seconds(since: noticeAt))s  \(victims.count) AWS interruption warnings answered 202; every node cordoned before its answer\n"
+        )
+
+        // Node agents checkpoint when asked; the cloud takes each node once it is drained.
+        var requeueTimes: [String: Date] = [:]
+        let deadline = Date().addingTimeInterval(55)
+        var done = false
+        while Date() < deadline && !done {
+            for job in try await client.items("/v1/jobs?state=checkpointing") {
+                guard let id = job[demo: "id"]?.demoString, let attempt = job[demo: "attempt"]?.demoInt else { continue }
+                try? await Task.sleep(for: .milliseconds(300))
+                _ = try await client.call(
+                    "POST", "/v1/jobs/\(id)/checkpoints", #"{"uri":"s3://checkpoints/\#(id)/step-1200","step":1200,"attempt":\#(attempt)}"#)
+            }
+            for node in try await client.items("/v1/nodes?state=drained") {
+                if let id = node[demo: "id"]?.demoString { _ = try await client.call("DELETE", "/v1/nodes/\(id)") }
+            }
+            let interruptions = try await client.items("/v1/interruptions")
+            let queued = try await client.items("/v1/jobs?state=queued").count
+            let checkpointing = try await client.items("/v1/jobs?state=checkpointing").count
+            done = interruptions.allSatisfy { $0[demo: "state"]?.demoString == "completed" } && queued == 0 && checkpointing == 0
+            if !done { try await Task.sleep(for: .milliseconds(200)) }
+        }
+        let fullAt = Date()
+
+        // The timeline, from the audit log.
+        write("timeline (seconds after the notices):")
+        let events = try await client.items("/v1/events?since=\(since)&limit=1000")
+        let start = Millis(noticeAt.timeIntervalSince1970 * 1000)
+        var lines = 0
+        for event in events {
+            guard let type = event[demo: "type"]?.demoString, let at = event[demo: "at"]?.demoString.flatMap(TimeFormat.parseRFC3339),
+                let subject = event[demo: "subject"]?.demoString
+            else { continue }
+            let offset = String(format: "%6.2f", Double(at - start) / 1000)
+            let data = event[demo: "data"]
+            switch type {
+            case "interruption.received", "node.cordoned", "node.drained", "node.terminated", "provisioning.requested",
+                "provisioning.fulfilled", "provisioning.failed", "interruption.completed", "job.checkpoint_requested", "job.checkpointed":
+                write("  t+\(offset)s  \(type.padding(toLength: 26, withPad: " ", startingAt: 0)) \(subject)\(Self.note(type, data))")
+                lines += 1
+            case "job.requeued":
+                requeueTimes[subject] = Date(timeIntervalSince1970: Double(at) / 1000)
+                write("  t+\(offset)s  \(type.padding(toLength: 26, withPad: " ", startingAt: 0)) \(subject)\(Self.note(type, data))")
+                lines += 1
+            case "job.placed" where data?[demo: "attempt"]?.demoInt ?? 1 > 1:
+                write(
+                    "  t+\(offset)s  \(type.padding(toLength: 26, withPad: " ", startingAt: 0)) \(subject) -> \(data?[demo: "node_id"]?.demoString ?? "?")"
+                )
+                lines += 1
+            default:
+                continue
+            }
+        }
+
+        // The closing summary.
+        let jobs = try await client.items("/v1/jobs?limit=1000")
+        var lostGPUMinutes = 0.0
+        for job in jobs where (job[demo: "requeue_count"]?.demoInt ?? 0) > 0 {
+            let gpus = Double(job[demo: "gpus"]?.demoInt ?? 0)
+            let started = job[demo: "started_at"]?.demoString.flatMap(TimeFormat.parseRFC3339) ?? start
+            let checkpoint = job[demo: "resume_from"]?[demo: "at"]?.demoString.flatMap(TimeFormat.parseRFC3339)
+            let requeuedAt =
+                requeueTimes["jobs/\(job[demo: "id"]?.demoString ?? "")"].map { Millis($0.timeIntervalSince1970 * 1000) } ?? start
+            // Work since the last checkpoint (or since the job started, with none) is lost.
+            let from = checkpoint ?? started
+            lostGPUMinutes += gpus * Double(max(0, requeuedAt - from)) / 60_000
+        }
+        let requeued = jobs.filter { ($0[demo: "requeue_count"]?.demoInt ?? 0) > 0 }.count
+        let premiumAfter = try await client.items("/v1/jobs?tier=premium")
+        let touched = premiumAfter.filter { job in
+            let before = premiumBefore.first { $0[demo: "id"] == job[demo: "id"] }
+            return job[demo: "attempt"]?.demoInt != 1 || job[demo: "node_id"] != before?[demo: "node_id"]
+                || job[demo: "state"]?.demoString != "running"
+        }.count
+        let requests = try await client.items("/v1/provisioning-requests")
+        let fulfilledBy = Dictionary(grouping: requests.filter { $0[demo: "state"]?.demoString == "fulfilled" }) {
+            $0[demo: "pool"]?.demoString ?? "?"
+        }.mapValues(\.count)
+        write("")
+        write("summary:")
+        write("  nodes reclaimed:          \(victims.count)")
+        write("  jobs requeued:            \(requeued) (checkpointed ones resume from their checkpoint)")
+        write("  GPU-minutes lost:         \(String(format: "%.1f", lostGPUMinutes)) (work since the last checkpoint, or since the start)")
+        write(
+            "  replacements fulfilled:   \(fulfilledBy.sorted { $0.key < $1.key }.map { "\($0.value) in \($0.key)" }.joined(separator: ", "))"
+        )
+        write("  time to full capacity:    \(Self.seconds(since: noticeAt, until: fullAt)) s")
+        write("  premium jobs touched:     \(touched)")
+        write(done && touched == 0 ? "\nresult: OK, nothing lost and no premium job touched" : "\nresult: NOT OK")
+        return done && touched == 0 && lines > 0
+    }
+
+    func setUp() async throws {
+        try await expect(201, "POST", "/v1/pools", Self.pool("spot-a", "spot", zone: "us-east-1a", price: 12.0))
+        try await expect(201, "POST", "/v1/pools", Self.pool("spot-b", "spot", zone: "us-east-1b", price: 12.5))
+        try await expect(201, "POST", "/v1/pools", Self.pool("on-demand", "on_demand", zone: "us-east-1a", price: 98.0))
+        if options.stockout { try await expect(200, "PATCH", "/v1/pools/spot-b", #"{"stockout":true}"#) }
+        for index in 0..<Self.spotNodes {
+            try await expect(201, "POST", "/v1/nodes", #"{"id":"i-spot\#(String(format: "%02d", index))","pool":"spot-a"}"#)
+        }
+        for index in 0..<4 { try await expect(201, "POST", "/v1/nodes", #"{"id":"i-od\#(index)","pool":"on-demand"}"#) }
+        for index in 0..<(Self.spotNodes * 2) {
+            let checkpointable = index % 2 == 0
+            try await expect(
+                201, "POST", "/v1/jobs",
+                #"{"id":"train-\#(String(format: "%02d", index))","tier":"best_effort","gpus":4,"checkpointable":\#(checkpointable),"expected_duration_seconds":1800}"#
+            )
+        }
+        for index in 0..<6 {
+            try await expect(201, "POST", "/v1/jobs", #"{"id":"premium-\#(index)","tier":"premium","gpus":4}"#)
+        }
+        for _ in 0..<100 {
+            if try await client.items("/v1/jobs?state=queued").isEmpty { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw DemoError.setupFailed("jobs were not all placed")
+    }
+
+    static func pool(_ name: String, _ type: String, zone: String, price: Double) -> String {
+        #"{"name":"\#(name)","capacity_type":"\#(type)","gpu_type":"H100","gpus_per_node":8,"zone":"\#(zone)","instance_type":"p5.48xlarge","hourly_price":\#(price)}"#
+    }
+
+    static func seconds(since start: Date, until end: Date = Date()) -> String {
+        String(format: "%.1f", end.timeIntervalSince(start))
+    }
+
+    static func note(_ type: String, _ data: JSONValue?) -> String {
+        switch type {
+        case "job.requeued":
+            let resume = data?[demo: "resume_from"]?[demo: "step"]?.demoInt.map { "resumes from step \($0)" } ?? "starts over"
+            return " (\(data?[demo: "reason"]?.demoString ?? ""); \(resume))"
+        case "provisioning.requested":
+            return " -> \(data?[demo: "pool"]?.demoString ?? "?") (\(data?[demo: "reason"]?.demoString ?? ""))"
+        case "provisioning.fulfilled":
+            return " -> node \(data?[demo: "node_id"]?.demoString ?? "?")"
+        case "provisioning.failed":
+            return " (\(data?[demo: "error"]?.demoString ?? ""))"
+        default:
+            return ""
+        }
+    }
+}
