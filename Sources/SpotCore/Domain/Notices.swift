@@ -58,12 +58,16 @@ enum NoticeParser {
         }
         let detail = try body.object("detail", required: true)!
         let instanceId = try detail.string("instance-id", required: true, maxLength: 128, pattern: .identifier)!
-        switch detailType {
-        case "EC2 Spot Instance Interruption Warning":
-            let timeText = try body.string("time", required: true, maxLength: 64)!
-            guard let time = TimeFormat.parseRFC3339(timeText) else {
+        var time: Millis?
+        if let timeText = try body.string("time", maxLength: 64) {
+            guard let parsed = TimeFormat.parseRFC3339(timeText) else {
                 throw Problem.invalidField("time", "must be an RFC 3339 time such as 2026-11-29T10:50:00Z")
             }
+            time = parsed
+        }
+        switch detailType {
+        case "EC2 Spot Instance Interruption Warning":
+            guard let time else { throw Problem.invalidField("time", "is required for a spot interruption warning") }
             let deadline = try checked(time + 120_000, now: now, field: "time")
             return Notice(nodeId: instanceId, kind: .termination, deadline: deadline, source: "aws", eventId: eventId)
         case "EC2 Instance Rebalance Recommendation":
@@ -125,8 +129,8 @@ enum NoticeParser {
                 detail: "methodName '\(method)' is not a preemption; expected compute.instances.preempted",
                 field: payload.path + "methodName")
         }
-        let resourceName = try payload.string("resourceName", maxLength: 1024)
-        let name = resourceName.flatMap { $0.split(separator: "/").last.map(String.init) }
+        let resourceName = try payload.string("resourceName", required: true, maxLength: 1024)!
+        let name = resourceName.split(separator: "/").last.map(String.init)
         let labels = try body.object("resource")?.object("labels")
         let numericId = try labels?.string("instance_id", maxLength: 128, pattern: .identifier)
         guard let primary = name ?? numericId, NamePattern.identifier.matches(primary) else {
@@ -154,17 +158,26 @@ enum NoticeParser {
                 }
                 return name
             }
+            var notBefore: Millis?
+            switch event.fields["NotBefore"] {
+            case nil, .string("")?:
+                break
+            case .string(let text)? where text.unicodeScalars.count <= 64:
+                guard let parsed = TimeFormat.parseRFC1123(text) else {
+                    throw Problem.invalidField(
+                        "Events[\(index)].NotBefore", "must be an RFC 1123 time such as Mon, 19 Sep 2016 18:29:47 GMT")
+                }
+                notBefore = parsed
+            default:
+                throw Problem.invalidField("Events[\(index)].NotBefore", "must be an RFC 1123 time of at most 64 characters, or empty")
+            }
             guard eventType == "Preempt" || eventType == "Terminate" else {
                 ignored.append(IgnoredNotice(eventId: eventId, eventType: eventType, resources: resources))
                 continue
             }
             var deadline = now
-            if let notBefore = try event.string("NotBefore", maxLength: 64), !notBefore.isEmpty {
-                guard let parsed = TimeFormat.parseRFC1123(notBefore) else {
-                    throw Problem.invalidField(
-                        "Events[\(index)].NotBefore", "must be an RFC 1123 time such as Mon, 19 Sep 2016 18:29:47 GMT")
-                }
-                deadline = try checked(parsed, now: now, field: "Events[\(index)].NotBefore")
+            if let notBefore {
+                deadline = try checked(notBefore, now: now, field: "Events[\(index)].NotBefore")
             }
             for resource in resources {
                 notices.append(Notice(nodeId: resource, kind: .termination, deadline: deadline, source: "azure", eventId: eventId))

@@ -97,6 +97,8 @@ extension AppDatabase {
         }
     }
 
+    static let maxPendingFloorRequests = 20
+
     /// Keeps each pool at its `min_nodes` floor; a pool whose floor request failed lately waits a minute.
     func ensureMinimums(actor: String) throws -> Int {
         try writer.write { db in
@@ -115,7 +117,14 @@ extension AppDatabase {
                             "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND reason = 'min_nodes' AND state = 'failed' AND resolved_at > ?",
                         arguments: [pool.name, now - 60_000]) ?? 0
                 guard recentFailure == 0 else { continue }
-                for _ in 0..<missing {
+                // At most `maxPendingFloorRequests` in flight per pool, as cluster autoscalers cap a scale-up.
+                let pending =
+                    try Int.fetchOne(
+                        db, sql: "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND reason = 'min_nodes' AND state = 'pending'",
+                        arguments: [pool.name]) ?? 0
+                let batch = min(missing, Self.maxPendingFloorRequests - pending)
+                guard batch > 0 else { continue }
+                for _ in 0..<batch {
                     let id = AppDatabase.newId("prov")
                     try db.execute(
                         sql:
