@@ -144,7 +144,7 @@ struct TokenCommand: AsyncParsableCommand {
             var config = SpotConfig()
             store.apply(to: &config)
             let runtime = try SpotRuntime(config: config)
-            let created = try runtime.store.createTokenForCLI(name: name, role: role)
+            let created = try await runtime.store.createTokenForCLI(name: name, role: role)
             try runtime.store.close()
             print("id:    \(created.id)\nname:  \(name)\nrole:  \(role.rawValue)\ntoken: \(created.secret)")
         }

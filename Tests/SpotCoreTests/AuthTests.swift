@@ -84,7 +84,7 @@ struct AuthTests {
         }
         // The secret never reaches the database file, only its hash.
         let files = try FileManager.default.contentsOfDirectory(atPath: env.directory.path)
-        try env.store.close()
+        try await env.store.close()
         var bytes = Data()
         for file in files { bytes.append((try? Data(contentsOf: env.directory.appendingPathComponent(file))) ?? Data()) }
         #expect(bytes.range(of: Data("spotd_".utf8)) == nil)

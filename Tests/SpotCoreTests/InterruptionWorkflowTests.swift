@@ -26,7 +26,7 @@ struct InterruptionWorkflowTests {
             #expect(reply["state"] == .string("received"))
             #expect(reply["timeline"]?.array.map { $0["step"]?.string } == ["received", "cordoned"])
             // The cordon is durable before the answer: read it back from the store.
-            #expect(try env.store.node("i-0abc")?.node.state == .cordoned)
+            #expect(try await env.store.node("i-0abc")?.node.state == .cordoned)
             let id = try #require(reply["id"]?.string)
 
             // Same event again: the same record, 200, nothing new.
@@ -52,7 +52,7 @@ struct InterruptionWorkflowTests {
             #expect(requeued["resume_from"]?["step"] == .int(500))
 
             try await env.step()
-            #expect(try env.store.node("i-0abc")?.node.state == .drained)
+            #expect(try await env.store.node("i-0abc")?.node.state == .drained)
             // The replacement boots (5 s), jobs land on it, the node goes at the deadline.
             try await env.advance(6)
             try await env.advance(120)
@@ -110,8 +110,8 @@ struct InterruptionWorkflowTests {
                 try filled("azure-preempt.json", now: env.clock.now(), instances: ["vm-a", "vm-b", "vm-c"]))
             #expect(azure["items"]?.array.count == 2)
             #expect(azure["ignored"]?[0]?["event_type"] == .string("Freeze"))
-            #expect(try env.store.node("vm-a")?.node.state == .cordoned)
-            #expect(try env.store.node("vm-b")?.node.state == .cordoned)
+            #expect(try await env.store.node("vm-a")?.node.state == .cordoned)
+            #expect(try await env.store.node("vm-b")?.node.state == .cordoned)
 
             let unknown = try await client.expect(
                 .accepted, .post, "/v1/interruptions/aws",
@@ -139,7 +139,7 @@ struct InterruptionWorkflowTests {
                 .badRequest, .post, "/v1/interruptions", #"{"node_id":"i-0abc","kind":"termination","deadline":"soon"}"#)
             try await client.expectProblem(.badRequest, .post, "/v1/interruptions", #"[1,2,3]"#)
             #expect(try env.snapshot() == before)
-            #expect(try env.store.node("i-0abc")?.node.state == .ready)
+            #expect(try await env.store.node("i-0abc")?.node.state == .ready)
         }
     }
 

@@ -170,7 +170,7 @@ struct PlacementAPITests {
             let dry = try await client.expect(.ok, .post, "/v1/placements", #"{"job_id":"long","dry_run":true}"#)
             #expect(dry["node_id"] == .string("o1"))
             #expect(try await client.call(.get, "/v1/jobs/long")["state"] == .string("queued"))
-            #expect(try env.store.node("o1")?.node.gpusAllocated == 0)
+            #expect(try await env.store.node("o1")?.node.gpusAllocated == 0)
             try await client.expect(.ok, .post, "/v1/nodes/o1/cordon")
             let refused = try await client.expectProblem(.conflict, .post, "/v1/placements", #"{"job_id":"long"}"#)
             #expect(refused["pools"]?["spot-a"]?.string?.contains("admission") == true)

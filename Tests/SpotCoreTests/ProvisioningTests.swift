@@ -34,7 +34,7 @@ struct ProvisioningTests {
                     .accepted, .post, "/v1/interruptions/aws",
                     try filled("aws-spot-interruption.json", now: env.clock.now(), instances: [node])
                         .replacingOccurrences(of: "12345678-1234-1234-1234-123456789012", with: "evt-\(node)"))
-                #expect(try env.store.node(node)?.node.state == .cordoned, "\(reply.text)")
+                #expect(try await env.store.node(node)?.node.state == .cordoned, "\(reply.text)")
             }
             try await env.step()
             // Checkpointable jobs report; the rest were requeued at once.

@@ -171,10 +171,10 @@ struct ResourceAPITests {
             let completed = try await client.expect(.ok, .post, "/v1/jobs/j1/complete", #"{"attempt":1}"#)
             #expect(completed["state"] == .string("completed"))
             // The generated standard job still holds its 2 GPUs on the same on-demand node.
-            #expect(try env.store.node("o1")?.node.gpusAllocated == 2)
+            #expect(try await env.store.node("o1")?.node.gpusAllocated == 2)
             try await client.expectProblem(.conflict, .post, "/v1/jobs/j1/cancel")
             try await client.expect(.ok, .post, "/v1/jobs/\(generated["id"]!.string!)/cancel", #"{"reason":"not needed"}"#)
-            #expect(try env.store.node("o1")?.node.gpusAllocated == 0)
+            #expect(try await env.store.node("o1")?.node.gpusAllocated == 0)
             let filtered = try await client.expect(.ok, .get, "/v1/jobs?state=completed&tier=premium")
             #expect(filtered["items"]?.array.count == 1)
             try await client.expectProblem(.notFound, .get, "/v1/jobs/nope")

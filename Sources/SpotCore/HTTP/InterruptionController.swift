@@ -33,9 +33,9 @@ struct InterruptionController {
     }
 
     private func record(_ notices: [Notice], ignored: [IgnoredNotice] = [], context: AppRequestContext, started: ContinuousClock.Instant)
-        throws -> [(InterruptionDetail, Bool)]
+        async throws -> [(InterruptionDetail, Bool)]
     {
-        let results = try store.recordNotices(notices, ignored: ignored, actor: context.caller.name)
+        let results = try await store.recordNotices(notices, ignored: ignored, actor: context.caller.name)
         let elapsed = ContinuousClock.now - started
         for (detail, created) in results where created {
             SpotMetrics.notice(source: detail.interruption.source, kind: detail.interruption.kind.rawValue)
@@ -48,27 +48,27 @@ struct InterruptionController {
         return results
     }
 
-    private func single(_ notice: Notice, context: AppRequestContext, started: ContinuousClock.Instant) throws -> Response {
-        let (detail, created) = try record([notice], context: context, started: started)[0]
+    private func single(_ notice: Notice, context: AppRequestContext, started: ContinuousClock.Instant) async throws -> Response {
+        let (detail, created) = await try record([notice], context: context, started: started)[0]
         return View.interruption(detail).response(created ? .accepted : .ok)
     }
 
     @Sendable func generic(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
         let body = try await signedBody(request)
-        return try single(try NoticeParser.generic(body, now: store.clock.now()), context: context, started: started)
+        return await try single(try NoticeParser.generic(body, now: store.clock.now()), context: context, started: started)
     }
 
     @Sendable func aws(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
         let body = try await signedBody(request)
-        return try single(try NoticeParser.aws(body, now: store.clock.now()), context: context, started: started)
+        return await try single(try NoticeParser.aws(body, now: store.clock.now()), context: context, started: started)
     }
 
     @Sendable func gcp(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
         let body = try await signedBody(request)
-        return try single(try NoticeParser.gcp(body, now: store.clock.now()), context: context, started: started)
+        return await try single(try NoticeParser.gcp(body, now: store.clock.now()), context: context, started: started)
     }
 
     /// A Scheduled Events document may carry many events and many VMs: one record per VM, all in one transaction.
@@ -76,7 +76,7 @@ struct InterruptionController {
         let started = ContinuousClock.now
         let body = try await signedBody(request)
         let (notices, ignored) = try NoticeParser.azure(body, now: store.clock.now())
-        let results = try record(notices, ignored: ignored, context: context, started: started)
+        let results = await try record(notices, ignored: ignored, context: context, started: started)
         let anyNew = results.contains { $0.1 } || !ignored.isEmpty
         return JSONValue.object([
             "items": .array(results.map { View.interruption($0.0) }),
@@ -93,13 +93,13 @@ struct InterruptionController {
     @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
         let query = try Query(request, allowed: ["state", "node", "limit", "cursor"])
         let filter = InterruptionFilter(state: try query.enumeration("state", InterruptionState.self), node: try query.string("node"))
-        return View.page(try store.listInterruptions(filter, try query.page()), View.interruption).response()
+        return await View.page(try store.listInterruptions(filter, try query.page()), View.interruption).response()
     }
 
     @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         let id = try context.parameters.require("id")
-        guard let detail = try store.interruption(id) else { throw Problem.notFound("interruption", id) }
+        guard let detail = await try store.interruption(id) else { throw Problem.notFound("interruption", id) }
         return View.interruption(detail).response()
     }
 }

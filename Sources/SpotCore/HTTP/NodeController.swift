@@ -19,7 +19,7 @@ struct NodeController {
         _ = try Query(request, allowed: [])
         let body = try await request.jsonObject()
         try body.rejectUnknown(["id", "pool", "gpus", "provisioning_request_id"])
-        let detail = try store.registerNode(
+        let detail = await try store.registerNode(
             id: try body.string("id", required: true, maxLength: 128, pattern: .identifier)!,
             pool: try body.string("pool", required: true, maxLength: 63, pattern: .dnsLabel)!,
             gpus: try body.int("gpus", range: 1...64).map(Int.init),
@@ -36,26 +36,26 @@ struct NodeController {
         let filter = NodeFilter(
             pool: try query.string("pool", pattern: .dnsLabel), state: try query.enumeration("state", NodeState.self),
             capacityType: try query.enumeration("capacity_type", CapacityType.self))
-        return View.page(try store.listNodes(filter, try query.page()), View.node).response()
+        return await View.page(try store.listNodes(filter, try query.page()), View.node).response()
     }
 
     @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         let id = try context.parameters.require("id")
-        guard let detail = try store.node(id) else { throw Problem.notFound("node", id) }
+        guard let detail = await try store.node(id) else { throw Problem.notFound("node", id) }
         return View.node(detail).response()
     }
 
     @Sendable func cordon(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         try (try await request.optionalJSONObject()).rejectUnknown([])
-        return View.node(try store.cordon(try context.parameters.require("id"), actor: context.caller.name)).response()
+        return await View.node(try store.cordon(try context.parameters.require("id"), actor: context.caller.name)).response()
     }
 
     @Sendable func uncordon(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         try (try await request.optionalJSONObject()).rejectUnknown([])
-        let detail = try store.uncordon(try context.parameters.require("id"), actor: context.caller.name)
+        let detail = await try store.uncordon(try context.parameters.require("id"), actor: context.caller.name)
         signal.poke()
         return View.node(detail).response()
     }
@@ -81,7 +81,7 @@ struct NodeController {
         } else if let seconds {
             deadline = now + seconds * 1000
         }
-        let (detail, created) = try store.drain(
+        let (detail, created) = await try store.drain(
             nodeId: try context.parameters.require("id"), deadline: deadline, actor: context.caller.name)
         signal.poke()
         return View.interruption(detail).response(created ? .accepted : .ok)
@@ -89,7 +89,7 @@ struct NodeController {
 
     @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let detail = try store.deleteNode(try context.parameters.require("id"), actor: context.caller.name)
+        let detail = await try store.deleteNode(try context.parameters.require("id"), actor: context.caller.name)
         signal.poke()
         return View.node(detail).response()
     }

@@ -7,6 +7,7 @@ import Logging
 /// Every method that keeps an invariant is exactly one transaction.
 public final class AppDatabase: Sendable {
     let writer: DatabasePool
+    let batcher: WriteBatcher
     let clock: any SpotClock
     let logger: Logger
 
@@ -23,6 +24,7 @@ public final class AppDatabase: Sendable {
             try db.execute(sql: "PRAGMA synchronous = FULL")
         }
         self.writer = try DatabasePool(path: path, configuration: configuration)
+        self.batcher = WriteBatcher(writer: writer)
         self.clock = clock
         self.logger = logger
         try Migrator(directory: migrationsDirectory, logger: logger).apply(to: writer)
@@ -37,6 +39,16 @@ public final class AppDatabase: Sendable {
         } catch {
             return false
         }
+    }
+
+    /// One write transaction, shared with concurrent writers (group commit); answered once it is on disk.
+    func write<T: Sendable>(_ updates: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await batcher.write(updates)
+    }
+
+    /// A read from a snapshot, off the cooperative threads.
+    func read<T: Sendable>(_ value: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await writer.read(value)
     }
 
     /// Flushes the WAL into the main file; called at shutdown.

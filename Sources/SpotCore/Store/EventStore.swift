@@ -4,8 +4,8 @@ import GRDB
 
 extension AppDatabase {
     /// Events after `since` (an event id), optionally of one type, oldest first.
-    func events(since: Int64, type: String?, limit: Int) throws -> [Event] {
-        try writer.read { db in
+    func events(since: Int64, type: String?, limit: Int) async throws -> [Event] {
+        try await read { [self] db in
             if let type {
                 return try Row.fetchAll(
                     db, sql: "SELECT * FROM events WHERE id > ? AND type = ? ORDER BY id LIMIT ?", arguments: [since, type, limit]
@@ -16,8 +16,8 @@ extension AppDatabase {
         }
     }
 
-    func lastEventId() throws -> Int64 {
-        try writer.read { db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(id), 0) FROM events") ?? 0 }
+    func lastEventId() async throws -> Int64 {
+        try await read { [self] db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(id), 0) FROM events") ?? 0 }
     }
 
     // MARK: - Tokens
@@ -27,13 +27,13 @@ extension AppDatabase {
     }
 
     /// Creates a token; the secret is returned once and only its hash is stored.
-    func createToken(name: String, role: Role, actor: String) throws -> (Token, String) {
+    func createToken(name: String, role: Role, actor: String) async throws -> (Token, String) {
         var bytes = [UInt8](repeating: 0, count: 32)
         var generator = SystemRandomNumberGenerator()
         for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255, using: &generator) }
         let secret = "spotd_" + bytes.map { String(format: "%02x", $0) }.joined()
         let token = Token(id: AppDatabase.newId("tok"), name: name, role: role, createdAt: clock.now())
-        try writer.write { db in
+        try await write { [self] db in
             try db.execute(
                 sql: "INSERT INTO tokens (id, name, role, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
                 arguments: [token.id, name, role.rawValue, Self.hashSecret(secret), token.createdAt])
@@ -44,8 +44,8 @@ extension AppDatabase {
         return (token, secret)
     }
 
-    func listTokens(_ page: PageRequest) throws -> Page<Token> {
-        try writer.read { db in
+    func listTokens(_ page: PageRequest) async throws -> Page<Token> {
+        try await read { [self] db in
             Self.page(
                 try Row.fetchAll(
                     db, sql: "SELECT seq, id, name, role, created_at FROM tokens WHERE revoked_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
@@ -54,8 +54,8 @@ extension AppDatabase {
         }
     }
 
-    func revokeToken(_ id: String, actor: String) throws {
-        try writer.write { db in
+    func revokeToken(_ id: String, actor: String) async throws {
+        try await write { [self] db in
             let now = clock.now()
             try db.execute(sql: "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", arguments: [now, id])
             guard db.changesCount == 1 else { throw Problem.notFound("token", id) }
@@ -64,8 +64,8 @@ extension AppDatabase {
     }
 
     /// The live token whose secret this is.
-    func token(secret: String) throws -> Token? {
-        try writer.read { db in
+    func token(secret: String) async throws -> Token? {
+        try await read { [self] db in
             try Row.fetchOne(
                 db, sql: "SELECT id, name, role, created_at FROM tokens WHERE secret_hash = ? AND revoked_at IS NULL",
                 arguments: [Self.hashSecret(secret)]
@@ -82,8 +82,8 @@ extension AppDatabase {
         var pendingProvisioning: Int
     }
 
-    func summary() throws -> Summary {
-        try writer.read { db in
+    func summary() async throws -> Summary {
+        try await read { [self] db in
             let now = clock.now()
             let stats = try Self.poolStats(db, now: now)
             let pools = try Row.fetchAll(db, sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq").map(Pool.init(row:))
@@ -105,8 +105,8 @@ extension AppDatabase {
     // MARK: - Leases
 
     /// Takes or renews the named lease for `owner`; false while another live owner holds it.
-    func acquireLease(_ name: String, owner: String, ttlMillis: Millis) throws -> Bool {
-        try writer.write { db in
+    func acquireLease(_ name: String, owner: String, ttlMillis: Millis) async throws -> Bool {
+        try await write { [self] db in
             let now = clock.now()
             try db.execute(
                 sql: """
@@ -118,8 +118,8 @@ extension AppDatabase {
         }
     }
 
-    func releaseLease(_ name: String, owner: String) throws {
-        try writer.write { db in
+    func releaseLease(_ name: String, owner: String) async throws {
+        try await write { [self] db in
             try db.execute(sql: "DELETE FROM leases WHERE name = ? AND owner = ?", arguments: [name, owner])
         }
     }
@@ -127,11 +127,11 @@ extension AppDatabase {
 
 extension AppDatabase {
     /// `spotd token create`: validates like the API, and records the CLI as the actor.
-    public func createTokenForCLI(name: String, role: Role) throws -> (id: String, secret: String) {
+    public func createTokenForCLI(name: String, role: Role) async throws -> (id: String, secret: String) {
         guard NamePattern.identifier.matches(name), name.utf8.count <= 64 else {
             throw Problem.invalidField("name", "must match \(NamePattern.identifier.description)")
         }
-        let (token, secret) = try createToken(name: name, role: role, actor: "cli")
+        let (token, secret) = try await createToken(name: name, role: role, actor: "cli")
         return (token.id, secret)
     }
 }

@@ -14,8 +14,8 @@ struct InterruptionFilter: Sendable {
 extension AppDatabase {
     /// Records notices and cordons their nodes, all in one transaction, before anything is answered.
     /// Returns each notice's record and whether it is new.
-    func recordNotices(_ notices: [Notice], ignored: [IgnoredNotice] = [], actor: String) throws -> [(InterruptionDetail, Bool)] {
-        try writer.write { db in
+    func recordNotices(_ notices: [Notice], ignored: [IgnoredNotice] = [], actor: String) async throws -> [(InterruptionDetail, Bool)] {
+        try await write { [self] db in
             let now = clock.now()
             var results: [(InterruptionDetail, Bool)] = []
             for notice in notices {
@@ -86,8 +86,8 @@ extension AppDatabase {
         return (id, true)
     }
 
-    func listInterruptions(_ filter: InterruptionFilter, _ page: PageRequest) throws -> Page<InterruptionDetail> {
-        try writer.read { db in
+    func listInterruptions(_ filter: InterruptionFilter, _ page: PageRequest) async throws -> Page<InterruptionDetail> {
+        try await read { [self] db in
             var sql = "SELECT id, seq FROM interruptions WHERE seq > ?"
             var arguments: StatementArguments = [page.after]
             if let state = filter.state {
@@ -105,8 +105,8 @@ extension AppDatabase {
         }
     }
 
-    func interruption(_ id: String) throws -> InterruptionDetail? {
-        try writer.read { db in try Self.interruptionDetail(db, id: id) }
+    func interruption(_ id: String) async throws -> InterruptionDetail? {
+        try await read { [self] db in try Self.interruptionDetail(db, id: id) }
     }
 
     static func interruptionDetail(_ db: Database, id: String) throws -> InterruptionDetail? {
@@ -118,10 +118,10 @@ extension AppDatabase {
     }
 
     /// An operator's drain: the interruption workflow with an operator-given deadline.
-    func drain(nodeId: String, deadline: Millis, actor: String) throws -> (InterruptionDetail, Bool) {
-        guard try node(nodeId) != nil else { throw Problem.notFound("node", nodeId) }
-        if let node = try node(nodeId), node.node.state == .terminated { throw Problem.conflict("node '\(nodeId)' is terminated") }
+    func drain(nodeId: String, deadline: Millis, actor: String) async throws -> (InterruptionDetail, Bool) {
+        guard let node = try await node(nodeId) else { throw Problem.notFound("node", nodeId) }
+        guard node.node.state != .terminated else { throw Problem.conflict("node '\(nodeId)' is terminated") }
         let notice = Notice(nodeId: nodeId, kind: .termination, deadline: deadline, source: "operator", eventId: AppDatabase.newId("drain"))
-        return try recordNotices([notice], actor: actor)[0]
+        return try await recordNotices([notice], actor: actor)[0]
     }
 }

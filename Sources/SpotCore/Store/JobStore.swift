@@ -23,8 +23,8 @@ enum JobOutcome: String, Sendable {
 }
 
 extension AppDatabase {
-    func submitJob(_ submission: JobSubmission, actor: String) throws -> Job {
-        try writer.write { db in
+    func submitJob(_ submission: JobSubmission, actor: String) async throws -> Job {
+        try await write { [self] db in
             let now = clock.now()
             if try db.fetchJob(submission.id) != nil { throw Problem.conflict("job '\(submission.id)' already exists") }
             try db.execute(
@@ -44,8 +44,8 @@ extension AppDatabase {
         }
     }
 
-    func listJobs(_ filter: JobFilter, _ page: PageRequest) throws -> Page<Job> {
-        try writer.read { db in
+    func listJobs(_ filter: JobFilter, _ page: PageRequest) async throws -> Page<Job> {
+        try await read { [self] db in
             var sql = "SELECT \(Job.columns) FROM jobs WHERE seq > ?"
             var arguments: StatementArguments = [page.after]
             if let state = filter.state {
@@ -66,8 +66,8 @@ extension AppDatabase {
         }
     }
 
-    func job(_ id: String) throws -> (Job, [Event])? {
-        try writer.read { db in
+    func job(_ id: String) async throws -> (Job, [Event])? {
+        try await read { [self] db in
             guard let job = try db.fetchJob(id) else { return nil }
             let history = try Row.fetchAll(
                 db, sql: "SELECT * FROM events WHERE subject = ? ORDER BY id LIMIT 200", arguments: ["jobs/\(id)"]
@@ -91,8 +91,8 @@ extension AppDatabase {
     }
 
     /// A checkpoint was saved. A job that was asked to checkpoint is requeued from it.
-    func reportCheckpoint(jobId: String, uri: String, step: Int64, attempt: Int64?, actor: String) throws -> Job {
-        try writer.write { db in
+    func reportCheckpoint(jobId: String, uri: String, step: Int64, attempt: Int64?, actor: String) async throws -> Job {
+        try await write { [self] db in
             let now = clock.now()
             var job = try Self.reportable(db, id: jobId, attempt: attempt, action: "checkpointed")
             if let last = job.lastCheckpoint, step < last.step {
@@ -119,8 +119,8 @@ extension AppDatabase {
     }
 
     /// Ends a job: completed or failed (reports from its attempt) or cancelled (by an operator or scheduler).
-    func finishJob(_ jobId: String, outcome: JobOutcome, attempt: Int64?, reason: String?, actor: String) throws -> Job {
-        try writer.write { db in
+    func finishJob(_ jobId: String, outcome: JobOutcome, attempt: Int64?, reason: String?, actor: String) async throws -> Job {
+        try await write { [self] db in
             let now = clock.now()
             let job: Job
             if outcome == .cancelled {

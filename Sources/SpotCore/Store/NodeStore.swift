@@ -17,8 +17,10 @@ struct NodeFilter: Sendable {
 }
 
 extension AppDatabase {
-    func registerNode(id: String, pool poolName: String, gpus: Int?, provisioningRequestId: String?, actor: String) throws -> NodeDetail {
-        try writer.write { db in
+    func registerNode(id: String, pool poolName: String, gpus: Int?, provisioningRequestId: String?, actor: String) async throws
+        -> NodeDetail
+    {
+        try await write { [self] db in
             let now = clock.now()
             guard let pool = try db.fetchPool(poolName) else { throw Problem.unknownReference("pool", "pool", poolName) }
             if try db.fetchNode(id) != nil { throw Problem.conflict("node '\(id)' is already registered") }
@@ -68,8 +70,8 @@ extension AppDatabase {
             data: ["node_id": .string(nodeId)])
     }
 
-    func listNodes(_ filter: NodeFilter, _ page: PageRequest) throws -> Page<NodeDetail> {
-        try writer.read { db in
+    func listNodes(_ filter: NodeFilter, _ page: PageRequest) async throws -> Page<NodeDetail> {
+        try await read { [self] db in
             var sql = "SELECT n.id AS id, n.seq AS seq FROM nodes n LEFT JOIN pools p ON p.name = n.pool WHERE n.seq > ?"
             var arguments: StatementArguments = [page.after]
             if let pool = filter.pool {
@@ -92,8 +94,8 @@ extension AppDatabase {
         }
     }
 
-    func node(_ id: String) throws -> NodeDetail? {
-        try writer.read { db in try Self.nodeDetail(db, id: id) }
+    func node(_ id: String) async throws -> NodeDetail? {
+        try await read { [self] db in try Self.nodeDetail(db, id: id) }
     }
 
     static func nodeDetail(_ db: Database, id: String) throws -> NodeDetail? {
@@ -112,8 +114,8 @@ extension AppDatabase {
             interruptionId: interruption)
     }
 
-    func cordon(_ id: String, actor: String) throws -> NodeDetail {
-        try writer.write { db in
+    func cordon(_ id: String, actor: String) async throws -> NodeDetail {
+        try await write { [self] db in
             guard let node = try db.fetchNode(id) else { throw Problem.notFound("node", id) }
             switch node.state {
             case .terminated:
@@ -134,8 +136,8 @@ extension AppDatabase {
             "node.cordoned", subject: "nodes/\(node.id)", actor: actor, at: now, data: ["reason": .string(reason)])
     }
 
-    func uncordon(_ id: String, actor: String) throws -> NodeDetail {
-        try writer.write { db in
+    func uncordon(_ id: String, actor: String) async throws -> NodeDetail {
+        try await write { [self] db in
             guard let node = try db.fetchNode(id) else { throw Problem.notFound("node", id) }
             switch node.state {
             case .ready:
@@ -160,8 +162,8 @@ extension AppDatabase {
     }
 
     /// The node is gone: requeue its jobs and mark it terminated.
-    func deleteNode(_ id: String, actor: String) throws -> NodeDetail {
-        try writer.write { db in
+    func deleteNode(_ id: String, actor: String) async throws -> NodeDetail {
+        try await write { [self] db in
             guard let node = try db.fetchNode(id) else { throw Problem.notFound("node", id) }
             if node.state != .terminated {
                 try Self.terminate(db, node: node, at: clock.now(), actor: actor, reason: "deleted")

@@ -13,8 +13,8 @@ struct PlacementResult: Sendable, Equatable {
 extension AppDatabase {
     // MARK: - Policies
 
-    func policies() throws -> [Policy] {
-        try writer.read { db in try Self.policies(db, defaults: 3600, now: 0) }
+    func policies() async throws -> [Policy] {
+        try await read { [self] db in try Self.policies(db, defaults: 3600, now: 0) }
     }
 
     static func policies(_ db: Database, defaults admissionLimit: Int64, now: Millis) throws -> [Policy] {
@@ -26,7 +26,7 @@ extension AppDatabase {
 
     /// Seeds the default policies once, with the configured admission limit.
     func seedPolicies(admissionLimit: Int64) throws {
-        try writer.write { db in
+        try writer.write { [self] db in
             for policy in Policy.defaults(admissionLimit: admissionLimit, at: clock.now()) {
                 try db.execute(
                     sql: """
@@ -41,8 +41,8 @@ extension AppDatabase {
         }
     }
 
-    func putPolicy(_ policy: Policy, actor: String) throws -> Policy {
-        try writer.write { db in
+    func putPolicy(_ policy: Policy, actor: String) async throws -> Policy {
+        try await write { [self] db in
             try db.execute(
                 sql: """
                     INSERT INTO policies (tier, capacity_types, max_uncheckpointable_spot_seconds, spot_requires_checkpointable, updated_at)
@@ -65,8 +65,8 @@ extension AppDatabase {
     // MARK: - One placement
 
     /// Places one queued job (or answers what would happen, for a dry run), in one transaction.
-    func place(jobId: String, dryRun: Bool, actor: String) throws -> PlacementResult {
-        let outcome: Result<PlacementResult, Problem> = try writer.write { db in
+    func place(jobId: String, dryRun: Bool, actor: String) async throws -> PlacementResult {
+        let outcome: Result<PlacementResult, Problem> = try await write { [self] db in
             let now = clock.now()
             guard let job = try db.fetchJob(jobId) else { throw Problem.notFound("job", jobId) }
             guard job.state == .queued else {

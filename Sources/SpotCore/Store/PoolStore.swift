@@ -27,8 +27,8 @@ struct PoolPatch: Sendable {
 }
 
 extension AppDatabase {
-    func createPool(_ pool: Pool, actor: String) throws -> Pool {
-        try writer.write { db in
+    func createPool(_ pool: Pool, actor: String) async throws -> Pool {
+        try await write { [self] db in
             if try db.fetchPool(pool.name) != nil { throw Problem.conflict("pool '\(pool.name)' already exists") }
             try db.execute(
                 sql: """
@@ -47,8 +47,8 @@ extension AppDatabase {
         }
     }
 
-    func listPools(_ page: PageRequest) throws -> Page<Pool> {
-        try writer.read { db in
+    func listPools(_ page: PageRequest) async throws -> Page<Pool> {
+        try await read { [self] db in
             let rows = try Row.fetchAll(
                 db, sql: "SELECT \(Pool.columns) FROM pools WHERE seq > ? ORDER BY seq LIMIT ?",
                 arguments: [page.after, page.limit + 1])
@@ -56,12 +56,12 @@ extension AppDatabase {
         }
     }
 
-    func pool(_ name: String) throws -> Pool? {
-        try writer.read { db in try db.fetchPool(name) }
+    func pool(_ name: String) async throws -> Pool? {
+        try await read { [self] db in try db.fetchPool(name) }
     }
 
-    func updatePool(_ name: String, _ patch: PoolPatch, actor: String) throws -> Pool {
-        try writer.write { db in
+    func updatePool(_ name: String, _ patch: PoolPatch, actor: String) async throws -> Pool {
+        try await write { [self] db in
             guard var pool = try db.fetchPool(name) else { throw Problem.notFound("pool", name) }
             if let value = patch.hourlyPrice { pool.hourlyPrice = value }
             if let value = patch.minNodes { pool.minNodes = value }
@@ -91,8 +91,8 @@ extension AppDatabase {
         }
     }
 
-    func deletePool(_ name: String, actor: String) throws {
-        try writer.write { db in
+    func deletePool(_ name: String, actor: String) async throws {
+        try await write { [self] db in
             guard try db.fetchPool(name) != nil else { throw Problem.notFound("pool", name) }
             let live =
                 try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND state <> 'terminated'", arguments: [name]) ?? 0
@@ -111,8 +111,8 @@ extension AppDatabase {
     }
 
     /// Figures for every pool, keyed by name.
-    func poolStats() throws -> [String: PoolStats] {
-        try writer.read { db in try Self.poolStats(db, now: clock.now()) }
+    func poolStats() async throws -> [String: PoolStats] {
+        try await read { [self] db in try Self.poolStats(db, now: clock.now()) }
     }
 
     static func poolStats(_ db: Database, now: Millis) throws -> [String: PoolStats] {

@@ -11,8 +11,8 @@ public enum ProviderStep: Sendable, Equatable {
 }
 
 extension AppDatabase {
-    func listProvisioningRequests(state: ProvisioningState?, _ page: PageRequest) throws -> Page<ProvisioningRequest> {
-        try writer.read { db in
+    func listProvisioningRequests(state: ProvisioningState?, _ page: PageRequest) async throws -> Page<ProvisioningRequest> {
+        try await read { [self] db in
             var sql = "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE seq > ?"
             var arguments: StatementArguments = [page.after]
             if let state {
@@ -25,16 +25,16 @@ extension AppDatabase {
         }
     }
 
-    func provisioningRequest(_ id: String) throws -> ProvisioningRequest? {
-        try writer.read { db in
+    func provisioningRequest(_ id: String) async throws -> ProvisioningRequest? {
+        try await read { [self] db in
             try Row.fetchOne(db, sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ?", arguments: [id])
                 .map(ProvisioningRequest.init(row:))
         }
     }
 
     /// Pending requests with their pools, oldest first.
-    func pendingProvisioning() throws -> [(ProvisioningRequest, Pool?)] {
-        try writer.read { db in
+    func pendingProvisioning() async throws -> [(ProvisioningRequest, Pool?)] {
+        try await read { [self] db in
             try Row.fetchAll(
                 db, sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE state = 'pending' ORDER BY seq"
             ).map { row in
@@ -46,8 +46,8 @@ extension AppDatabase {
 
     /// Applies what the provider did, in one transaction; a failed spot replacement falls back to on-demand.
     @discardableResult
-    func applyProvisioning(_ requestId: String, _ step: ProviderStep, actor: String) throws -> Bool {
-        try writer.write { db in
+    func applyProvisioning(_ requestId: String, _ step: ProviderStep, actor: String) async throws -> Bool {
+        try await write { [self] db in
             let now = clock.now()
             guard
                 let request = try Row.fetchOne(
@@ -100,8 +100,8 @@ extension AppDatabase {
     static let maxPendingFloorRequests = 20
 
     /// Keeps each pool at its `min_nodes` floor; a pool whose floor request failed lately waits a minute.
-    func ensureMinimums(actor: String) throws -> Int {
-        try writer.write { db in
+    func ensureMinimums(actor: String) async throws -> Int {
+        try await write { [self] db in
             let now = clock.now()
             let pools = try Row.fetchAll(db, sql: "SELECT \(Pool.columns) FROM pools WHERE min_nodes > 0").map(Pool.init(row:))
             guard !pools.isEmpty else { return 0 }
@@ -141,8 +141,8 @@ extension AppDatabase {
     }
 
     /// Releases on-demand fallback nodes idle for `idleSeconds` once spot capacity of their GPU type is back.
-    func scaleDown(idleSeconds: Int64, actor: String) throws -> Int {
-        try writer.write { db in
+    func scaleDown(idleSeconds: Int64, actor: String) async throws -> Int {
+        try await write { [self] db in
             let now = clock.now()
             let idle = try Row.fetchAll(
                 db,

@@ -3,8 +3,8 @@ import GRDB
 extension AppDatabase {
     /// One pass of the scheduling loop: places queued jobs in order of tier, priority and age, in one transaction.
     /// Returns how many jobs were placed.
-    func placeQueued(batch: Int = 5000, admissionLimit: Int64 = 3600, actor: String = "scheduler-loop") throws -> Int {
-        try writer.write { db in
+    func placeQueued(batch: Int = 5000, admissionLimit: Int64 = 3600, actor: String = "scheduler-loop") async throws -> Int {
+        try await write { [self] db in
             let now = clock.now()
             let jobs = try Row.fetchAll(
                 db,

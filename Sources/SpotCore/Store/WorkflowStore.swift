@@ -28,8 +28,8 @@ struct ReconcileReport: Sendable, Equatable {
 extension AppDatabase {
     /// Runs every interruption-workflow step that is due, each step exactly once; one transaction.
     /// Idempotent: it reads the state it needs, decides, writes. Safe to run after a crash at any point.
-    func reconcileInterruptions(_ settings: WorkflowSettings) throws -> ReconcileReport {
-        try writer.write { db in
+    func reconcileInterruptions(_ settings: WorkflowSettings) async throws -> ReconcileReport {
+        try await write { [self] db in
             let now = clock.now()
             var report = ReconcileReport()
             try startDrains(db, now: now, settings: settings, report: &report)

@@ -86,33 +86,36 @@ enum TimeFormat {
         guard index == bytes.count else { return nil }
         let daysInMonth = [31, (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
         guard day <= daysInMonth[month - 1] else { return nil }
-        // Days from civil (Howard Hinnant's algorithm), so no calendar object is needed.
+        let days = daysFromCivil(year: year, month: month, day: day)
+        let seconds = days * 86_400 + hour * 3600 + minute * 60 + min(second, 59) - offsetSeconds
+        return Millis(seconds) * 1000 + Millis((fraction * 1000).rounded(.down))
+    }
+
+    /// Parses an RFC 1123 time (`Mon, 19 Sep 2016 18:29:47 GMT`), as Azure sends `NotBefore`. The weekday is not checked.
+    static func parseRFC1123(_ text: String) -> Millis? {
+        let parts = text.split(separator: " ", omittingEmptySubsequences: false)
+        guard parts.count == 6, parts[0].count == 4, parts[0].hasSuffix(","), parts[5] == "GMT" || parts[5] == "UTC",
+            ["Mon,", "Tue,", "Wed,", "Thu,", "Fri,", "Sat,", "Sun,"].contains(String(parts[0])),
+            parts[1].count <= 2, let day = Int(parts[1]), (1...31).contains(day),
+            let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].firstIndex(
+                of: String(parts[2])),
+            parts[3].count == 4, let year = Int(parts[3])
+        else { return nil }
+        let clock = parts[4].split(separator: ":")
+        guard clock.count == 3, clock.allSatisfy({ $0.count == 2 }), let hour = Int(clock[0]), let minute = Int(clock[1]),
+            let second = Int(clock[2]), hour < 24, minute < 60, second <= 60
+        else { return nil }
+        let days = daysFromCivil(year: year, month: month + 1, day: day)
+        return Millis(days * 86_400 + hour * 3600 + minute * 60 + min(second, 59)) * 1000
+    }
+
+    /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+    static func daysFromCivil(year: Int, month: Int, day: Int) -> Int {
         let y = month <= 2 ? year - 1 : year
         let era = (y >= 0 ? y : y - 399) / 400
         let yoe = y - era * 400
         let doy = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1
         let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-        let days = era * 146_097 + doe - 719_468
-        let seconds = days * 86_400 + hour * 3600 + minute * 60 + min(second, 59) - offsetSeconds
-        return Millis(seconds) * 1000 + Millis((fraction * 1000).rounded(.down))
-    }
-
-    /// Parses an RFC 1123 time (`Mon, 19 Sep 2016 18:29:47 GMT`), as Azure sends `NotBefore`.
-    static func parseRFC1123(_ text: String) -> Millis? {
-        guard text.utf8.count <= 64 else { return nil }
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "GMT")
-        for format in ["EEE, dd MMM yyyy HH:mm:ss zzz", "EEE, d MMM yyyy HH:mm:ss zzz", "dd MMM yyyy HH:mm:ss zzz"] {
-            formatter.dateFormat = format
-            if let date = formatter.date(from: text) { return millis(date) }
-        }
-        return nil
-    }
-
-    private static func millis(_ date: Date) -> Millis? {
-        let value = date.timeIntervalSince1970 * 1000
-        guard value.isFinite, abs(value) < 1.0e15 else { return nil }
-        return Millis(value.rounded())
+        return era * 146_097 + doe - 719_468
     }
 }

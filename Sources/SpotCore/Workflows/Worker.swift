@@ -31,7 +31,7 @@ public struct WorkflowWorker: Service {
                 await signal.wait(timeout: .milliseconds(Int(config.workerIntervalSeconds * 1000)))
             }
         }
-        try? store.releaseLease("worker", owner: owner)
+        await try? store.releaseLease("worker", owner: owner)
         logger.info("worker stopped")
     }
 
@@ -48,7 +48,7 @@ public struct WorkflowWorker: Service {
         do {
             let now = store.clock.now()
             if !state.holdsLease || now - state.lastLeaseRenewal > 500 {
-                state.holdsLease = try store.acquireLease("worker", owner: owner, ttlMillis: 2000)
+                state.holdsLease = await try store.acquireLease("worker", owner: owner, ttlMillis: 2000)
                 state.lastLeaseRenewal = now
             }
             guard state.holdsLease else { return }
@@ -61,7 +61,7 @@ public struct WorkflowWorker: Service {
     /// Every step of a pass, in order; used directly by tests.
     func runOnce(_ state: inout PassState) async throws {
         let settings = WorkflowSettings(drainMarginSeconds: config.drainMarginSeconds, scaleDownIdleSeconds: config.scaleDownIdleSeconds)
-        let report = try store.reconcileInterruptions(settings)
+        let report = await try store.reconcileInterruptions(settings)
         SpotMetrics.requeues(report.requeued + report.checkpointsExpired)
         for duration in report.drainDurations { SpotMetrics.drainDuration(seconds: duration) }
         if report.didWork {
@@ -77,16 +77,16 @@ public struct WorkflowWorker: Service {
         let now = store.clock.now()
         if now - state.lastHousekeeping >= 1000 {
             state.lastHousekeeping = now
-            _ = try store.ensureMinimums(actor: "autoscaler")
-            let released = try store.scaleDown(idleSeconds: config.scaleDownIdleSeconds, actor: "autoscaler")
+            _ = await try store.ensureMinimums(actor: "autoscaler")
+            let released = await try store.scaleDown(idleSeconds: config.scaleDownIdleSeconds, actor: "autoscaler")
             if released > 0 { logger.info("scaled down idle fallback nodes", metadata: ["count": "\(released)"]) }
         }
         if config.autoPlace {
-            let lastEvent = try store.lastEventId()
+            let lastEvent = await try store.lastEventId()
             if lastEvent != state.lastPlacementEvent {
-                let placed = try store.placeQueued(admissionLimit: config.admissionLimitSeconds)
+                let placed = await try store.placeQueued(admissionLimit: config.admissionLimitSeconds)
                 SpotMetrics.placement("placed", count: placed)
-                state.lastPlacementEvent = try store.lastEventId()
+                state.lastPlacementEvent = await try store.lastEventId()
                 if placed > 0 { logger.debug("scheduling loop placed jobs", metadata: ["count": "\(placed)"]) }
             }
         }
@@ -94,7 +94,7 @@ public struct WorkflowWorker: Service {
 
     /// Moves every pending provisioning request forward through the provider.
     func advanceProvisioning() async throws {
-        for (request, pool) in try store.pendingProvisioning() {
+        for (request, pool) in await try store.pendingProvisioning() {
             let step: ProviderStep
             if let pool {
                 step = await provider.advance(request, pool: pool, now: store.clock.now())
@@ -102,7 +102,7 @@ public struct WorkflowWorker: Service {
                 step = .failed("pool \(request.pool) no longer exists")
             }
             guard step != .wait else { continue }
-            if try store.applyProvisioning(request.id, step, actor: "provisioner") {
+            if await try store.applyProvisioning(request.id, step, actor: "provisioner") {
                 switch step {
                 case .fulfilled: SpotMetrics.provisioning("fulfilled")
                 case .failed(let message):

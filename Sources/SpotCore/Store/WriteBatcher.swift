@@ -1,0 +1,85 @@
+import GRDB
+import Synchronization
+
+/// Group commit: concurrent writes share one transaction, and so one fsync, each inside its own savepoint.
+/// A write that throws rolls back only its savepoint and gets its own error; the others commit together.
+/// Every caller is answered only after the shared commit is on disk.
+final class WriteBatcher: Sendable {
+    private struct Pending: Sendable {
+        /// Runs the write inside the shared transaction, remembering its outcome.
+        let run: @Sendable (Database) -> Void
+        /// Delivers the outcome once the transaction is committed (nil) or failed (the commit error).
+        let finish: @Sendable ((any Error)?) -> Void
+    }
+
+    private struct State {
+        var queue: [Pending] = []
+        var draining = false
+    }
+
+    private let writer: DatabasePool
+    private let state = Mutex(State())
+    /// Most writes one transaction takes; keeps a commit's latency bounded under a flood.
+    let maxBatch: Int
+
+    init(writer: DatabasePool, maxBatch: Int = 512) {
+        self.writer = writer
+        self.maxBatch = maxBatch
+    }
+
+    func write<T: Sendable>(_ updates: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            let outcome = Mutex<Result<T, any Error>?>(nil)
+            let pending = Pending(
+                run: { db in
+                    do {
+                        var value: T?
+                        try db.inSavepoint {
+                            value = try updates(db)
+                            return .commit
+                        }
+                        outcome.withLock { $0 = .success(value!) }
+                    } catch {
+                        outcome.withLock { $0 = .failure(error) }
+                    }
+                },
+                finish: { commitError in
+                    if let commitError {
+                        continuation.resume(throwing: commitError)
+                    } else {
+                        continuation.resume(with: outcome.withLock { $0 } ?? .failure(DatabaseError(resultCode: .SQLITE_ABORT)))
+                    }
+                })
+            let startDrain = state.withLock { state -> Bool in
+                state.queue.append(pending)
+                guard !state.draining else { return false }
+                state.draining = true
+                return true
+            }
+            if startDrain {
+                Task { await self.drain() }
+            }
+        }
+    }
+
+    /// Commits queued writes in batches until the queue is empty.
+    private func drain() async {
+        while true {
+            let batch = state.withLock { state -> [Pending] in
+                let batch = Array(state.queue.prefix(maxBatch))
+                state.queue.removeFirst(batch.count)
+                if batch.isEmpty { state.draining = false }
+                return batch
+            }
+            guard !batch.isEmpty else { return }
+            do {
+                try await writer.write { db in
+                    for pending in batch { pending.run(db) }
+                }
+                for pending in batch { pending.finish(nil) }
+            } catch {
+                for pending in batch { pending.finish(error) }
+            }
+        }
+    }
+}
