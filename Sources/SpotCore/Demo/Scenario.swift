@@ -158,7 +158,9 @@ struct Scenario {
             if try await client.items("/v1/jobs?state=queued").isEmpty { return }
             try await Task.sleep(for: .milliseconds(100))
         }
-        throw DemoError.setupFailed("jobs were not all placed")
+        let queued = try await client.items("/v1/jobs?state=queued").compactMap { $0[demo: "id"]?.demoString }
+        let ready = try await client.items("/v1/nodes?state=ready&limit=1000").count
+        throw DemoError.setupFailed("jobs were not all placed: still queued \(queued), \(ready) ready nodes")
     }
 
     static func pool(_ name: String, _ type: String, zone: String, price: Double) -> String {

@@ -24,7 +24,7 @@ struct ProvisioningController {
     @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         let id = try context.parameters.require("id")
-        guard let value = await try store.provisioningRequest(id) else { throw Problem.notFound("provisioning request", id) }
+        guard let value = try await store.provisioningRequest(id) else { throw Problem.notFound("provisioning request", id) }
         return View.provisioning(value).response()
     }
 }
@@ -65,14 +65,14 @@ struct PolicyController {
         if tier == .premium && types.contains(.spot) {
             throw Problem.unprocessable("capacity_types", "may not list spot for premium: premium never runs on spot")
         }
-        let current = await try store.policies().first { $0.tier == tier }!
+        let current = try await store.policies().first { $0.tier == tier }!
         let policy = Policy(
             tier: tier, capacityTypes: types,
             maxUncheckpointableSpotSeconds: try body.int("max_uncheckpointable_spot_seconds", range: 0...31_536_000)
                 ?? current.maxUncheckpointableSpotSeconds,
             spotRequiresCheckpointable: try body.bool("spot_requires_checkpointable") ?? current.spotRequiresCheckpointable,
             updatedAt: store.clock.now())
-        let saved = await try store.putPolicy(policy, actor: context.caller.name)
+        let saved = try await store.putPolicy(policy, actor: context.caller.name)
         signal.poke()
         return View.policy(saved).response()
     }
@@ -93,7 +93,7 @@ struct EventController {
         let query = try Query(request, allowed: ["since", "type", "limit", "cursor"])
         let page = try query.page()
         let since = max(try query.int("since", range: 0...Int64.max) ?? 0, page.after)
-        let events = await try store.events(since: since, type: try query.string("type", pattern: Self.typePattern), limit: page.limit)
+        let events = try await store.events(since: since, type: try query.string("type", pattern: Self.typePattern), limit: page.limit)
         let next = events.count == page.limit ? events.last.map { PageRequest.cursor(after: $0.id) } : nil
         return View.page(Page(items: events, nextCursor: next), View.event).response()
     }
@@ -114,7 +114,7 @@ struct EventController {
             var idle = 0
             try await writer.write(ByteBuffer(string: ": spotd event stream\n\n"))
             while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                let events = await try store.events(since: last, type: type, limit: 500)
+                let events = try await store.events(since: last, type: type, limit: 500)
                 if events.isEmpty {
                     idle += 1
                     if idle % 60 == 0 { try await writer.write(ByteBuffer(string: ": keep-alive\n\n")) }
@@ -150,7 +150,7 @@ struct TokenController {
         _ = try Query(request, allowed: [])
         let body = try await request.jsonObject()
         try body.rejectUnknown(["name", "role"])
-        let (token, secret) = await try store.createToken(
+        let (token, secret) = try await store.createToken(
             name: try body.string("name", required: true, maxLength: 64, pattern: .identifier)!,
             role: try body.enumeration("role", Role.self, required: true)!, actor: context.caller.name)
         return View.token(token, secret: secret).response(.created)
@@ -163,7 +163,7 @@ struct TokenController {
 
     @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        await try store.revokeToken(try context.parameters.require("id"), actor: context.caller.name)
+        try await store.revokeToken(try context.parameters.require("id"), actor: context.caller.name)
         return Response(status: .noContent)
     }
 }
@@ -195,7 +195,7 @@ struct OpsController {
 
     @Sendable func metrics(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let summary = await try store.summary()
+        let summary = try await store.summary()
         for tier in Tier.allCases {
             SpotMetrics.queueDepth(tier: tier.rawValue, depth: summary.jobs[tier]?[.queued] ?? 0)
         }
@@ -206,7 +206,7 @@ struct OpsController {
 
     @Sendable func summary(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let summary = await try store.summary()
+        let summary = try await store.summary()
         var capacity: [String: [String: Int]] = [:]
         for (pool, stats) in summary.pools {
             var entry = capacity[pool.capacityType.rawValue, default: [:]]

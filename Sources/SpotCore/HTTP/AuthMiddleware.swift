@@ -54,7 +54,7 @@ struct AuthMiddleware: RouterMiddleware {
         var context = context
         if Self.constantTimeEqual(Array(SHA256.hash(data: Data(secret.utf8))), adminTokenHash) {
             context.caller = Caller(name: "admin", role: .admin)
-        } else if let token = await try store.token(secret: secret) {
+        } else if let token = try await store.token(secret: secret) {
             context.caller = Caller(name: token.name, role: token.role)
         } else {
             throw Problem.unauthorized("the bearer token is unknown or revoked")

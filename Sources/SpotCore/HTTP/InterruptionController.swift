@@ -49,26 +49,26 @@ struct InterruptionController {
     }
 
     private func single(_ notice: Notice, context: AppRequestContext, started: ContinuousClock.Instant) async throws -> Response {
-        let (detail, created) = await try record([notice], context: context, started: started)[0]
+        let (detail, created) = try await record([notice], context: context, started: started)[0]
         return View.interruption(detail).response(created ? .accepted : .ok)
     }
 
     @Sendable func generic(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
         let body = try await signedBody(request)
-        return await try single(try NoticeParser.generic(body, now: store.clock.now()), context: context, started: started)
+        return try await single(try NoticeParser.generic(body, now: store.clock.now()), context: context, started: started)
     }
 
     @Sendable func aws(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
         let body = try await signedBody(request)
-        return await try single(try NoticeParser.aws(body, now: store.clock.now()), context: context, started: started)
+        return try await single(try NoticeParser.aws(body, now: store.clock.now()), context: context, started: started)
     }
 
     @Sendable func gcp(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
         let body = try await signedBody(request)
-        return await try single(try NoticeParser.gcp(body, now: store.clock.now()), context: context, started: started)
+        return try await single(try NoticeParser.gcp(body, now: store.clock.now()), context: context, started: started)
     }
 
     /// A Scheduled Events document may carry many events and many VMs: one record per VM, all in one transaction.
@@ -76,7 +76,7 @@ struct InterruptionController {
         let started = ContinuousClock.now
         let body = try await signedBody(request)
         let (notices, ignored) = try NoticeParser.azure(body, now: store.clock.now())
-        let results = await try record(notices, ignored: ignored, context: context, started: started)
+        let results = try await record(notices, ignored: ignored, context: context, started: started)
         let anyNew = results.contains { $0.1 } || !ignored.isEmpty
         return JSONValue.object([
             "items": .array(results.map { View.interruption($0.0) }),
@@ -99,7 +99,7 @@ struct InterruptionController {
     @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         let id = try context.parameters.require("id")
-        guard let detail = await try store.interruption(id) else { throw Problem.notFound("interruption", id) }
+        guard let detail = try await store.interruption(id) else { throw Problem.notFound("interruption", id) }
         return View.interruption(detail).response()
     }
 }

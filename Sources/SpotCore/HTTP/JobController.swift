@@ -29,7 +29,7 @@ struct JobController {
             checkpointable: try body.bool("checkpointable") ?? false,
             expectedDurationSeconds: try body.int("expected_duration_seconds", range: 1...31_536_000),
             priority: try body.int("priority", range: -1_000_000...1_000_000) ?? 0)
-        let job = await try store.submitJob(submission, actor: context.caller.name)
+        let job = try await store.submitJob(submission, actor: context.caller.name)
         signal.poke()
         var response = View.job(job).response(.created)
         response.headers[.location] = "/v1/jobs/\(job.id)"
@@ -47,7 +47,7 @@ struct JobController {
     @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         let id = try context.parameters.require("id")
-        guard let (job, history) = await try store.job(id) else { throw Problem.notFound("job", id) }
+        guard let (job, history) = try await store.job(id) else { throw Problem.notFound("job", id) }
         return View.job(job, history: history).response()
     }
 
@@ -55,7 +55,7 @@ struct JobController {
         _ = try Query(request, allowed: [])
         let body = try await request.jsonObject()
         try body.rejectUnknown(["uri", "step", "attempt"])
-        let job = await try store.reportCheckpoint(
+        let job = try await store.reportCheckpoint(
             jobId: try context.parameters.require("id"), uri: try body.string("uri", required: true, maxLength: 2048)!,
             step: try body.int("step", required: true, range: 0...Int64(1) << 53)!,
             attempt: try body.int("attempt", range: 0...1_000_000_000), actor: context.caller.name)
@@ -79,7 +79,7 @@ struct JobController {
         _ = try Query(request, allowed: [])
         let body = try await request.optionalJSONObject()
         try body.rejectUnknown(["attempt", "reason"])
-        let job = await try store.finishJob(
+        let job = try await store.finishJob(
             try context.parameters.require("id"), outcome: outcome, attempt: try body.int("attempt", range: 0...1_000_000_000),
             reason: try body.string("reason", maxLength: 1024), actor: context.caller.name)
         signal.poke()
@@ -93,7 +93,7 @@ struct JobController {
         let jobId = try body.string("job_id", required: true, maxLength: 128, pattern: .identifier)!
         let dryRun = try body.bool("dry_run") ?? false
         do {
-            let result = await try store.place(jobId: jobId, dryRun: dryRun, actor: context.caller.name)
+            let result = try await store.place(jobId: jobId, dryRun: dryRun, actor: context.caller.name)
             SpotMetrics.placement(dryRun ? "dry_run" : "placed")
             return JSONValue.object([
                 "job_id": .string(result.jobId), "node_id": .string(result.nodeId), "pool": .string(result.pool),

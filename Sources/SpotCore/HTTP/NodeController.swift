@@ -19,7 +19,7 @@ struct NodeController {
         _ = try Query(request, allowed: [])
         let body = try await request.jsonObject()
         try body.rejectUnknown(["id", "pool", "gpus", "provisioning_request_id"])
-        let detail = await try store.registerNode(
+        let detail = try await store.registerNode(
             id: try body.string("id", required: true, maxLength: 128, pattern: .identifier)!,
             pool: try body.string("pool", required: true, maxLength: 63, pattern: .dnsLabel)!,
             gpus: try body.int("gpus", range: 1...64).map(Int.init),
@@ -42,7 +42,7 @@ struct NodeController {
     @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         let id = try context.parameters.require("id")
-        guard let detail = await try store.node(id) else { throw Problem.notFound("node", id) }
+        guard let detail = try await store.node(id) else { throw Problem.notFound("node", id) }
         return View.node(detail).response()
     }
 
@@ -55,7 +55,7 @@ struct NodeController {
     @Sendable func uncordon(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         try (try await request.optionalJSONObject()).rejectUnknown([])
-        let detail = await try store.uncordon(try context.parameters.require("id"), actor: context.caller.name)
+        let detail = try await store.uncordon(try context.parameters.require("id"), actor: context.caller.name)
         signal.poke()
         return View.node(detail).response()
     }
@@ -81,7 +81,7 @@ struct NodeController {
         } else if let seconds {
             deadline = now + seconds * 1000
         }
-        let (detail, created) = await try store.drain(
+        let (detail, created) = try await store.drain(
             nodeId: try context.parameters.require("id"), deadline: deadline, actor: context.caller.name)
         signal.poke()
         return View.interruption(detail).response(created ? .accepted : .ok)
@@ -89,7 +89,7 @@ struct NodeController {
 
     @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let detail = await try store.deleteNode(try context.parameters.require("id"), actor: context.caller.name)
+        let detail = try await store.deleteNode(try context.parameters.require("id"), actor: context.caller.name)
         signal.poke()
         return View.node(detail).response()
     }

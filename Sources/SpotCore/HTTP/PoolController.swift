@@ -33,7 +33,7 @@ struct PoolController {
             instanceType: try body.string("instance_type", required: true, maxLength: 64, pattern: .identifier)!,
             hourlyPrice: try body.double("hourly_price", required: true, range: 0...1_000_000)!,
             minNodes: minNodes, maxNodes: maxNodes, stockout: try body.bool("stockout") ?? false, createdAt: now, updatedAt: now)
-        let created = await try store.createPool(pool, actor: context.caller.name)
+        let created = try await store.createPool(pool, actor: context.caller.name)
         signal.poke()
         var response = View.pool(created, PoolStats()).response(.created)
         response.headers[.location] = "/v1/pools/\(created.name)"
@@ -42,15 +42,15 @@ struct PoolController {
 
     @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
         let page = try Query(request, allowed: ["limit", "cursor"]).page()
-        let pools = await try store.listPools(page)
-        let stats = await try store.poolStats()
+        let pools = try await store.listPools(page)
+        let stats = try await store.poolStats()
         return View.page(pools) { View.pool($0, stats[$0.name] ?? PoolStats()) }.response()
     }
 
     @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         let name = try context.parameters.require("name")
-        guard let pool = await try store.pool(name) else { throw Problem.notFound("pool", name) }
+        guard let pool = try await store.pool(name) else { throw Problem.notFound("pool", name) }
         return await View.pool(pool, try store.poolStats()[name] ?? PoolStats()).response()
     }
 
@@ -69,14 +69,14 @@ struct PoolController {
             stockout: try body.bool("stockout"),
             zone: try body.string("zone", maxLength: 64, pattern: .identifier),
             instanceType: try body.string("instance_type", maxLength: 64, pattern: .identifier))
-        let pool = await try store.updatePool(name, patch, actor: context.caller.name)
+        let pool = try await store.updatePool(name, patch, actor: context.caller.name)
         signal.poke()
         return await View.pool(pool, try store.poolStats()[name] ?? PoolStats()).response()
     }
 
     @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        await try store.deletePool(try context.parameters.require("name"), actor: context.caller.name)
+        try await store.deletePool(try context.parameters.require("name"), actor: context.caller.name)
         return Response(status: .noContent)
     }
 }

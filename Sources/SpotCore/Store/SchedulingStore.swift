@@ -2,10 +2,14 @@ import GRDB
 
 extension AppDatabase {
     /// One pass of the scheduling loop: places queued jobs in order of tier, priority and age, in one transaction.
-    /// Returns how many jobs were placed.
-    func placeQueued(batch: Int = 5000, admissionLimit: Int64 = 3600, actor: String = "scheduler-loop") async throws -> Int {
+    /// Returns how many jobs were placed, and the newest event id this pass had seen when it started: a later event
+    /// (a new job, a freed GPU) means the next pass has something to look at.
+    func placeQueued(batch: Int = 5000, admissionLimit: Int64 = 3600, actor: String = "scheduler-loop") async throws -> (
+        placed: Int, seenEventId: Int64
+    ) {
         try await write { [self] db in
             let now = clock.now()
+            let seen = try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(id), 0) FROM events") ?? 0
             let jobs = try Row.fetchAll(
                 db,
                 sql: """
@@ -13,7 +17,7 @@ extension AppDatabase {
                     ORDER BY CASE tier WHEN 'premium' THEN 0 WHEN 'standard' THEN 1 ELSE 2 END, priority DESC, seq LIMIT ?
                     """, arguments: [batch]
             ).map(Job.init(row:))
-            guard !jobs.isEmpty else { return 0 }
+            guard !jobs.isEmpty else { return (0, seen) }
             let nodes = try Row.fetchAll(
                 db, sql: "SELECT \(Node.columns) FROM nodes WHERE state = 'ready' AND gpus_allocated < gpus"
             ).map(Node.init(row:))
@@ -55,7 +59,7 @@ extension AppDatabase {
                     }
                 }
             }
-            return placed
+            return (placed, seen)
         }
     }
 }

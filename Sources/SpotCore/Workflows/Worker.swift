@@ -31,7 +31,7 @@ public struct WorkflowWorker: Service {
                 await signal.wait(timeout: .milliseconds(Int(config.workerIntervalSeconds * 1000)))
             }
         }
-        await try? store.releaseLease("worker", owner: owner)
+        try? await store.releaseLease("worker", owner: owner)
         logger.info("worker stopped")
     }
 
@@ -48,7 +48,7 @@ public struct WorkflowWorker: Service {
         do {
             let now = store.clock.now()
             if !state.holdsLease || now - state.lastLeaseRenewal > 500 {
-                state.holdsLease = await try store.acquireLease("worker", owner: owner, ttlMillis: 2000)
+                state.holdsLease = try await store.acquireLease("worker", owner: owner, ttlMillis: 2000)
                 state.lastLeaseRenewal = now
             }
             guard state.holdsLease else { return }
@@ -61,7 +61,7 @@ public struct WorkflowWorker: Service {
     /// Every step of a pass, in order; used directly by tests.
     func runOnce(_ state: inout PassState) async throws {
         let settings = WorkflowSettings(drainMarginSeconds: config.drainMarginSeconds, scaleDownIdleSeconds: config.scaleDownIdleSeconds)
-        let report = await try store.reconcileInterruptions(settings)
+        let report = try await store.reconcileInterruptions(settings)
         SpotMetrics.requeues(report.requeued + report.checkpointsExpired)
         for duration in report.drainDurations { SpotMetrics.drainDuration(seconds: duration) }
         if report.didWork {
@@ -77,16 +77,16 @@ public struct WorkflowWorker: Service {
         let now = store.clock.now()
         if now - state.lastHousekeeping >= 1000 {
             state.lastHousekeeping = now
-            _ = await try store.ensureMinimums(actor: "autoscaler")
-            let released = await try store.scaleDown(idleSeconds: config.scaleDownIdleSeconds, actor: "autoscaler")
+            _ = try await store.ensureMinimums(actor: "autoscaler")
+            let released = try await store.scaleDown(idleSeconds: config.scaleDownIdleSeconds, actor: "autoscaler")
             if released > 0 { logger.info("scaled down idle fallback nodes", metadata: ["count": "\(released)"]) }
         }
         if config.autoPlace {
-            let lastEvent = await try store.lastEventId()
+            let lastEvent = try await store.lastEventId()
             if lastEvent != state.lastPlacementEvent {
-                let placed = await try store.placeQueued(admissionLimit: config.admissionLimitSeconds)
+                let (placed, seen) = try await store.placeQueued(admissionLimit: config.admissionLimitSeconds)
                 SpotMetrics.placement("placed", count: placed)
-                state.lastPlacementEvent = await try store.lastEventId()
+                state.lastPlacementEvent = seen
                 if placed > 0 { logger.debug("scheduling loop placed jobs", metadata: ["count": "\(placed)"]) }
             }
         }
@@ -94,7 +94,7 @@ public struct WorkflowWorker: Service {
 
     /// Moves every pending provisioning request forward through the provider.
     func advanceProvisioning() async throws {
-        for (request, pool) in await try store.pendingProvisioning() {
+        for (request, pool) in try await store.pendingProvisioning() {
             let step: ProviderStep
             if let pool {
                 step = await provider.advance(request, pool: pool, now: store.clock.now())
@@ -102,7 +102,7 @@ public struct WorkflowWorker: Service {
                 step = .failed("pool \(request.pool) no longer exists")
             }
             guard step != .wait else { continue }
-            if await try store.applyProvisioning(request.id, step, actor: "provisioner") {
+            if try await store.applyProvisioning(request.id, step, actor: "provisioner") {
                 switch step {
                 case .fulfilled: SpotMetrics.provisioning("fulfilled")
                 case .failed(let message):
