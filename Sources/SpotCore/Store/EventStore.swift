@@ -5,7 +5,7 @@ import GRDB
 extension AppDatabase {
     /// Events after `since` (an event id), optionally of one type, oldest first.
     func events(since: Int64, type: String?, limit: Int) async throws -> [Event] {
-        try await read { [self] db in
+        try await read { db in
             if let type {
                 return try Row.fetchAll(
                     db, sql: "SELECT * FROM events WHERE id > ? AND type = ? ORDER BY id LIMIT ?", arguments: [since, type, limit]
@@ -17,7 +17,7 @@ extension AppDatabase {
     }
 
     func lastEventId() async throws -> Int64 {
-        try await read { [self] db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(id), 0) FROM events") ?? 0 }
+        try await read { db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(id), 0) FROM events") ?? 0 }
     }
 
     // MARK: - Tokens
@@ -33,7 +33,7 @@ extension AppDatabase {
         for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255, using: &generator) }
         let secret = "spotd_" + bytes.map { String(format: "%02x", $0) }.joined()
         let token = Token(id: AppDatabase.newId("tok"), name: name, role: role, createdAt: clock.now())
-        try await write { [self] db in
+        try await write { db in
             try db.execute(
                 sql: "INSERT INTO tokens (id, name, role, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
                 arguments: [token.id, name, role.rawValue, Self.hashSecret(secret), token.createdAt])
@@ -45,7 +45,7 @@ extension AppDatabase {
     }
 
     func listTokens(_ page: PageRequest) async throws -> Page<Token> {
-        try await read { [self] db in
+        try await read { db in
             Self.page(
                 try Row.fetchAll(
                     db, sql: "SELECT seq, id, name, role, created_at FROM tokens WHERE revoked_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
@@ -65,7 +65,7 @@ extension AppDatabase {
 
     /// The live token whose secret this is.
     func token(secret: String) async throws -> Token? {
-        try await read { [self] db in
+        try await read { db in
             try Row.fetchOne(
                 db, sql: "SELECT id, name, role, created_at FROM tokens WHERE secret_hash = ? AND revoked_at IS NULL",
                 arguments: [Self.hashSecret(secret)]
@@ -119,7 +119,7 @@ extension AppDatabase {
     }
 
     func releaseLease(_ name: String, owner: String) async throws {
-        try await write { [self] db in
+        try await write { db in
             try db.execute(sql: "DELETE FROM leases WHERE name = ? AND owner = ?", arguments: [name, owner])
         }
     }

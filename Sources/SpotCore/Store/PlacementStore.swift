@@ -14,7 +14,7 @@ extension AppDatabase {
     // MARK: - Policies
 
     func policies() async throws -> [Policy] {
-        try await read { [self] db in try Self.policies(db, defaults: 3600, now: 0) }
+        try await read { db in try Self.policies(db, defaults: 3600, now: 0) }
     }
 
     static func policies(_ db: Database, defaults admissionLimit: Int64, now: Millis) throws -> [Policy] {
@@ -42,7 +42,7 @@ extension AppDatabase {
     }
 
     func putPolicy(_ policy: Policy, actor: String) async throws -> Policy {
-        try await write { [self] db in
+        try await write { db in
             try db.execute(
                 sql: """
                     INSERT INTO policies (tier, capacity_types, max_uncheckpointable_spot_seconds, spot_requires_checkpointable, updated_at)

@@ -28,7 +28,7 @@ struct PoolPatch: Sendable {
 
 extension AppDatabase {
     func createPool(_ pool: Pool, actor: String) async throws -> Pool {
-        try await write { [self] db in
+        try await write { db in
             if try db.fetchPool(pool.name) != nil { throw Problem.conflict("pool '\(pool.name)' already exists") }
             try db.execute(
                 sql: """
@@ -48,7 +48,7 @@ extension AppDatabase {
     }
 
     func listPools(_ page: PageRequest) async throws -> Page<Pool> {
-        try await read { [self] db in
+        try await read { db in
             let rows = try Row.fetchAll(
                 db, sql: "SELECT \(Pool.columns) FROM pools WHERE seq > ? ORDER BY seq LIMIT ?",
                 arguments: [page.after, page.limit + 1])
@@ -57,7 +57,7 @@ extension AppDatabase {
     }
 
     func pool(_ name: String) async throws -> Pool? {
-        try await read { [self] db in try db.fetchPool(name) }
+        try await read { db in try db.fetchPool(name) }
     }
 
     func updatePool(_ name: String, _ patch: PoolPatch, actor: String) async throws -> Pool {
