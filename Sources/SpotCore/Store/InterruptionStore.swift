@@ -87,7 +87,7 @@ extension AppDatabase {
     }
 
     func listInterruptions(_ filter: InterruptionFilter, _ page: PageRequest) async throws -> Page<InterruptionDetail> {
-        try await read { [self] db in
+        try await read { db in
             var sql = "SELECT id, seq FROM interruptions WHERE seq > ?"
             var arguments: StatementArguments = [page.after]
             if let state = filter.state {
@@ -106,7 +106,7 @@ extension AppDatabase {
     }
 
     func interruption(_ id: String) async throws -> InterruptionDetail? {
-        try await read { [self] db in try Self.interruptionDetail(db, id: id) }
+        try await read { db in try Self.interruptionDetail(db, id: id) }
     }
 
     static func interruptionDetail(_ db: Database, id: String) throws -> InterruptionDetail? {

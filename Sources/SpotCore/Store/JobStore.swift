@@ -45,7 +45,7 @@ extension AppDatabase {
     }
 
     func listJobs(_ filter: JobFilter, _ page: PageRequest) async throws -> Page<Job> {
-        try await read { [self] db in
+        try await read { db in
             var sql = "SELECT \(Job.columns) FROM jobs WHERE seq > ?"
             var arguments: StatementArguments = [page.after]
             if let state = filter.state {
@@ -67,7 +67,7 @@ extension AppDatabase {
     }
 
     func job(_ id: String) async throws -> (Job, [Event])? {
-        try await read { [self] db in
+        try await read { db in
             guard let job = try db.fetchJob(id) else { return nil }
             let history = try Row.fetchAll(
                 db, sql: "SELECT * FROM events WHERE subject = ? ORDER BY id LIMIT 200", arguments: ["jobs/\(id)"]

@@ -71,7 +71,7 @@ extension AppDatabase {
     }
 
     func listNodes(_ filter: NodeFilter, _ page: PageRequest) async throws -> Page<NodeDetail> {
-        try await read { [self] db in
+        try await read { db in
             var sql = "SELECT n.id AS id, n.seq AS seq FROM nodes n LEFT JOIN pools p ON p.name = n.pool WHERE n.seq > ?"
             var arguments: StatementArguments = [page.after]
             if let pool = filter.pool {
@@ -95,7 +95,7 @@ extension AppDatabase {
     }
 
     func node(_ id: String) async throws -> NodeDetail? {
-        try await read { [self] db in try Self.nodeDetail(db, id: id) }
+        try await read { db in try Self.nodeDetail(db, id: id) }
     }
 
     static func nodeDetail(_ db: Database, id: String) throws -> NodeDetail? {

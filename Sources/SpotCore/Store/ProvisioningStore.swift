@@ -12,7 +12,7 @@ public enum ProviderStep: Sendable, Equatable {
 
 extension AppDatabase {
     func listProvisioningRequests(state: ProvisioningState?, _ page: PageRequest) async throws -> Page<ProvisioningRequest> {
-        try await read { [self] db in
+        try await read { db in
             var sql = "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE seq > ?"
             var arguments: StatementArguments = [page.after]
             if let state {
@@ -26,7 +26,7 @@ extension AppDatabase {
     }
 
     func provisioningRequest(_ id: String) async throws -> ProvisioningRequest? {
-        try await read { [self] db in
+        try await read { db in
             try Row.fetchOne(db, sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ?", arguments: [id])
                 .map(ProvisioningRequest.init(row:))
         }
@@ -34,7 +34,7 @@ extension AppDatabase {
 
     /// Pending requests with their pools, oldest first.
     func pendingProvisioning() async throws -> [(ProvisioningRequest, Pool?)] {
-        try await read { [self] db in
+        try await read { db in
             try Row.fetchAll(
                 db, sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE state = 'pending' ORDER BY seq"
             ).map { row in
