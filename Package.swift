@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "spotd", targets: ["spotd"]),
+        .executable(name: "spotd-bench", targets: ["spotd-bench"]),
         .library(name: "SpotCore", targets: ["SpotCore"]),
     ],
     dependencies: [
@@ -40,6 +41,14 @@ let package = Package(
             dependencies: [
                 "SpotCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "spotd-bench",
+            dependencies: [
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
         .testTarget(

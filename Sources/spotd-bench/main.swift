@@ -1,0 +1,281 @@
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import NIOCore
+
+// spotd-bench: starts a real `spotd serve` (the binary next to this one) on a fresh SQLite file, loads it over HTTP,
+// and prints every figure of the benchmark as a table and as JSON, with the trivial-route ceiling of the same run.
+// Run: swift run -c release spotd-bench   (options: --nodes N --jobs N --burst N --connections N --seconds S)
+
+// MARK: - Settings
+
+struct Settings {
+    var nodes = 10_000
+    var jobs = 40_000
+    var placements = 20_000
+    var burst = 1_000
+    var connections = 64
+    var ceilingSeconds = 5.0
+
+    init(_ arguments: [String]) {
+        var iterator = arguments.dropFirst().makeIterator()
+        while let flag = iterator.next() {
+            guard let value = iterator.next().flatMap(Double.init) else { fatalError("usage: spotd-bench [--nodes N] [--jobs N] ...") }
+            switch flag {
+            case "--nodes": nodes = Int(value)
+            case "--jobs": jobs = Int(value)
+            case "--placements": placements = Int(value)
+            case "--burst": burst = Int(value)
+            case "--connections": connections = Int(value)
+            case "--seconds": ceilingSeconds = value
+            default: fatalError("unknown option \(flag)")
+            }
+        }
+        placements = min(placements, jobs)
+    }
+}
+
+// MARK: - The server under test
+
+final class Server: @unchecked Sendable {
+    let port: Int
+    let db: String
+    var process: Process?
+
+    init(port: Int, db: String) {
+        self.port = port
+        self.db = db
+    }
+
+    static var binary: URL {
+        URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("spotd")
+    }
+
+    /// Starts the server and returns how long it took until `/readyz` answered 200.
+    func start(autoPlace: Bool) async throws -> Double {
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments =
+            ["serve", "--port", String(port), "--db", db, "--sim-boot-seconds", "3600"] + (autoPlace ? [] : ["--no-auto-place"])
+        process.environment = ProcessInfo.processInfo.environment.merging(["LOG_LEVEL": "error"]) { $1 }
+        process.standardOutput = FileHandle.nullDevice
+        let started = Date()
+        try process.run()
+        self.process = process
+        while Date().timeIntervalSince(started) < 60 {
+            if let status = try? await oneShot("/readyz"), status == 200 { return Date().timeIntervalSince(started) }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw BenchError.serverDidNotStart
+    }
+
+    func oneShot(_ path: String) async throws -> Int {
+        try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+            Int(try await client.get(path).head.status.code)
+        }
+    }
+
+    func stop() {
+        guard let process else { return }
+        process.terminate()
+        process.waitUntilExit()
+        self.process = nil
+    }
+
+    var residentMiB: Double {
+        guard let pid = process?.processIdentifier,
+            let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+            let kib = Double(line.split(separator: " ").dropFirst().first ?? "")
+        else { return 0 }
+        return kib / 1024
+    }
+}
+
+enum BenchError: Error { case serverDidNotStart, unexpected(String) }
+
+// MARK: - Load
+
+/// Latencies in seconds and how long the whole run took.
+struct LoadResult {
+    var latencies: [Double]
+    var elapsed: Double
+    var statuses: [Int: Int]
+
+    var rate: Double { Double(latencies.count) / elapsed }
+    func percentile(_ p: Double) -> Double {
+        let sorted = latencies.sorted()
+        guard !sorted.isEmpty else { return 0 }
+        return sorted[min(sorted.count - 1, Int(Double(sorted.count - 1) * p))] * 1000
+    }
+}
+
+/// Sends `count` requests (made by `make(index)`) over `connections` keep-alive connections.
+func load(
+    port: Int, connections: Int, count: Int, duration: Double? = nil,
+    make: @escaping @Sendable (Int) -> (HTTPRequest.Method, String, String?)
+) async throws -> LoadResult {
+    let next = Counter()
+    let started = ContinuousClock.now
+    let deadline = duration.map { started + .milliseconds(Int($0 * 1000)) }
+    let perConnection = try await withThrowingTaskGroup(of: ([Double], [Int: Int]).self) { group in
+        for _ in 0..<connections {
+            group.addTask {
+                try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+                    var latencies: [Double] = []
+                    var statuses: [Int: Int] = [:]
+                    while true {
+                        if let deadline, ContinuousClock.now >= deadline { break }
+                        let index = next.take()
+                        if duration == nil && index >= count { break }
+                        let (method, path, body) = make(index)
+                        let begin = ContinuousClock.now
+                        var headers: HTTPFields = [:]
+                        if body != nil { headers[.contentType] = "application/json" }
+                        let response = try await client.execute(
+                            .init(path, method: method, headers: headers, body: body.map { ByteBuffer(string: $0) }))
+                        let spent = ContinuousClock.now - begin
+                        latencies.append(Double(spent.components.attoseconds) / 1e18 + Double(spent.components.seconds))
+                        statuses[Int(response.head.status.code), default: 0] += 1
+                    }
+                    return (latencies, statuses)
+                }
+            }
+        }
+        var all: [Double] = []
+        var statuses: [Int: Int] = [:]
+        for try await (latencies, codes) in group {
+            all += latencies
+            statuses.merge(codes, uniquingKeysWith: +)
+        }
+        return (all, statuses)
+    }
+    let spent = ContinuousClock.now - started
+    return LoadResult(
+        latencies: perConnection.0, elapsed: Double(spent.components.seconds) + Double(spent.components.attoseconds) / 1e18,
+        statuses: perConnection.1)
+}
+
+final class Counter: @unchecked Sendable {
+    private var value = 0
+    private let lock = NSLock()
+    func take() -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        value += 1
+        return value - 1
+    }
+}
+
+func json(_ port: Int, _ path: String) async throws -> [String: Any] {
+    try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+        let response = try await client.get(path)
+        let data = Data(buffer: response.body ?? ByteBuffer())
+        guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any] else { throw BenchError.unexpected(path) }
+        return object
+    }
+}
+
+func waitUntil(_ timeout: Double, _ check: () async throws -> Bool) async throws -> Double {
+    let started = Date()
+    while Date().timeIntervalSince(started) < timeout {
+        if try await check() { return Date().timeIntervalSince(started) }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    return .infinity
+}
+
+// MARK: - The run
+
+let settings = Settings(CommandLine.arguments)
+let directory = FileManager.default.temporaryDirectory.appendingPathComponent("spotd-bench-\(UUID().uuidString)")
+try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+defer { try? FileManager.default.removeItem(at: directory) }
+let server = Server(port: Int.random(in: 20_000..<60_000), db: directory.appendingPathComponent("bench.sqlite").path)
+let port = server.port
+nonisolated(unsafe) var figures: [(String, String, Any)] = []
+@MainActor func record(_ key: String, _ label: String, _ value: Any) {
+    figures.append((key, label, value))
+    print(String(format: "  %-52@ %@", label as NSString, "\(value)" as NSString))
+}
+func round(_ value: Double, _ places: Int = 1) -> Double {
+    let scale = pow(10, Double(places))
+    return (value * scale).rounded() / scale
+}
+
+print("spotd-bench: \(settings.nodes) nodes, \(settings.jobs) jobs, \(settings.burst)-notice burst, \(settings.connections) connections")
+_ = try await server.start(autoPlace: false)
+
+// Ceiling: a trivial route on the same server.
+let ceiling = try await load(port: port, connections: settings.connections, count: 0, duration: settings.ceilingSeconds) { _ in
+    (.get, "/healthz", nil)
+}
+record("ceiling_rps", "ceiling: GET /healthz req/s", round(ceiling.rate, 0))
+
+// Seed over HTTP: pools, nodes, jobs.
+let poolCount = 10
+for index in 0..<poolCount {
+    let type = index < 7 ? "spot" : "on_demand"
+    let body = """
+        {"name":"pool-\(index)","capacity_type":"\(type)","gpu_type":"H100","gpus_per_node":8,"zone":"zone-\(index % 3)",\
+        "instance_type":"p5-\(index)","hourly_price":\(10 + index),"max_nodes":10000}
+        """
+    _ = try await load(port: port, connections: 1, count: 1) { _ in (.post, "/v1/pools", body) }
+}
+let seededNodes = try await load(port: port, connections: settings.connections, count: settings.nodes) { index in
+    (.post, "/v1/nodes", #"{"id":"node-\#(index)","pool":"pool-\#(index % poolCount)"}"#)
+}
+record("seed_nodes_per_s", "seed: node registrations/s (\(settings.nodes))", round(seededNodes.rate, 0))
+let seededJobs = try await load(port: port, connections: settings.connections, count: settings.jobs) { index in
+    (.post, "/v1/jobs", #"{"id":"job-\#(index)","tier":"best_effort","gpus":1,"checkpointable":false}"#)
+}
+record("seed_jobs_per_s", "seed: job submissions/s (\(settings.jobs))", round(seededJobs.rate, 0))
+
+// Placements over HTTP.
+let placements = try await load(port: port, connections: settings.connections, count: settings.placements) { index in
+    (.post, "/v1/placements", #"{"job_id":"job-\#(index)"}"#)
+}
+guard placements.statuses[201] == settings.placements else {
+    throw BenchError.unexpected("placements answered \(placements.statuses)")
+}
+record("placements_per_s", "placements/s over HTTP", round(placements.rate, 0))
+record("placement_p50_ms", "placement p50 latency (ms)", round(placements.percentile(0.5), 2))
+record("placement_p99_ms", "placement p99 latency (ms)", round(placements.percentile(0.99), 2))
+record("placement_ratio_to_ceiling", "placements / ceiling", round(placements.rate / ceiling.rate, 3))
+
+// A burst of termination notices at once, one connection each (up to 1,000).
+let burstStart = Date()
+let burst = try await load(port: port, connections: min(settings.burst, 1000), count: settings.burst) { index in
+    (.post, "/v1/interruptions", #"{"node_id":"node-\#(index)","kind":"termination","notice_seconds":120,"event_id":"burst-\#(index)"}"#)
+}
+guard burst.statuses[202] == settings.burst else { throw BenchError.unexpected("notices answered \(burst.statuses)") }
+record("burst_answered_s", "burst: all \(settings.burst) notices answered (s)", round(burst.elapsed, 3))
+record("notice_cordon_p50_ms", "burst: notice->cordon p50 (ms)", round(burst.percentile(0.5), 1))
+record("notice_cordon_p99_ms", "burst: notice->cordon p99 (ms)", round(burst.percentile(0.99), 1))
+let requeued = try await waitUntil(60) {
+    let page = try await json(port, "/v1/interruptions?state=received&limit=1")
+    return (page["items"] as? [Any])?.isEmpty == true
+}
+record("burst_requeued_s", "burst: every job on those nodes requeued (s)", round(Date().timeIntervalSince(burstStart), 3))
+_ = requeued
+
+// The scheduling loop: restart with it on and time how long the queue takes to drain.
+server.stop()
+let restart = try await server.start(autoPlace: true)
+record("restart_s", "restart with all of that in the store (s)", round(restart, 3))
+let queuedBefore = try await json(port, "/v1/summary")
+let queued = ((queuedBefore["jobs"] as? [String: Any])?["best_effort"] as? [String: Any])?["queued"] as? Int ?? 0
+let loopTime = try await waitUntil(120) {
+    let summary = try await json(port, "/v1/summary")
+    return ((summary["jobs"] as? [String: Any])?["best_effort"] as? [String: Any])?["queued"] as? Int == 0
+}
+record("loop_queued_jobs", "scheduling loop: queued jobs at restart", queued)
+record("loop_place_s", "scheduling loop: time to place them all (s)", round(loopTime, 3))
+record("rss_mib", "resident memory at the end (MiB)", round(server.residentMiB, 1))
+server.stop()
+
+var object: [String: Any] = [:]
+for (key, _, value) in figures { object[key] = value }
+object["date"] = ISO8601DateFormatter().string(from: Date())
+let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+print(String(decoding: data, as: UTF8.self))
