@@ -7,6 +7,11 @@ import NIOCore
 // and prints every figure of the benchmark as a table and as JSON, with the trivial-route ceiling of the same run.
 // Run: swift run -c release spotd-bench   (options: --nodes N --jobs N --burst N --connections N --seconds S)
 
+/// Writes a line at once (stdout is block-buffered when it is not a terminal).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
 // MARK: - Settings
 
 struct Settings {
@@ -196,14 +201,14 @@ let port = server.port
 nonisolated(unsafe) var figures: [(String, String, Any)] = []
 @MainActor func record(_ key: String, _ label: String, _ value: Any) {
     figures.append((key, label, value))
-    print(String(format: "  %-52@ %@", label as NSString, "\(value)" as NSString))
+    say(String(format: "  %-52@ %@", label as NSString, "\(value)" as NSString))
 }
 func round(_ value: Double, _ places: Int = 1) -> Double {
     let scale = pow(10, Double(places))
     return (value * scale).rounded() / scale
 }
 
-print("spotd-bench: \(settings.nodes) nodes, \(settings.jobs) jobs, \(settings.burst)-notice burst, \(settings.connections) connections")
+say("spotd-bench: \(settings.nodes) nodes, \(settings.jobs) jobs, \(settings.burst)-notice burst, \(settings.connections) connections")
 _ = try await server.start(autoPlace: false)
 
 // Ceiling: a trivial route on the same server.
@@ -278,4 +283,4 @@ var object: [String: Any] = [:]
 for (key, _, value) in figures { object[key] = value }
 object["date"] = ISO8601DateFormatter().string(from: Date())
 let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-print(String(decoding: data, as: UTF8.self))
+say(String(decoding: data, as: UTF8.self))

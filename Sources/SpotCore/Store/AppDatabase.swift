@@ -8,6 +8,7 @@ import Logging
 public final class AppDatabase: Sendable {
     let writer: DatabasePool
     let batcher: WriteBatcher
+    let placementHints = PlacementHints()
     let clock: any SpotClock
     let logger: Logger
 

@@ -74,10 +74,10 @@ extension AppDatabase {
             }
             let policy = try Self.policies(db, defaults: 3600, now: now).first { $0.tier == job.tier }!
             let pools = try Row.fetchAll(db, sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq").map(Pool.init(row:))
-            let stats = try Self.poolStats(db, now: now)
+            let hints = try placementHints.current(db, now: now)
             var candidates: [PoolCandidate] = []
             for pool in pools {
-                var candidate = PoolCandidate(pool: pool, stats: stats[pool.name] ?? PoolStats())
+                var candidate = PoolCandidate(pool: pool, stats: hints.stats[pool.name] ?? PoolStats())
                 if Placement.poolRefusal(job: job, policy: policy, pool: pool) == nil {
                     candidate.bestNode = try Row.fetchOne(
                         db,
@@ -87,19 +87,18 @@ extension AppDatabase {
                             ORDER BY gpus - gpus_allocated, seq LIMIT 1
                             """, arguments: [pool.name, job.gpus]
                     ).map(Node.init(row:))
-                    if job.tier == .bestEffort {
-                        candidate.bestEffortJobs =
-                            try Int.fetchOne(
-                                db,
-                                sql: """
-                                    SELECT COUNT(*) FROM jobs j JOIN nodes n ON n.id = j.node_id
-                                    WHERE n.pool = ? AND j.tier = 'best_effort' AND j.state IN ('running', 'checkpointing')
-                                    """, arguments: [pool.name]) ?? 0
-                    }
+                    candidate.bestEffortJobs = hints.bestEffortJobs[pool.name] ?? 0
                 }
                 candidates.append(candidate)
             }
-            switch Placement.decide(job: job, policy: policy, candidates: candidates) {
+            var decision = Placement.decide(job: job, policy: policy, candidates: candidates)
+            if case .refuse = decision {
+                // Refusals explain themselves pool by pool: use fresh node counts, not the cached hints.
+                let fresh = try Self.poolStats(db, now: now)
+                for index in candidates.indices { candidates[index].stats = fresh[candidates[index].pool.name] ?? PoolStats() }
+                decision = Placement.decide(job: job, policy: policy, candidates: candidates)
+            }
+            switch decision {
             case .refuse(let reasons):
                 var problem = Problem.conflict(
                     "no eligible capacity for job '\(jobId)': "
@@ -114,6 +113,7 @@ extension AppDatabase {
                 let attempt = max(job.attempt, 1)
                 if !dryRun {
                     try Self.bind(db, job: job, nodeId: nodeId, pool: pool, attempt: attempt, at: now, actor: actor, reasons: reasons)
+                    if job.tier == .bestEffort { placementHints.placedBestEffort(pool: pool) }
                 }
                 return .success(
                     PlacementResult(

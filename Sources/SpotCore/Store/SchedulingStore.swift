@@ -24,16 +24,7 @@ extension AppDatabase {
             let pools = try Row.fetchAll(db, sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq").map(Pool.init(row:))
             let stats = try Self.poolStats(db, now: now)
             let policies = Dictionary(uniqueKeysWithValues: try Self.policies(db, defaults: admissionLimit, now: now).map { ($0.tier, $0) })
-            var bestEffortByPool: [String: Int] = [:]
-            for row in try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT n.pool AS pool, COUNT(*) AS n FROM jobs j JOIN nodes n ON n.id = j.node_id
-                    WHERE j.tier = 'best_effort' AND j.state IN ('running', 'checkpointing') GROUP BY n.pool
-                    """)
-            {
-                bestEffortByPool[row["pool"]] = row["n"]
-            }
+            var bestEffortByPool = try Self.bestEffortByPool(db)
             var index = CapacityIndex(nodes: nodes)
             var placed = 0
             var preemptionTried = false
