@@ -8,16 +8,19 @@ extension AppDatabase {
         try await read { db in
             if let type {
                 return try Row.fetchAll(
-                    db, sql: "SELECT * FROM events WHERE id > ? AND type = ? ORDER BY id LIMIT ?", arguments: [since, type, limit]
+                    db.cachedStatement(sql: "SELECT * FROM events WHERE id > ? AND type = ? ORDER BY id LIMIT ?"),
+                    arguments: [since, type, limit]
                 ).map(Event.init(row:))
             }
-            return try Row.fetchAll(db, sql: "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", arguments: [since, limit])
-                .map(Event.init(row:))
+            return try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?"), arguments: [since, limit]
+            )
+            .map(Event.init(row:))
         }
     }
 
     func lastEventId() async throws -> Int64 {
-        try await read { db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(id), 0) FROM events") ?? 0 }
+        try await read { db in try Int64.fetchOne(db.cachedStatement(sql: "SELECT COALESCE(MAX(id), 0) FROM events")) ?? 0 }
     }
 
     // MARK: - Tokens
@@ -34,8 +37,7 @@ extension AppDatabase {
         let secret = "spotd_" + bytes.map { String(format: "%02x", $0) }.joined()
         let token = Token(id: AppDatabase.newId("tok"), name: name, role: role, createdAt: clock.now())
         try await write { db in
-            try db.execute(
-                sql: "INSERT INTO tokens (id, name, role, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            try db.cachedStatement(sql: "INSERT INTO tokens (id, name, role, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)").execute(
                 arguments: [token.id, name, role.rawValue, Self.hashSecret(secret), token.createdAt])
             try db.appendEvent(
                 "token.created", subject: "tokens/\(token.id)", actor: actor, at: token.createdAt,
@@ -48,7 +50,8 @@ extension AppDatabase {
         try await read { db in
             Self.page(
                 try Row.fetchAll(
-                    db, sql: "SELECT seq, id, name, role, created_at FROM tokens WHERE revoked_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+                    db.cachedStatement(
+                        sql: "SELECT seq, id, name, role, created_at FROM tokens WHERE revoked_at IS NULL AND seq > ? ORDER BY seq LIMIT ?"),
                     arguments: [page.after, page.limit + 1]), limit: page.limit
             ) { Token(id: $0["id"], name: $0["name"], role: Role(rawValue: $0["role"]) ?? .viewer, createdAt: $0["created_at"]) }
         }
@@ -57,7 +60,9 @@ extension AppDatabase {
     func revokeToken(_ id: String, actor: String) async throws {
         try await write { [self] db in
             let now = clock.now()
-            try db.execute(sql: "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", arguments: [now, id])
+            try db.cachedStatement(sql: "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").execute(arguments: [
+                now, id,
+            ])
             guard db.changesCount == 1 else { throw Problem.notFound("token", id) }
             try db.appendEvent("token.revoked", subject: "tokens/\(id)", actor: actor, at: now)
         }
@@ -67,7 +72,7 @@ extension AppDatabase {
     func token(secret: String) async throws -> Token? {
         try await read { db in
             try Row.fetchOne(
-                db, sql: "SELECT id, name, role, created_at FROM tokens WHERE secret_hash = ? AND revoked_at IS NULL",
+                db.cachedStatement(sql: "SELECT id, name, role, created_at FROM tokens WHERE secret_hash = ? AND revoked_at IS NULL"),
                 arguments: [Self.hashSecret(secret)]
             ).map { Token(id: $0["id"], name: $0["name"], role: Role(rawValue: $0["role"]) ?? .viewer, createdAt: $0["created_at"]) }
         }
@@ -86,16 +91,17 @@ extension AppDatabase {
         try await read { [self] db in
             let now = clock.now()
             let stats = try Self.poolStats(db, now: now)
-            let pools = try Row.fetchAll(db, sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq").map(Pool.init(row:))
+            let pools = try Row.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")).map(Pool.init(row:))
             var jobs: [Tier: [JobState: Int]] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT tier, state, COUNT(*) AS n FROM jobs GROUP BY tier, state") {
+            for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT tier, state, COUNT(*) AS n FROM jobs GROUP BY tier, state")) {
                 guard let tier = Tier(rawValue: row["tier"]), let state = JobState(rawValue: row["state"]) else { continue }
                 jobs[tier, default: [:]][state] = row["n"]
             }
             let active =
                 try Int.fetchOne(
-                    db, sql: "SELECT COUNT(*) FROM interruptions WHERE state IN ('received', 'draining', 'drained')") ?? 0
-            let pending = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM provisioning_requests WHERE state = 'pending'") ?? 0
+                    db.cachedStatement(sql: "SELECT COUNT(*) FROM interruptions WHERE state IN ('received', 'draining', 'drained')")) ?? 0
+            let pending =
+                try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM provisioning_requests WHERE state = 'pending'")) ?? 0
             return Summary(
                 pools: pools.map { ($0, stats[$0.name] ?? PoolStats()) }, jobs: jobs, activeInterruptions: active,
                 pendingProvisioning: pending)
@@ -108,19 +114,20 @@ extension AppDatabase {
     func acquireLease(_ name: String, owner: String, ttlMillis: Millis) async throws -> Bool {
         try await write { [self] db in
             let now = clock.now()
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?)
                     ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
                     WHERE leases.owner = excluded.owner OR leases.expires_at < ?
-                    """, arguments: [name, owner, now + ttlMillis, now])
-            return try String.fetchOne(db, sql: "SELECT owner FROM leases WHERE name = ?", arguments: [name]) == owner
+                    """
+            ).execute(arguments: [name, owner, now + ttlMillis, now])
+            return try String.fetchOne(db.cachedStatement(sql: "SELECT owner FROM leases WHERE name = ?"), arguments: [name]) == owner
         }
     }
 
     func releaseLease(_ name: String, owner: String) async throws {
         try await write { db in
-            try db.execute(sql: "DELETE FROM leases WHERE name = ? AND owner = ?", arguments: [name, owner])
+            try db.cachedStatement(sql: "DELETE FROM leases WHERE name = ? AND owner = ?").execute(arguments: [name, owner])
         }
     }
 }

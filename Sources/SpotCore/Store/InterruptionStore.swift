@@ -38,31 +38,31 @@ extension AppDatabase {
         }
         let nodeId = node?.id ?? notice.nodeId
         if let existing = try String.fetchOne(
-            db, sql: "SELECT id FROM interruptions WHERE source = ? AND event_id = ? AND node_id = ?",
+            db.cachedStatement(sql: "SELECT id FROM interruptions WHERE source = ? AND event_id = ? AND node_id = ?"),
             arguments: [notice.source, notice.eventId, nodeId])
         {
             return (existing, false)
         }
         if node != nil {
             let sameKind = try String.fetchOne(
-                db,
-                sql: notice.kind == .termination
-                    ? "SELECT id FROM interruptions WHERE node_id = ? AND kind = 'termination' AND state <> 'unmatched'"
-                    : "SELECT id FROM interruptions WHERE node_id = ? AND kind = 'rebalance' AND state = 'received'",
+                db.cachedStatement(
+                    sql: notice.kind == .termination
+                        ? "SELECT id FROM interruptions WHERE node_id = ? AND kind = 'termination' AND state <> 'unmatched'"
+                        : "SELECT id FROM interruptions WHERE node_id = ? AND kind = 'rebalance' AND state = 'received'"),
                 arguments: [nodeId])
             if let sameKind { return (sameKind, false) }
         }
         let id = AppDatabase.newId("int")
         let state: InterruptionState = node == nil ? .unmatched : .received
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO interruptions (id, node_id, pool, kind, source, event_id, state, deadline, received_at, node_was_live)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
-            arguments: [
-                id, nodeId, node?.pool, notice.kind.rawValue, notice.source, notice.eventId, state.rawValue, notice.deadline, now,
-                node.map { $0.state.live } ?? false,
-            ])
+                """
+        ).execute(arguments: [
+            id, nodeId, node?.pool, notice.kind.rawValue, notice.source, notice.eventId, state.rawValue, notice.deadline, now,
+            node.map { $0.state.live } ?? false,
+        ])
         try db.appendStep(id, "received", at: now, detail: "\(notice.source) \(notice.kind.rawValue)")
         var data: [String: JSONValue] = [
             "interruption_id": .string(id), "kind": .string(notice.kind.rawValue), "source": .string(notice.source),
@@ -100,7 +100,9 @@ extension AppDatabase {
             }
             sql += " ORDER BY seq LIMIT ?"
             _ = arguments.append(contentsOf: [page.limit + 1])
-            let ids = Self.page(try Row.fetchAll(db, sql: sql, arguments: arguments), limit: page.limit) { $0["id"] as String }
+            let ids = Self.page(try Row.fetchAll(db.cachedStatement(sql: sql), arguments: arguments), limit: page.limit) {
+                $0["id"] as String
+            }
             return Page(items: try ids.items.compactMap { try Self.interruptionDetail(db, id: $0) }, nextCursor: ids.nextCursor)
         }
     }
@@ -112,7 +114,8 @@ extension AppDatabase {
     static func interruptionDetail(_ db: Database, id: String) throws -> InterruptionDetail? {
         guard let interruption = try db.fetchInterruption(id) else { return nil }
         let steps = try Row.fetchAll(
-            db, sql: "SELECT step, at, job_id, detail FROM interruption_steps WHERE interruption_id = ? ORDER BY seq", arguments: [id]
+            db.cachedStatement(sql: "SELECT step, at, job_id, detail FROM interruption_steps WHERE interruption_id = ? ORDER BY seq"),
+            arguments: [id]
         ).map { TimelineStep(step: $0["step"], at: $0["at"], jobId: $0["job_id"], detail: $0["detail"]) }
         return InterruptionDetail(interruption: interruption, timeline: steps)
     }

@@ -27,16 +27,16 @@ extension AppDatabase {
         try await write { [self] db in
             let now = clock.now()
             if try db.fetchJob(submission.id) != nil { throw Problem.conflict("job '\(submission.id)' already exists") }
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     INSERT INTO jobs (id, tier, gpus, gpu_type, checkpointable, expected_duration_seconds, priority, state,
                         attempt, requeue_count, submitted_at, updated_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, ?, ?)
-                    """,
-                arguments: [
-                    submission.id, submission.tier.rawValue, submission.gpus, submission.gpuType, submission.checkpointable,
-                    submission.expectedDurationSeconds, submission.priority, now, now,
-                ])
+                    """
+            ).execute(arguments: [
+                submission.id, submission.tier.rawValue, submission.gpus, submission.gpuType, submission.checkpointable,
+                submission.expectedDurationSeconds, submission.priority, now, now,
+            ])
             try db.appendEvent(
                 "job.submitted", subject: "jobs/\(submission.id)", actor: actor, at: now,
                 data: ["tier": .string(submission.tier.rawValue), "gpus": .int(Int64(submission.gpus))])
@@ -62,7 +62,7 @@ extension AppDatabase {
             }
             sql += " ORDER BY seq LIMIT ?"
             _ = arguments.append(contentsOf: [page.limit + 1])
-            return Self.page(try Row.fetchAll(db, sql: sql, arguments: arguments), limit: page.limit, map: Job.init(row:))
+            return Self.page(try Row.fetchAll(db.cachedStatement(sql: sql), arguments: arguments), limit: page.limit, map: Job.init(row:))
         }
     }
 
@@ -70,7 +70,7 @@ extension AppDatabase {
         try await read { db in
             guard let job = try db.fetchJob(id) else { return nil }
             let history = try Row.fetchAll(
-                db, sql: "SELECT * FROM events WHERE subject = ? ORDER BY id LIMIT 200", arguments: ["jobs/\(id)"]
+                db.cachedStatement(sql: "SELECT * FROM events WHERE subject = ? ORDER BY id LIMIT 200"), arguments: ["jobs/\(id)"]
             ).map(Event.init(row:))
             return (job, history)
         }
@@ -98,10 +98,10 @@ extension AppDatabase {
             if let last = job.lastCheckpoint, step < last.step {
                 throw Problem.conflict("job '\(jobId)' already has a checkpoint at step \(last.step); step \(step) is older")
             }
-            try db.execute(
+            try db.cachedStatement(
                 sql:
-                    "UPDATE jobs SET last_checkpoint_uri = ?, last_checkpoint_step = ?, last_checkpoint_at = ?, updated_at = ? WHERE id = ?",
-                arguments: [uri, step, now, now, jobId])
+                    "UPDATE jobs SET last_checkpoint_uri = ?, last_checkpoint_step = ?, last_checkpoint_at = ?, updated_at = ? WHERE id = ?"
+            ).execute(arguments: [uri, step, now, now, jobId])
             try db.appendEvent(
                 "job.checkpointed", subject: "jobs/\(jobId)", actor: actor, at: now,
                 data: ["uri": .string(uri), "step": .int(step), "attempt": .int(job.attempt)])
@@ -136,11 +136,12 @@ extension AppDatabase {
                 job = try Self.reportable(db, id: jobId, attempt: attempt, action: outcome.rawValue)
             }
             if let nodeId = job.nodeId { try db.releaseGPUs(nodeId: nodeId, gpus: job.gpus, at: now) }
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     UPDATE jobs SET state = ?, node_id = NULL, checkpoint_deadline = NULL, preempted_for = NULL,
                         finished_at = ?, updated_at = ? WHERE id = ?
-                    """, arguments: [outcome.rawValue, now, now, jobId])
+                    """
+            ).execute(arguments: [outcome.rawValue, now, now, jobId])
             var data: [String: JSONValue] = ["attempt": .int(job.attempt)]
             if let nodeId = job.nodeId { data["node_id"] = .string(nodeId) }
             if let reason { data["reason"] = .string(reason) }

@@ -28,7 +28,8 @@ extension AppDatabase {
             if let requestId = provisioningRequestId {
                 guard
                     let request = try Row.fetchOne(
-                        db, sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ?", arguments: [requestId]
+                        db.cachedStatement(sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ?"),
+                        arguments: [requestId]
                     ).map(ProvisioningRequest.init(row:))
                 else {
                     throw Problem.unknownReference("provisioning_request_id", "provisioning request", requestId)
@@ -40,11 +41,12 @@ extension AppDatabase {
                     throw Problem.conflict("provisioning request '\(requestId)' asked for pool '\(request.pool)', not '\(poolName)'")
                 }
             }
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     INSERT INTO nodes (id, pool, gpus, gpus_allocated, state, provisioning_request_id, created_at, updated_at, idle_since)
                     VALUES (?, ?, ?, 0, 'ready', ?, ?, ?, ?)
-                    """, arguments: [id, poolName, gpuCount, provisioningRequestId, now, now, now])
+                    """
+            ).execute(arguments: [id, poolName, gpuCount, provisioningRequestId, now, now, now])
             try db.appendEvent(
                 "node.registered", subject: "nodes/\(id)", actor: actor, at: now,
                 data: ["pool": .string(poolName), "gpus": .int(Int64(gpuCount))])
@@ -57,11 +59,11 @@ extension AppDatabase {
 
     /// Marks a provisioning request fulfilled by a node.
     static func fulfill(_ db: Database, requestId: String, nodeId: String, at now: Millis, actor: String) throws {
-        try db.execute(
-            sql: "UPDATE provisioning_requests SET state = 'fulfilled', node_id = ?, resolved_at = ? WHERE id = ? AND state = 'pending'",
-            arguments: [nodeId, now, requestId])
+        try db.cachedStatement(
+            sql: "UPDATE provisioning_requests SET state = 'fulfilled', node_id = ?, resolved_at = ? WHERE id = ? AND state = 'pending'"
+        ).execute(arguments: [nodeId, now, requestId])
         let interruptionId = try String.fetchOne(
-            db, sql: "SELECT interruption_id FROM provisioning_requests WHERE id = ?", arguments: [requestId])
+            db.cachedStatement(sql: "SELECT interruption_id FROM provisioning_requests WHERE id = ?"), arguments: [requestId])
         if let interruptionId {
             try db.appendStep(interruptionId, "replacement_ready", at: now, detail: nodeId)
         }
@@ -88,7 +90,7 @@ extension AppDatabase {
             }
             sql += " ORDER BY n.seq LIMIT ?"
             _ = arguments.append(contentsOf: [page.limit + 1])
-            let rows = try Row.fetchAll(db, sql: sql, arguments: arguments)
+            let rows = try Row.fetchAll(db.cachedStatement(sql: sql), arguments: arguments)
             let page = Self.page(rows, limit: page.limit) { $0["id"] as String }
             return Page(items: try page.items.compactMap { try Self.nodeDetail(db, id: $0) }, nextCursor: page.nextCursor)
         }
@@ -102,13 +104,14 @@ extension AppDatabase {
         guard let node = try db.fetchNode(id) else { return nil }
         let pool = try db.fetchPool(node.pool)
         let jobs = try String.fetchAll(
-            db, sql: "SELECT id FROM jobs WHERE node_id = ? AND state IN ('running', 'checkpointing') ORDER BY seq", arguments: [id])
+            db.cachedStatement(sql: "SELECT id FROM jobs WHERE node_id = ? AND state IN ('running', 'checkpointing') ORDER BY seq"),
+            arguments: [id])
         let interruption = try String.fetchOne(
-            db,
-            sql: """
-                SELECT id FROM interruptions WHERE node_id = ? AND state IN ('received', 'draining', 'drained')
-                ORDER BY CASE kind WHEN 'termination' THEN 0 ELSE 1 END, seq DESC LIMIT 1
-                """, arguments: [id])
+            db.cachedStatement(
+                sql: """
+                    SELECT id FROM interruptions WHERE node_id = ? AND state IN ('received', 'draining', 'drained')
+                    ORDER BY CASE kind WHEN 'termination' THEN 0 ELSE 1 END, seq DESC LIMIT 1
+                    """), arguments: [id])
         return NodeDetail(
             node: node, capacityType: pool?.capacityType, gpuType: pool?.gpuType, zone: pool?.zone, jobIds: jobs,
             interruptionId: interruption)
@@ -131,7 +134,7 @@ extension AppDatabase {
 
     /// Cordons a node inside the caller's transaction.
     static func cordon(_ db: Database, node: Node, at now: Millis, actor: String, reason: String) throws {
-        try db.execute(sql: "UPDATE nodes SET state = 'cordoned', updated_at = ? WHERE id = ?", arguments: [now, node.id])
+        try db.cachedStatement(sql: "UPDATE nodes SET state = 'cordoned', updated_at = ? WHERE id = ?").execute(arguments: [now, node.id])
         try db.appendEvent(
             "node.cordoned", subject: "nodes/\(node.id)", actor: actor, at: now, data: ["reason": .string(reason)])
     }
@@ -147,12 +150,13 @@ extension AppDatabase {
                     throw Problem.conflict("node '\(id)' has an active termination notice '\(active.id)'; it cannot be uncordoned")
                 }
                 let now = clock.now()
-                try db.execute(sql: "UPDATE nodes SET state = 'ready', updated_at = ? WHERE id = ?", arguments: [now, id])
-                try db.execute(
+                try db.cachedStatement(sql: "UPDATE nodes SET state = 'ready', updated_at = ? WHERE id = ?").execute(arguments: [now, id])
+                try db.cachedStatement(
                     sql: """
                         UPDATE interruptions SET state = 'completed', completed_at = ?
                         WHERE node_id = ? AND kind = 'rebalance' AND state = 'received'
-                        """, arguments: [now, id])
+                        """
+                ).execute(arguments: [now, id])
                 try db.appendEvent("node.uncordoned", subject: "nodes/\(id)", actor: actor, at: now)
             case .provisioning, .draining, .drained, .terminated:
                 throw Problem.conflict("node '\(id)' is \(node.state.rawValue); only a cordoned node can be uncordoned")
@@ -178,14 +182,14 @@ extension AppDatabase {
         for job in try db.jobsOnNode(node.id) {
             try db.requeue(job, at: now, actor: actor, interruptionId: interruption?.id, reason: "node \(reason)")
         }
-        try db.execute(
-            sql: "UPDATE nodes SET state = 'terminated', gpus_allocated = 0, terminated_at = ?, updated_at = ? WHERE id = ?",
-            arguments: [now, now, node.id])
+        try db.cachedStatement(
+            sql: "UPDATE nodes SET state = 'terminated', gpus_allocated = 0, terminated_at = ?, updated_at = ? WHERE id = ?"
+        ).execute(arguments: [now, now, node.id])
         if let interruption { try db.appendStep(interruption.id, "node_terminated", at: now, detail: reason) }
-        try db.execute(
+        try db.cachedStatement(
             sql:
-                "UPDATE interruptions SET state = 'completed', completed_at = ? WHERE node_id = ? AND kind = 'rebalance' AND state = 'received'",
-            arguments: [now, node.id])
+                "UPDATE interruptions SET state = 'completed', completed_at = ? WHERE node_id = ? AND kind = 'rebalance' AND state = 'received'"
+        ).execute(arguments: [now, node.id])
         try db.appendEvent(
             "node.terminated", subject: "nodes/\(node.id)", actor: actor, at: now, data: ["reason": .string(reason)])
     }

@@ -36,11 +36,11 @@ extension AppDatabase {
     static func bestEffortByPool(_ db: Database) throws -> [String: Int] {
         var counts: [String: Int] = [:]
         for row in try Row.fetchAll(
-            db,
-            sql: """
-                SELECT n.pool AS pool, COUNT(*) AS n FROM jobs j JOIN nodes n ON n.id = j.node_id
-                WHERE j.tier = 'best_effort' AND j.state IN ('running', 'checkpointing') GROUP BY n.pool
-                """)
+            db.cachedStatement(
+                sql: """
+                    SELECT n.pool AS pool, COUNT(*) AS n FROM jobs j JOIN nodes n ON n.id = j.node_id
+                    WHERE j.tier = 'best_effort' AND j.state IN ('running', 'checkpointing') GROUP BY n.pool
+                    """))
         {
             counts[row["pool"]] = row["n"]
         }

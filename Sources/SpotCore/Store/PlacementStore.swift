@@ -18,7 +18,7 @@ extension AppDatabase {
     }
 
     static func policies(_ db: Database, defaults admissionLimit: Int64, now: Millis) throws -> [Policy] {
-        let stored = try Row.fetchAll(db, sql: "SELECT * FROM policies").map(Policy.init(row:))
+        let stored = try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM policies")).map(Policy.init(row:))
         return Policy.defaults(admissionLimit: admissionLimit, at: now).map { policy in
             stored.first { $0.tier == policy.tier } ?? policy
         }
@@ -28,33 +28,33 @@ extension AppDatabase {
     func seedPolicies(admissionLimit: Int64) throws {
         try writer.write { [self] db in
             for policy in Policy.defaults(admissionLimit: admissionLimit, at: clock.now()) {
-                try db.execute(
+                try db.cachedStatement(
                     sql: """
                         INSERT OR IGNORE INTO policies (tier, capacity_types, max_uncheckpointable_spot_seconds,
                             spot_requires_checkpointable, updated_at) VALUES (?, ?, ?, ?, ?)
-                        """,
-                    arguments: [
-                        policy.tier.rawValue, policy.capacityTypes.map(\.rawValue).joined(separator: ","),
-                        policy.maxUncheckpointableSpotSeconds, policy.spotRequiresCheckpointable, policy.updatedAt,
-                    ])
+                        """
+                ).execute(arguments: [
+                    policy.tier.rawValue, policy.capacityTypes.map(\.rawValue).joined(separator: ","),
+                    policy.maxUncheckpointableSpotSeconds, policy.spotRequiresCheckpointable, policy.updatedAt,
+                ])
             }
         }
     }
 
     func putPolicy(_ policy: Policy, actor: String) async throws -> Policy {
         try await write { db in
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     INSERT INTO policies (tier, capacity_types, max_uncheckpointable_spot_seconds, spot_requires_checkpointable, updated_at)
                     VALUES (?, ?, ?, ?, ?)
                     ON CONFLICT(tier) DO UPDATE SET capacity_types = excluded.capacity_types,
                         max_uncheckpointable_spot_seconds = excluded.max_uncheckpointable_spot_seconds,
                         spot_requires_checkpointable = excluded.spot_requires_checkpointable, updated_at = excluded.updated_at
-                    """,
-                arguments: [
-                    policy.tier.rawValue, policy.capacityTypes.map(\.rawValue).joined(separator: ","),
-                    policy.maxUncheckpointableSpotSeconds, policy.spotRequiresCheckpointable, policy.updatedAt,
-                ])
+                    """
+            ).execute(arguments: [
+                policy.tier.rawValue, policy.capacityTypes.map(\.rawValue).joined(separator: ","),
+                policy.maxUncheckpointableSpotSeconds, policy.spotRequiresCheckpointable, policy.updatedAt,
+            ])
             try db.appendEvent(
                 "policy.updated", subject: "policies/\(policy.tier.rawValue)", actor: actor, at: policy.updatedAt,
                 data: ["capacity_types": .array(policy.capacityTypes.map { .string($0.rawValue) })])
@@ -73,19 +73,19 @@ extension AppDatabase {
                 throw Problem.conflict("job '\(jobId)' is \(job.state.rawValue); only a queued job can be placed")
             }
             let policy = try Self.policies(db, defaults: 3600, now: now).first { $0.tier == job.tier }!
-            let pools = try Row.fetchAll(db, sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq").map(Pool.init(row:))
+            let pools = try Row.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")).map(Pool.init(row:))
             let hints = try placementHints.current(db, now: now)
             var candidates: [PoolCandidate] = []
             for pool in pools {
                 var candidate = PoolCandidate(pool: pool, stats: hints.stats[pool.name] ?? PoolStats())
                 if Placement.poolRefusal(job: job, policy: policy, pool: pool) == nil {
                     candidate.bestNode = try Row.fetchOne(
-                        db,
-                        sql: """
-                            SELECT \(Node.columns) FROM nodes INDEXED BY nodes_free
-                            WHERE pool = ? AND state = 'ready' AND gpus - gpus_allocated >= ?
-                            ORDER BY gpus - gpus_allocated, seq LIMIT 1
-                            """, arguments: [pool.name, job.gpus]
+                        db.cachedStatement(
+                            sql: """
+                                SELECT \(Node.columns) FROM nodes INDEXED BY nodes_free
+                                WHERE pool = ? AND state = 'ready' AND gpus - gpus_allocated >= ?
+                                ORDER BY gpus - gpus_allocated, seq LIMIT 1
+                                """), arguments: [pool.name, job.gpus]
                     ).map(Node.init(row:))
                     candidate.bestEffortJobs = hints.bestEffortJobs[pool.name] ?? 0
                 }
@@ -127,16 +127,17 @@ extension AppDatabase {
     static func bind(
         _ db: Database, job: Job, nodeId: String, pool: String, attempt: Int64, at now: Millis, actor: String, reasons: [String]
     ) throws {
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 UPDATE nodes SET gpus_allocated = gpus_allocated + ?, idle_since = NULL, updated_at = ?
                 WHERE id = ? AND state = 'ready' AND gpus - gpus_allocated >= ?
-                """, arguments: [job.gpus, now, nodeId, job.gpus])
+                """
+        ).execute(arguments: [job.gpus, now, nodeId, job.gpus])
         guard db.changesCount == 1 else { throw Problem.conflict("node '\(nodeId)' no longer has room for job '\(job.id)'") }
-        try db.execute(
+        try db.cachedStatement(
             sql:
-                "UPDATE jobs SET state = 'running', node_id = ?, attempt = ?, started_at = ?, updated_at = ? WHERE id = ? AND state = 'queued'",
-            arguments: [nodeId, attempt, now, now, job.id])
+                "UPDATE jobs SET state = 'running', node_id = ?, attempt = ?, started_at = ?, updated_at = ? WHERE id = ? AND state = 'queued'"
+        ).execute(arguments: [nodeId, attempt, now, now, job.id])
         guard db.changesCount == 1 else { throw Problem.conflict("job '\(job.id)' is no longer queued") }
         try db.appendEvent(
             "job.placed", subject: "jobs/\(job.id)", actor: actor, at: now,
@@ -153,16 +154,17 @@ extension AppDatabase {
     {
         let pending =
             try Int.fetchOne(
-                db, sql: "SELECT COALESCE(SUM(gpus), 0) FROM jobs WHERE preempted_for = ? AND state = 'checkpointing'", arguments: [job.id]
+                db.cachedStatement(sql: "SELECT COALESCE(SUM(gpus), 0) FROM jobs WHERE preempted_for = ? AND state = 'checkpointing'"),
+                arguments: [job.id]
             ) ?? 0
         if pending > 0 { return "best-effort jobs are already yielding \(pending) GPU(s) to it" }
         let rows = try Row.fetchAll(
-            db,
-            sql: """
-                SELECT DISTINCT n.id AS id FROM nodes n JOIN pools p ON p.name = n.pool
-                JOIN jobs j ON j.node_id = n.id AND j.tier = 'best_effort' AND j.state = 'running'
-                WHERE n.state = 'ready' AND p.capacity_type <> 'spot'
-                """)
+            db.cachedStatement(
+                sql: """
+                    SELECT DISTINCT n.id AS id FROM nodes n JOIN pools p ON p.name = n.pool
+                    JOIN jobs j ON j.node_id = n.id AND j.tier = 'best_effort' AND j.state = 'running'
+                    WHERE n.state = 'ready' AND p.capacity_type <> 'spot'
+                    """))
         var sites: [Placement.PreemptionSite] = []
         for row in rows {
             guard let node = try db.fetchNode(row["id"]), let pool = try db.fetchPool(node.pool) else { continue }
@@ -174,9 +176,9 @@ extension AppDatabase {
         for victimId in choice.jobIds {
             guard let victim = try db.fetchJob(victimId) else { continue }
             if victim.checkpointable {
-                try db.execute(
-                    sql: "UPDATE jobs SET state = 'checkpointing', checkpoint_deadline = ?, preempted_for = ?, updated_at = ? WHERE id = ?",
-                    arguments: [now + graceSeconds * 1000, job.id, now, victimId])
+                try db.cachedStatement(
+                    sql: "UPDATE jobs SET state = 'checkpointing', checkpoint_deadline = ?, preempted_for = ?, updated_at = ? WHERE id = ?"
+                ).execute(arguments: [now + graceSeconds * 1000, job.id, now, victimId])
                 try db.appendEvent(
                     "job.checkpoint_requested", subject: "jobs/\(victimId)", actor: actor, at: now,
                     data: [

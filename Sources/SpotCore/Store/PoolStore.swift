@@ -30,16 +30,16 @@ extension AppDatabase {
     func createPool(_ pool: Pool, actor: String) async throws -> Pool {
         try await write { db in
             if try db.fetchPool(pool.name) != nil { throw Problem.conflict("pool '\(pool.name)' already exists") }
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     INSERT INTO pools (name, capacity_type, gpu_type, gpus_per_node, zone, instance_type, hourly_price,
                         min_nodes, max_nodes, stockout, created_at, updated_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [
-                    pool.name, pool.capacityType.rawValue, pool.gpuType, pool.gpusPerNode, pool.zone, pool.instanceType,
-                    pool.hourlyPrice, pool.minNodes, pool.maxNodes, pool.stockout, pool.createdAt, pool.updatedAt,
-                ])
+                    """
+            ).execute(arguments: [
+                pool.name, pool.capacityType.rawValue, pool.gpuType, pool.gpusPerNode, pool.zone, pool.instanceType,
+                pool.hourlyPrice, pool.minNodes, pool.maxNodes, pool.stockout, pool.createdAt, pool.updatedAt,
+            ])
             try db.appendEvent(
                 "pool.created", subject: "pools/\(pool.name)", actor: actor, at: pool.createdAt,
                 data: ["capacity_type": .string(pool.capacityType.rawValue), "gpu_type": .string(pool.gpuType)])
@@ -50,7 +50,7 @@ extension AppDatabase {
     func listPools(_ page: PageRequest) async throws -> Page<Pool> {
         try await read { db in
             let rows = try Row.fetchAll(
-                db, sql: "SELECT \(Pool.columns) FROM pools WHERE seq > ? ORDER BY seq LIMIT ?",
+                db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools WHERE seq > ? ORDER BY seq LIMIT ?"),
                 arguments: [page.after, page.limit + 1])
             return Self.page(rows, limit: page.limit, map: Pool.init(row:))
         }
@@ -75,15 +75,15 @@ extension AppDatabase {
                     "would put min_nodes (\(pool.minNodes)) above max_nodes (\(pool.maxNodes))")
             }
             pool.updatedAt = clock.now()
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     UPDATE pools SET hourly_price = ?, min_nodes = ?, max_nodes = ?, stockout = ?, zone = ?, instance_type = ?,
                         updated_at = ? WHERE name = ?
-                    """,
-                arguments: [
-                    pool.hourlyPrice, pool.minNodes, pool.maxNodes, pool.stockout, pool.zone, pool.instanceType,
-                    pool.updatedAt, name,
-                ])
+                    """
+            ).execute(arguments: [
+                pool.hourlyPrice, pool.minNodes, pool.maxNodes, pool.stockout, pool.zone, pool.instanceType,
+                pool.updatedAt, name,
+            ])
             try db.appendEvent(
                 "pool.updated", subject: "pools/\(name)", actor: actor, at: pool.updatedAt,
                 data: ["stockout": .bool(pool.stockout), "min_nodes": .int(Int64(pool.minNodes)), "max_nodes": .int(Int64(pool.maxNodes))])
@@ -95,17 +95,19 @@ extension AppDatabase {
         try await write { [self] db in
             guard try db.fetchPool(name) != nil else { throw Problem.notFound("pool", name) }
             let live =
-                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND state <> 'terminated'", arguments: [name]) ?? 0
+                try Int.fetchOne(
+                    db.cachedStatement(sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND state <> 'terminated'"), arguments: [name]) ?? 0
             guard live == 0 else {
                 throw Problem.conflict("pool '\(name)' still has \(live) live node(s); delete or terminate them first")
             }
             let pending =
                 try Int.fetchOne(
-                    db, sql: "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND state = 'pending'", arguments: [name]) ?? 0
+                    db.cachedStatement(sql: "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND state = 'pending'"),
+                    arguments: [name]) ?? 0
             guard pending == 0 else {
                 throw Problem.conflict("pool '\(name)' has \(pending) pending provisioning request(s)")
             }
-            try db.execute(sql: "DELETE FROM pools WHERE name = ?", arguments: [name])
+            try db.cachedStatement(sql: "DELETE FROM pools WHERE name = ?").execute(arguments: [name])
             try db.appendEvent("pool.deleted", subject: "pools/\(name)", actor: actor, at: clock.now())
         }
     }
@@ -118,7 +120,8 @@ extension AppDatabase {
     static func poolStats(_ db: Database, now: Millis) throws -> [String: PoolStats] {
         var stats: [String: PoolStats] = [:]
         for row in try Row.fetchAll(
-            db, sql: "SELECT pool, state, COUNT(*) AS n, SUM(gpus) AS g, SUM(gpus_allocated) AS a FROM nodes GROUP BY pool, state")
+            db.cachedStatement(
+                sql: "SELECT pool, state, COUNT(*) AS n, SUM(gpus) AS g, SUM(gpus_allocated) AS a FROM nodes GROUP BY pool, state"))
         {
             let pool: String = row["pool"]
             guard let state = NodeState(rawValue: row["state"]) else { continue }
@@ -131,25 +134,25 @@ extension AppDatabase {
             }
         }
         for row in try Row.fetchAll(
-            db, sql: "SELECT pool, COUNT(*) AS n FROM provisioning_requests WHERE state = 'pending' GROUP BY pool")
+            db.cachedStatement(sql: "SELECT pool, COUNT(*) AS n FROM provisioning_requests WHERE state = 'pending' GROUP BY pool"))
         {
             stats[row["pool"] as String, default: PoolStats()].committedNodes += row["n"] as Int
         }
         let since = now - riskWindowMillis
         for row in try Row.fetchAll(
-            db,
-            sql: """
-                SELECT i.pool AS pool, COUNT(*) AS n,
-                    SUM(CASE WHEN i.kind = 'rebalance' AND nd.state IS NOT NULL AND nd.state <> 'terminated' THEN 1 ELSE 0 END) AS r
-                FROM interruptions i LEFT JOIN nodes nd ON nd.id = i.node_id
-                WHERE i.pool IS NOT NULL AND i.received_at >= ? AND i.source <> 'operator' GROUP BY i.pool
-                """, arguments: [since])
+            db.cachedStatement(
+                sql: """
+                    SELECT i.pool AS pool, COUNT(*) AS n,
+                        SUM(CASE WHEN i.kind = 'rebalance' AND nd.state IS NOT NULL AND nd.state <> 'terminated' THEN 1 ELSE 0 END) AS r
+                    FROM interruptions i LEFT JOIN nodes nd ON nd.id = i.node_id
+                    WHERE i.pool IS NOT NULL AND i.received_at >= ? AND i.source <> 'operator' GROUP BY i.pool
+                    """), arguments: [since])
         {
             let pool: String = row["pool"]
             let notices: Int = row["n"]
             let exposed =
                 try Int.fetchOne(
-                    db, sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND (terminated_at IS NULL OR terminated_at >= ?)",
+                    db.cachedStatement(sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND (terminated_at IS NULL OR terminated_at >= ?)"),
                     arguments: [pool, since]) ?? 0
             let hours = Double(riskWindowMillis) / 3_600_000
             stats[pool, default: PoolStats()].interruptionRate = Double(notices) / (Double(max(exposed, 1)) * hours)

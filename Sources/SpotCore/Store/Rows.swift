@@ -144,73 +144,76 @@ extension Event {
 extension Database {
     /// Appends an audit event; called inside the transaction that makes the change.
     func appendEvent(_ type: String, subject: String, actor: String, at: Millis, data: [String: JSONValue] = [:]) throws {
-        try execute(
-            sql: "INSERT INTO events (at, type, subject, actor, data) VALUES (?, ?, ?, ?, ?)",
-            arguments: [at, type, subject, actor, JSONValue.object(data).jsonText])
+        try self.cachedStatement(sql: "INSERT INTO events (at, type, subject, actor, data) VALUES (?, ?, ?, ?, ?)").execute(arguments: [
+            at, type, subject, actor, JSONValue.object(data).jsonText,
+        ])
     }
 
     /// Appends a step to an interruption's timeline.
     func appendStep(_ interruptionId: String, _ step: String, at: Millis, jobId: String? = nil, detail: String? = nil) throws {
-        try execute(
-            sql: "INSERT INTO interruption_steps (interruption_id, step, at, job_id, detail) VALUES (?, ?, ?, ?, ?)",
-            arguments: [interruptionId, step, at, jobId, detail])
+        try self.cachedStatement(sql: "INSERT INTO interruption_steps (interruption_id, step, at, job_id, detail) VALUES (?, ?, ?, ?, ?)")
+            .execute(arguments: [interruptionId, step, at, jobId, detail])
     }
 
     func fetchNode(_ id: String) throws -> Node? {
-        try Row.fetchOne(self, sql: "SELECT \(Node.columns) FROM nodes WHERE id = ?", arguments: [id]).map(Node.init(row:))
+        try Row.fetchOne(self.cachedStatement(sql: "SELECT \(Node.columns) FROM nodes WHERE id = ?"), arguments: [id]).map(Node.init(row:))
     }
 
     func fetchJob(_ id: String) throws -> Job? {
-        try Row.fetchOne(self, sql: "SELECT \(Job.columns) FROM jobs WHERE id = ?", arguments: [id]).map(Job.init(row:))
+        try Row.fetchOne(self.cachedStatement(sql: "SELECT \(Job.columns) FROM jobs WHERE id = ?"), arguments: [id]).map(Job.init(row:))
     }
 
     func fetchPool(_ name: String) throws -> Pool? {
-        try Row.fetchOne(self, sql: "SELECT \(Pool.columns) FROM pools WHERE name = ?", arguments: [name]).map(Pool.init(row:))
+        try Row.fetchOne(self.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools WHERE name = ?"), arguments: [name]).map(
+            Pool.init(row:))
     }
 
     func fetchInterruption(_ id: String) throws -> Interruption? {
-        try Row.fetchOne(self, sql: "SELECT \(Interruption.columns) FROM interruptions WHERE id = ?", arguments: [id])
+        try Row.fetchOne(self.cachedStatement(sql: "SELECT \(Interruption.columns) FROM interruptions WHERE id = ?"), arguments: [id])
             .map(Interruption.init(row:))
     }
 
     /// The active (not completed, not unmatched) termination of a node, if any.
     func activeTermination(nodeId: String) throws -> Interruption? {
         try Row.fetchOne(
-            self,
-            sql: """
-                SELECT \(Interruption.columns) FROM interruptions
-                WHERE node_id = ? AND kind = 'termination' AND state IN ('received', 'draining', 'drained')
-                """, arguments: [nodeId]
+            self.cachedStatement(
+                sql: """
+                    SELECT \(Interruption.columns) FROM interruptions
+                    WHERE node_id = ? AND kind = 'termination' AND state IN ('received', 'draining', 'drained')
+                    """), arguments: [nodeId]
         ).map(Interruption.init(row:))
     }
 
     func jobsOnNode(_ nodeId: String) throws -> [Job] {
         try Row.fetchAll(
-            self, sql: "SELECT \(Job.columns) FROM jobs WHERE node_id = ? AND state IN ('running', 'checkpointing') ORDER BY seq",
+            self.cachedStatement(
+                sql: "SELECT \(Job.columns) FROM jobs WHERE node_id = ? AND state IN ('running', 'checkpointing') ORDER BY seq"),
             arguments: [nodeId]
         ).map(Job.init(row:))
     }
 
     /// Gives a job's GPUs back to its node.
     func releaseGPUs(nodeId: String, gpus: Int, at now: Millis) throws {
-        try execute(
+        try self.cachedStatement(
             sql: """
                 UPDATE nodes SET gpus_allocated = MAX(0, gpus_allocated - ?), updated_at = ?,
                     idle_since = CASE WHEN gpus_allocated - ? <= 0 THEN ? ELSE idle_since END
                 WHERE id = ?
-                """, arguments: [gpus, now, gpus, now, nodeId])
+                """
+        ).execute(arguments: [gpus, now, gpus, now, nodeId])
     }
 
     /// Puts a job back in the queue, resuming from its newest checkpoint; one step of the workflow.
     func requeue(_ job: Job, at now: Millis, actor: String, interruptionId: String?, reason: String) throws {
         if let nodeId = job.nodeId { try releaseGPUs(nodeId: nodeId, gpus: job.gpus, at: now) }
-        try execute(
+        try self.cachedStatement(
             sql: """
                 UPDATE jobs SET state = 'queued', node_id = NULL, attempt = attempt + 1, requeue_count = requeue_count + 1,
                     resume_from_uri = last_checkpoint_uri, resume_from_step = last_checkpoint_step,
                     resume_from_at = last_checkpoint_at, checkpoint_deadline = NULL, preempted_for = NULL, updated_at = ?
                 WHERE id = ?
-                """, arguments: [now, job.id])
+                """
+        ).execute(arguments: [now, job.id])
         var data: [String: JSONValue] = [
             "node_id": job.nodeId.map(JSONValue.string) ?? .null, "reason": .string(reason),
             "attempt": .int(job.attempt + 1),

@@ -44,16 +44,17 @@ extension AppDatabase {
     /// Step 2: checkpoint or requeue every job on a newly reclaimed node; ask for its replacement.
     private func startDrains(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
         let received = try Row.fetchAll(
-            db, sql: "SELECT \(Interruption.columns) FROM interruptions WHERE state = 'received' AND kind = 'termination' ORDER BY seq"
+            db.cachedStatement(
+                sql: "SELECT \(Interruption.columns) FROM interruptions WHERE state = 'received' AND kind = 'termination' ORDER BY seq")
         ).map(Interruption.init(row:))
         for interruption in received {
             guard let node = try db.fetchNode(interruption.nodeId) else { continue }
             for job in try db.jobsOnNode(node.id) where job.state == .running {
                 switch Drain.plan(job: job, nodeDeadline: interruption.deadline, now: now, marginSeconds: settings.drainMarginSeconds) {
                 case .checkpoint(let deadline):
-                    try db.execute(
-                        sql: "UPDATE jobs SET state = 'checkpointing', checkpoint_deadline = ?, updated_at = ? WHERE id = ?",
-                        arguments: [deadline, now, job.id])
+                    try db.cachedStatement(
+                        sql: "UPDATE jobs SET state = 'checkpointing', checkpoint_deadline = ?, updated_at = ? WHERE id = ?"
+                    ).execute(arguments: [deadline, now, job.id])
                     try db.appendStep(interruption.id, "checkpoint_requested", at: now, jobId: job.id, detail: TimeFormat.rfc3339(deadline))
                     try db.appendEvent(
                         "job.checkpoint_requested", subject: "jobs/\(job.id)", actor: settings.actor, at: now,
@@ -69,12 +70,14 @@ extension AppDatabase {
                 }
             }
             if node.state.live {
-                try db.execute(sql: "UPDATE nodes SET state = 'draining', updated_at = ? WHERE id = ?", arguments: [now, node.id])
+                try db.cachedStatement(sql: "UPDATE nodes SET state = 'draining', updated_at = ? WHERE id = ?").execute(arguments: [
+                    now, node.id,
+                ])
                 try db.appendEvent(
                     "node.draining", subject: "nodes/\(node.id)", actor: settings.actor, at: now,
                     data: ["interruption_id": .string(interruption.id)])
             }
-            try db.execute(sql: "UPDATE interruptions SET state = 'draining' WHERE id = ?", arguments: [interruption.id])
+            try db.cachedStatement(sql: "UPDATE interruptions SET state = 'draining' WHERE id = ?").execute(arguments: [interruption.id])
             try db.appendStep(interruption.id, "drain_started", at: now)
             if interruption.nodeWasLive {
                 report.provisioningRequested += try requestReplacement(
@@ -90,7 +93,7 @@ extension AppDatabase {
         excluding: Set<String> = [], onDemandOnly: Bool = false
     ) throws -> Int {
         guard let lostPool = try db.fetchPool(node.pool) else { return 0 }
-        let pools = try Row.fetchAll(db, sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq").map(Pool.init(row:))
+        let pools = try Row.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")).map(Pool.init(row:))
         let stats = try Self.poolStats(db, now: now)
         guard
             let target = Autoscaler.replacementPool(
@@ -106,12 +109,13 @@ extension AppDatabase {
         }
         let id = AppDatabase.newId("prov")
         let reason = attemptNumber == 1 ? "replacement" : "fallback"
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO provisioning_requests (id, pool, reason, interruption_id, replaces_node_id, attempt_number, state, created_at)
                 VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)
                 ON CONFLICT DO NOTHING
-                """, arguments: [id, target.name, reason, interruption?.id, node.id, attemptNumber, now])
+                """
+        ).execute(arguments: [id, target.name, reason, interruption?.id, node.id, attemptNumber, now])
         guard db.changesCount == 1 else { return 0 }
         if let interruption {
             try db.appendStep(interruption.id, "replacement_requested", at: now, detail: "\(id) in \(target.name)")
@@ -128,7 +132,8 @@ extension AppDatabase {
     /// Step 3: a checkpoint deadline that passed requeues the job from its newest checkpoint.
     private func expireCheckpoints(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
         let due = try Row.fetchAll(
-            db, sql: "SELECT \(Job.columns) FROM jobs WHERE state = 'checkpointing' AND checkpoint_deadline <= ? ORDER BY seq",
+            db.cachedStatement(
+                sql: "SELECT \(Job.columns) FROM jobs WHERE state = 'checkpointing' AND checkpoint_deadline <= ? ORDER BY seq"),
             arguments: [now]
         ).map(Job.init(row:))
         for job in due {
@@ -145,11 +150,11 @@ extension AppDatabase {
     /// Step 6: at the deadline the node is gone; whatever is still on it is requeued.
     private func terminateDue(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
         let due = try Row.fetchAll(
-            db,
-            sql: """
-                SELECT \(Interruption.columns) FROM interruptions
-                WHERE state IN ('draining', 'drained') AND kind = 'termination' AND deadline <= ?
-                """, arguments: [now]
+            db.cachedStatement(
+                sql: """
+                    SELECT \(Interruption.columns) FROM interruptions
+                    WHERE state IN ('draining', 'drained') AND kind = 'termination' AND deadline <= ?
+                    """), arguments: [now]
         ).map(Interruption.init(row:))
         for interruption in due {
             guard let node = try db.fetchNode(interruption.nodeId), node.state != .terminated else { continue }
@@ -161,18 +166,17 @@ extension AppDatabase {
     /// A draining node with no jobs left is drained.
     private func finishDrains(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
         let draining = try Row.fetchAll(
-            db, sql: "SELECT \(Interruption.columns) FROM interruptions WHERE state = 'draining' AND kind = 'termination'"
+            db.cachedStatement(sql: "SELECT \(Interruption.columns) FROM interruptions WHERE state = 'draining' AND kind = 'termination'")
         ).map(Interruption.init(row:))
         for interruption in draining where try db.jobsOnNode(interruption.nodeId).isEmpty {
-            try db.execute(
-                sql: "UPDATE nodes SET state = 'drained', updated_at = ? WHERE id = ? AND state = 'draining'",
+            try db.cachedStatement(sql: "UPDATE nodes SET state = 'drained', updated_at = ? WHERE id = ? AND state = 'draining'").execute(
                 arguments: [now, interruption.nodeId])
             if db.changesCount == 1 {
                 try db.appendEvent(
                     "node.drained", subject: "nodes/\(interruption.nodeId)", actor: settings.actor, at: now,
                     data: ["interruption_id": .string(interruption.id)])
             }
-            try db.execute(sql: "UPDATE interruptions SET state = 'drained' WHERE id = ?", arguments: [interruption.id])
+            try db.cachedStatement(sql: "UPDATE interruptions SET state = 'drained' WHERE id = ?").execute(arguments: [interruption.id])
             try db.appendStep(interruption.id, "node_drained", at: now)
             report.nodesDrained += 1
             report.drainDurations.append(Double(now - interruption.receivedAt) / 1000)
@@ -182,18 +186,19 @@ extension AppDatabase {
     /// Completed: node terminated, every job requeued, replacement requests resolved.
     private func completeInterruptions(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
         let open = try Row.fetchAll(
-            db,
-            sql: """
-                SELECT \(Interruption.columns) FROM interruptions i
-                WHERE i.state IN ('draining', 'drained') AND i.kind = 'termination'
-                  AND EXISTS (SELECT 1 FROM nodes n WHERE n.id = i.node_id AND n.state = 'terminated')
-                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.node_id = i.node_id AND j.state IN ('running', 'checkpointing'))
-                  AND NOT EXISTS (SELECT 1 FROM provisioning_requests p WHERE p.interruption_id = i.id AND p.state = 'pending')
-                """
+            db.cachedStatement(
+                sql: """
+                    SELECT \(Interruption.columns) FROM interruptions i
+                    WHERE i.state IN ('draining', 'drained') AND i.kind = 'termination'
+                      AND EXISTS (SELECT 1 FROM nodes n WHERE n.id = i.node_id AND n.state = 'terminated')
+                      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.node_id = i.node_id AND j.state IN ('running', 'checkpointing'))
+                      AND NOT EXISTS (SELECT 1 FROM provisioning_requests p WHERE p.interruption_id = i.id AND p.state = 'pending')
+                    """)
         ).map(Interruption.init(row:))
         for interruption in open {
-            try db.execute(
-                sql: "UPDATE interruptions SET state = 'completed', completed_at = ? WHERE id = ?", arguments: [now, interruption.id])
+            try db.cachedStatement(sql: "UPDATE interruptions SET state = 'completed', completed_at = ? WHERE id = ?").execute(arguments: [
+                now, interruption.id,
+            ])
             try db.appendStep(interruption.id, "completed", at: now)
             try db.appendEvent(
                 "interruption.completed", subject: "nodes/\(interruption.nodeId)", actor: settings.actor, at: now,
