@@ -97,9 +97,10 @@ extension AppDatabase {
                         try String.fetchAll(
                             db.cachedStatement(sql: "SELECT pool FROM provisioning_requests WHERE replaces_node_id = ?"),
                             arguments: [lostId]))
+                    var capacity: CapacitySnapshot?
                     _ = try requestReplacement(
                         db, for: lost, interruption: interruption, attemptNumber: request.attemptNumber + 1, now: now, actor: actor,
-                        excluding: tried, onDemandOnly: true)
+                        excluding: tried, onDemandOnly: true, capacity: &capacity)
                 }
                 return true
             }

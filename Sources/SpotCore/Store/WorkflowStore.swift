@@ -47,6 +47,9 @@ extension AppDatabase {
             db.cachedStatement(
                 sql: "SELECT \(Interruption.columns) FROM interruptions WHERE state = 'received' AND kind = 'termination' ORDER BY seq")
         ).map(Interruption.init(row:))
+        // Pools and their counts are read once per pass and kept current as requests are made: a mass reclaim
+        // of a thousand nodes must not recount every pool a thousand times.
+        var capacity: CapacitySnapshot?
         for interruption in received {
             guard let node = try db.fetchNode(interruption.nodeId) else { continue }
             for job in try db.jobsOnNode(node.id) where job.state == .running {
@@ -81,7 +84,8 @@ extension AppDatabase {
             try db.appendStep(interruption.id, "drain_started", at: now)
             if interruption.nodeWasLive {
                 report.provisioningRequested += try requestReplacement(
-                    db, for: node, interruption: interruption, attemptNumber: 1, now: now, actor: settings.actor)
+                    db, for: node, interruption: interruption, attemptNumber: 1, now: now, actor: settings.actor,
+                    capacity: &capacity)
             }
             report.drainsStarted += 1
         }
@@ -90,11 +94,12 @@ extension AppDatabase {
     /// Asks for one replacement of a lost node; the unique index makes a second ask for the same node impossible.
     func requestReplacement(
         _ db: Database, for node: Node, interruption: Interruption?, attemptNumber: Int, now: Millis, actor: String,
-        excluding: Set<String> = [], onDemandOnly: Bool = false
+        excluding: Set<String> = [], onDemandOnly: Bool = false, capacity: inout CapacitySnapshot?
     ) throws -> Int {
-        guard let lostPool = try db.fetchPool(node.pool) else { return 0 }
-        let pools = try Row.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")).map(Pool.init(row:))
-        let stats = try Self.poolStats(db, now: now)
+        if capacity == nil { capacity = try CapacitySnapshot(db, now: now) }
+        let pools = capacity!.pools
+        let stats = capacity!.stats
+        guard let lostPool = pools.first(where: { $0.name == node.pool }) else { return 0 }
         guard
             let target = Autoscaler.replacementPool(
                 lost: lostPool, pools: pools, stats: stats, excluding: excluding, onDemandOnly: onDemandOnly)
@@ -117,6 +122,7 @@ extension AppDatabase {
                 """
         ).execute(arguments: [id, target.name, reason, interruption?.id, node.id, attemptNumber, now])
         guard db.changesCount == 1 else { return 0 }
+        capacity!.stats[target.name, default: PoolStats()].committedNodes += 1
         if let interruption {
             try db.appendStep(interruption.id, "replacement_requested", at: now, detail: "\(id) in \(target.name)")
         }
