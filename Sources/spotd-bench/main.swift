@@ -5,7 +5,8 @@ import NIOCore
 
 // spotd-bench: starts a real `spotd serve` (the binary next to this one) on a fresh SQLite file, loads it over HTTP,
 // and prints every figure of the benchmark as a table and as JSON, with the trivial-route ceiling of the same run.
-// Run: swift run -c release spotd-bench   (options: --nodes N --jobs N --burst N --connections N --seconds S)
+// Run: swift build -c release && .build/release/spotd-bench   (options: --nodes N --jobs N --placements N --burst N
+// --connections N --seconds S)
 
 /// Writes a line at once (stdout is block-buffered when it is not a terminal).
 func say(_ line: String) {
@@ -193,6 +194,10 @@ func waitUntil(_ timeout: Double, _ check: () async throws -> Bool) async throws
 // MARK: - The run
 
 let settings = Settings(CommandLine.arguments)
+guard FileManager.default.isExecutableFile(atPath: Server.binary.path) else {
+    say("spotd-bench: no spotd binary at \(Server.binary.path); run `swift build -c release` first")
+    exit(2)
+}
 let directory = FileManager.default.temporaryDirectory.appendingPathComponent("spotd-bench-\(UUID().uuidString)")
 try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
 defer { try? FileManager.default.removeItem(at: directory) }
@@ -201,7 +206,7 @@ let port = server.port
 nonisolated(unsafe) var figures: [(String, String, Any)] = []
 @MainActor func record(_ key: String, _ label: String, _ value: Any) {
     figures.append((key, label, value))
-    say(String(format: "  %-52@ %@", label as NSString, "\(value)" as NSString))
+    say("  " + label.padding(toLength: 52, withPad: " ", startingAt: 0) + " \(value)")
 }
 func round(_ value: Double, _ places: Int = 1) -> Double {
     let scale = pow(10, Double(places))
