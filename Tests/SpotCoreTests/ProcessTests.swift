@@ -51,15 +51,7 @@ final class SpotdProcess {
 
     @discardableResult
     func request(_ method: String, _ path: String, _ body: String? = nil) async throws -> (Int, JSONValue) {
-        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!, timeoutInterval: 10)
-        request.httpMethod = method
-        if let body {
-            request.httpBody = Data(body.utf8)
-            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-        }
-        let (data, response) = try await URLSession.shared.data(for: request)
-        let json = (try? JSONDecoder().decode(JSONValue.self, from: data)) ?? .null
-        return ((response as? HTTPURLResponse)?.statusCode ?? 0, json)
+        try await DemoClient(base: "http://127.0.0.1:\(port)").call(method, path, body)
     }
 
     /// Polls until `check` holds, or fails after `seconds`.

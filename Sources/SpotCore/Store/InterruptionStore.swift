@@ -88,21 +88,10 @@ extension AppDatabase {
 
     func listInterruptions(_ filter: InterruptionFilter, _ page: PageRequest) async throws -> Page<InterruptionDetail> {
         try await read { db in
-            var sql = "SELECT id, seq FROM interruptions WHERE seq > ?"
-            var arguments: StatementArguments = [page.after]
-            if let state = filter.state {
-                sql += " AND state = ?"
-                _ = arguments.append(contentsOf: [state.rawValue])
-            }
-            if let node = filter.node {
-                sql += " AND node_id = ?"
-                _ = arguments.append(contentsOf: [node])
-            }
-            sql += " ORDER BY seq LIMIT ?"
-            _ = arguments.append(contentsOf: [page.limit + 1])
-            let ids = Self.page(try Row.fetchAll(db.cachedStatement(sql: sql), arguments: arguments), limit: page.limit) {
-                $0["id"] as String
-            }
+            var query = ListQuery("SELECT id, seq FROM interruptions", after: page)
+            query.equals("state", filter.state?.rawValue)
+            query.equals("node_id", filter.node)
+            let ids = Self.page(try query.fetch(db, limit: page.limit), limit: page.limit) { $0["id"] as String }
             return Page(items: try ids.items.compactMap { try Self.interruptionDetail(db, id: $0) }, nextCursor: ids.nextCursor)
         }
     }

@@ -46,23 +46,11 @@ extension AppDatabase {
 
     func listJobs(_ filter: JobFilter, _ page: PageRequest) async throws -> Page<Job> {
         try await read { db in
-            var sql = "SELECT \(Job.columns) FROM jobs WHERE seq > ?"
-            var arguments: StatementArguments = [page.after]
-            if let state = filter.state {
-                sql += " AND state = ?"
-                _ = arguments.append(contentsOf: [state.rawValue])
-            }
-            if let tier = filter.tier {
-                sql += " AND tier = ?"
-                _ = arguments.append(contentsOf: [tier.rawValue])
-            }
-            if let node = filter.node {
-                sql += " AND node_id = ?"
-                _ = arguments.append(contentsOf: [node])
-            }
-            sql += " ORDER BY seq LIMIT ?"
-            _ = arguments.append(contentsOf: [page.limit + 1])
-            return Self.page(try Row.fetchAll(db.cachedStatement(sql: sql), arguments: arguments), limit: page.limit, map: Job.init(row:))
+            var query = ListQuery("SELECT \(Job.columns) FROM jobs", after: page)
+            query.equals("state", filter.state?.rawValue)
+            query.equals("tier", filter.tier?.rawValue)
+            query.equals("node_id", filter.node)
+            return Self.page(try query.fetch(db, limit: page.limit), limit: page.limit, map: Job.init(row:))
         }
     }
 

@@ -74,23 +74,12 @@ extension AppDatabase {
 
     func listNodes(_ filter: NodeFilter, _ page: PageRequest) async throws -> Page<NodeDetail> {
         try await read { db in
-            var sql = "SELECT n.id AS id, n.seq AS seq FROM nodes n LEFT JOIN pools p ON p.name = n.pool WHERE n.seq > ?"
-            var arguments: StatementArguments = [page.after]
-            if let pool = filter.pool {
-                sql += " AND n.pool = ?"
-                _ = arguments.append(contentsOf: [pool])
-            }
-            if let state = filter.state {
-                sql += " AND n.state = ?"
-                _ = arguments.append(contentsOf: [state.rawValue])
-            }
-            if let type = filter.capacityType {
-                sql += " AND p.capacity_type = ?"
-                _ = arguments.append(contentsOf: [type.rawValue])
-            }
-            sql += " ORDER BY n.seq LIMIT ?"
-            _ = arguments.append(contentsOf: [page.limit + 1])
-            let rows = try Row.fetchAll(db.cachedStatement(sql: sql), arguments: arguments)
+            var query = ListQuery(
+                "SELECT n.id AS id, n.seq AS seq FROM nodes n LEFT JOIN pools p ON p.name = n.pool", seqColumn: "n.seq", after: page)
+            query.equals("n.pool", filter.pool)
+            query.equals("n.state", filter.state?.rawValue)
+            query.equals("p.capacity_type", filter.capacityType?.rawValue)
+            let rows = try query.fetch(db, limit: page.limit)
             let page = Self.page(rows, limit: page.limit) { $0["id"] as String }
             return Page(items: try page.items.compactMap { try Self.nodeDetail(db, id: $0) }, nextCursor: page.nextCursor)
         }

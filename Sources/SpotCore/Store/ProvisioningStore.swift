@@ -13,17 +13,9 @@ public enum ProviderStep: Sendable, Equatable {
 extension AppDatabase {
     func listProvisioningRequests(state: ProvisioningState?, _ page: PageRequest) async throws -> Page<ProvisioningRequest> {
         try await read { db in
-            var sql = "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE seq > ?"
-            var arguments: StatementArguments = [page.after]
-            if let state {
-                sql += " AND state = ?"
-                _ = arguments.append(contentsOf: [state.rawValue])
-            }
-            sql += " ORDER BY seq LIMIT ?"
-            _ = arguments.append(contentsOf: [page.limit + 1])
-            return Self.page(
-                try Row.fetchAll(db.cachedStatement(sql: sql), arguments: arguments), limit: page.limit, map: ProvisioningRequest.init(row:)
-            )
+            var query = ListQuery("SELECT \(ProvisioningRequest.columns) FROM provisioning_requests", after: page)
+            query.equals("state", state?.rawValue)
+            return Self.page(try query.fetch(db, limit: page.limit), limit: page.limit, map: ProvisioningRequest.init(row:))
         }
     }
 
