@@ -60,7 +60,7 @@ public func buildApplication(_ runtime: SpotRuntime, logger: Logger = Logger(lab
 {
     var app = Application(
         router: buildRouter(runtime),
-        server: .http1(configuration: .init(idleTimeout: .seconds(60))),
+        server: .http1(configuration: .init(idleTimeout: .seconds(runtime.config.idleTimeoutSeconds))),
         configuration: .init(address: .hostname(runtime.config.host, port: runtime.config.port), serverName: "spotd"),
         logger: logger)
     if withWorker { app.addServices(runtime.worker(logger: logger)) }

@@ -22,6 +22,8 @@ public struct SpotConfig: Sendable {
     /// How often the worker looks for due work when nothing wakes it.
     public var workerIntervalSeconds: Double = 0.2
     public var migrationsDirectory: String?
+    /// A connection that sends nothing for this long is closed (slow or stuck clients).
+    public var idleTimeoutSeconds: Int64 = 60
 
     public init() {}
 

@@ -208,3 +208,45 @@ struct ResourceAPITests {
         }
     }
 }
+
+@Suite("Slow clients")
+struct SlowClientTests {
+    /// A client that starts a request and then goes quiet is disconnected, and its half request changes nothing.
+    @Test func idleConnectionIsClosedAndNothingIsStored() async throws {
+        let env = try TestEnv { $0.idleTimeoutSeconds = 1 }
+        try await env.app().test(.live) { client in
+            let port = try #require(client.port)
+            let before = try env.snapshot()
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            #expect(fd >= 0)
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            #expect(connected == 0)
+            let partial =
+                "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tier\""
+            _ = partial.withCString { send(fd, $0, strlen($0), 0) }
+            try await Task.sleep(for: .milliseconds(2500))
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            var timeout = timeval(tv_sec: 3, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            // The server has closed the connection: reading gives end of file (or whatever it said before closing, then EOF).
+            var total = 0
+            while true {
+                let count = recv(fd, &buffer, buffer.count, 0)
+                if count <= 0 {
+                    #expect(count == 0, "the connection should be closed, recv returned \(count)")
+                    break
+                }
+                total += count
+            }
+            #expect(try env.snapshot() == before)
+            _ = total
+        }
+    }
+}
