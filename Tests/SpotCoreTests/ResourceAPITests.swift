@@ -209,44 +209,86 @@ struct ResourceAPITests {
     }
 }
 
-@Suite("Slow clients")
-struct SlowClientTests {
+@Suite("Raw connections")
+struct RawConnectionTests {
     /// A client that starts a request and then goes quiet is disconnected, and its half request changes nothing.
     @Test func idleConnectionIsClosedAndNothingIsStored() async throws {
         let env = try TestEnv { $0.idleTimeoutSeconds = 1 }
         try await env.app().test(.live) { client in
-            let port = try #require(client.port)
+            let socket = try RawSocket(port: try #require(client.port))
             let before = try env.snapshot()
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            #expect(fd >= 0)
-            defer { close(fd) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = in_port_t(UInt16(port).bigEndian)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            #expect(connected == 0)
-            let partial =
-                "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tier\""
-            _ = partial.withCString { send(fd, $0, strlen($0), 0) }
+            socket.send(
+                "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tier\"")
             try await Task.sleep(for: .milliseconds(2500))
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            var timeout = timeval(tv_sec: 3, tv_usec: 0)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            // The server has closed the connection: reading gives end of file (or whatever it said before closing, then EOF).
-            var total = 0
-            while true {
-                let count = recv(fd, &buffer, buffer.count, 0)
-                if count <= 0 {
-                    #expect(count == 0, "the connection should be closed, recv returned \(count)")
-                    break
-                }
-                total += count
-            }
+            // The server has closed the connection: reading reaches end of file within the timeout.
+            #expect(socket.readUntilClosed(timeoutSeconds: 3), "the idle connection should have been closed")
             #expect(try env.snapshot() == before)
-            _ = total
+        }
+    }
+
+    /// `GET /v1/events/stream` sends each event as it is written, as `curl -N` would see it.
+    @Test func eventStreamDeliversLiveEvents() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.live) { client in
+            let socket = try RawSocket(port: try #require(client.port))
+            socket.send("GET /v1/events/stream HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+            #expect(socket.read(until: ": spotd event stream", timeoutSeconds: 5).contains("text/event-stream"))
+            try await client.expect(.created, .post, "/v1/pools", Seed.pool("live", "spot"))
+            let received = socket.read(until: "event: pool.created", timeoutSeconds: 5)
+            #expect(received.contains("event: pool.created"))
+            #expect(received.contains("\"subject\":\"pools/live\""))
+        }
+    }
+}
+
+/// A plain TCP connection, for what an HTTP client library hides (half requests, endless responses).
+final class RawSocket {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard fd >= 0, connected == 0 else { throw CocoaError(.fileReadUnknown) }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ text: String) {
+        _ = text.withCString { Glibc.send(fd, $0, strlen($0), 0) }
+    }
+
+    private func setTimeout(_ seconds: Int) {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Reads until `marker` arrives or the time is up; returns all that was read.
+    func read(until marker: String, timeoutSeconds: Int) -> String {
+        setTimeout(1)
+        var text = ""
+        let deadline = Date().addingTimeInterval(Double(timeoutSeconds))
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while Date() < deadline && !text.contains(marker) {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count > 0 { text += String(decoding: buffer[0..<count], as: UTF8.self) } else if count == 0 { break }
+        }
+        return text
+    }
+
+    /// Whether the peer closes the connection within the time.
+    func readUntilClosed(timeoutSeconds: Int) -> Bool {
+        setTimeout(timeoutSeconds)
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count == 0 { return true }
+            if count < 0 { return false }
         }
     }
 }
