@@ -3,7 +3,7 @@ import PackageDescription
 
 let package = Package(
     name: "spotd",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "spotd", targets: ["spotd"]),
         .executable(name: "spotd-bench", targets: ["spotd-bench"]),
