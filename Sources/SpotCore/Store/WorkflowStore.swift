@@ -18,6 +18,8 @@ struct ReconcileReport: Sendable, Equatable {
     var interruptionsCompleted = 0
     var provisioningRequested = 0
     var drainDurations: [Double] = []
+    /// More drains were waiting than one pass takes: run the next pass at once.
+    var moreWaiting = false
 
     var didWork: Bool {
         drainsStarted + requeued + checkpointsExpired + nodesDrained + nodesTerminated + interruptionsCompleted
@@ -26,6 +28,9 @@ struct ReconcileReport: Sendable, Equatable {
 }
 
 extension AppDatabase {
+    /// How many new terminations one pass starts draining.
+    static let drainsPerPass = 100
+
     /// Runs every interruption-workflow step that is due, each step exactly once; one transaction.
     /// Idempotent: it reads the state it needs, decides, writes. Safe to run after a crash at any point.
     func reconcileInterruptions(_ settings: WorkflowSettings) async throws -> ReconcileReport {
@@ -45,12 +50,17 @@ extension AppDatabase {
     private func startDrains(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
         let received = try Row.fetchAll(
             db.cachedStatement(
-                sql: "SELECT \(Interruption.columns) FROM interruptions WHERE state = 'received' AND kind = 'termination' ORDER BY seq")
+                sql: """
+                    SELECT \(Interruption.columns) FROM interruptions WHERE state = 'received' AND kind = 'termination'
+                    ORDER BY seq LIMIT \(Self.drainsPerPass + 1)
+                    """)
         ).map(Interruption.init(row:))
         // Pools and their counts are read once per pass and kept current as requests are made: a mass reclaim
         // of a thousand nodes must not recount every pool a thousand times.
         var capacity: CapacitySnapshot?
-        for interruption in received {
+        // A pass takes a bounded slice, so that notices arriving meanwhile are not held behind a mass reclaim.
+        report.moreWaiting = received.count > Self.drainsPerPass
+        for interruption in received.prefix(Self.drainsPerPass) {
             guard let node = try db.fetchNode(interruption.nodeId) else { continue }
             for job in try db.jobsOnNode(node.id) where job.state == .running {
                 switch Drain.plan(job: job, nodeDeadline: interruption.deadline, now: now, marginSeconds: settings.drainMarginSeconds) {

@@ -62,6 +62,7 @@ public struct WorkflowWorker: Service {
     func runOnce(_ state: inout PassState) async throws {
         let settings = WorkflowSettings(drainMarginSeconds: config.drainMarginSeconds, scaleDownIdleSeconds: config.scaleDownIdleSeconds)
         let report = try await store.reconcileInterruptions(settings)
+        if report.moreWaiting { signal.poke() }
         SpotMetrics.requeues(report.requeued + report.checkpointsExpired)
         for duration in report.drainDurations { SpotMetrics.drainDuration(seconds: duration) }
         if report.didWork {
