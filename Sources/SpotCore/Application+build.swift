@@ -44,7 +44,7 @@ public func buildRouter(_ runtime: SpotRuntime) -> Router<AppRequestContext> {
     let store = runtime.store
     PoolController(store: store, signal: runtime.signal).register(on: routes)
     NodeController(store: store, signal: runtime.signal).register(on: routes)
-    JobController(store: store, signal: runtime.signal, admissionLimit: runtime.config.admissionLimitSeconds).register(on: routes)
+    JobController(store: store, signal: runtime.signal).register(on: routes)
     InterruptionController(store: store, signal: runtime.signal, webhookSecret: runtime.config.webhookSecret).register(on: routes)
     ProvisioningController(store: store).register(on: routes)
     PolicyController(store: store, signal: runtime.signal).register(on: routes)

@@ -192,3 +192,57 @@ struct ProvisioningTests {
         }
     }
 }
+
+@Suite("Provisioning never delays a drain")
+struct SlowProvisionerTests {
+    /// A provisioner that takes seconds to answer must not hold up the checkpoint requests of a reclaim.
+    @Test func hungWebhookDoesNotDelayDrain() async throws {
+        let router = Router()
+        router.post("/provision") { _, _ -> HTTPResponse.Status in
+            try await Task.sleep(for: .seconds(4))
+            return .accepted
+        }
+        let provisioner = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await provisioner.test(.live) { hookClient in
+            let port = try #require(hookClient.port)
+            let env = try TestEnv {
+                $0.provider = .webhook
+                $0.provisionWebhookURL = URL(string: "http://127.0.0.1:\(port)/provision")
+                $0.workerIntervalSeconds = 0.05
+            }
+            // The real service: worker and provisioning loop run on their own, on the wall clock.
+            env.clock.set(SystemClock().now())
+            var logger = Logger(label: "spotd-test")
+            logger.logLevel = .critical
+            try await buildApplication(env.runtime, logger: logger).test(.live) { client in
+                try await Seed.standardPools(client)
+                try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
+                try await client.expect(.created, .post, "/v1/nodes", Seed.node("s2", pool: "spot-a"))
+                try await client.expect(.created, .post, "/v1/jobs", Seed.job("a", tier: "best_effort", gpus: 8, checkpointable: true))
+                try await client.expect(.created, .post, "/v1/jobs", Seed.job("b", tier: "best_effort", gpus: 8, checkpointable: true))
+                try await waitFor { try await client.call(.get, "/v1/jobs?state=running")["items"]?.array.count == 2 }
+                // The first reclaim sends the provisioner a request it sits on; the second must drain at once anyway.
+                try await client.expect(
+                    .accepted, .post, "/v1/interruptions", #"{"node_id":"s1","kind":"termination","notice_seconds":60}"#)
+                try await waitFor { try await client.call(.get, "/v1/provisioning-requests")["items"]?.array.count == 1 }
+                try await Task.sleep(for: .milliseconds(200))
+                try await client.expect(
+                    .accepted, .post, "/v1/interruptions", #"{"node_id":"s2","kind":"termination","notice_seconds":60}"#)
+                let started = Date()
+                try await waitFor(seconds: 3) {
+                    try await client.call(.get, "/v1/jobs?state=checkpointing")["items"]?.array.count == 2
+                }
+                #expect(Date().timeIntervalSince(started) < 2)
+            }
+        }
+    }
+
+    func waitFor(seconds: Double = 10, _ check: () async throws -> Bool) async throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try await check() { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        Issue.record("condition not met within \(seconds) s")
+    }
+}

@@ -4,7 +4,6 @@ import Hummingbird
 struct JobController {
     let store: AppDatabase
     let signal: WorkerSignal
-    let admissionLimit: Int64
 
     func register(on routes: RouteBook) {
         routes.add(.post, "/v1/jobs", use: create)

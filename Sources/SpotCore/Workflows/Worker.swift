@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// The background worker: runs the durable interruption workflows, provisioning and the scheduling loop.
 /// Every pass reads the store, decides and writes, so it is safe to run after a crash at any point.
@@ -12,6 +13,8 @@ public struct WorkflowWorker: Service {
     let logger: Logger
     /// Identifies this process as the lease holder.
     let owner: String
+    /// Whether this process holds the lease now; read by the provisioning loop.
+    let holdsLease = LeaseFlag()
 
     init(store: AppDatabase, config: SpotConfig, provider: any Provider, signal: WorkerSignal, logger: Logger) {
         self.store = store
@@ -24,12 +27,19 @@ public struct WorkflowWorker: Service {
 
     public func run() async throws {
         logger.info("worker started", metadata: ["owner": "\(owner)", "auto_place": "\(config.autoPlace)"])
-        var state = PassState()
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            await pass(&state)
-            await cancelWhenGracefulShutdown {
-                await signal.wait(timeout: .milliseconds(Int(config.workerIntervalSeconds * 1000)))
+        await withTaskGroup(of: Void.self) { group in
+            // Provider calls (an HTTP round trip for the webhook provider) run in their own loop, so that a slow
+            // provisioner never delays a drain.
+            group.addTask { await provisioningLoop() }
+            var state = PassState()
+            state.inlineProvisioning = false
+            while !Task.isShuttingDownGracefully && !Task.isCancelled {
+                await pass(&state)
+                await cancelWhenGracefulShutdown {
+                    await signal.wait(timeout: .milliseconds(Int(config.workerIntervalSeconds * 1000)))
+                }
             }
+            group.cancelAll()
         }
         try? await store.releaseLease("worker", owner: owner)
         logger.info("worker stopped")
@@ -41,6 +51,22 @@ public struct WorkflowWorker: Service {
         var holdsLease = false
         var lastPlacementEvent: Int64 = -1
         var lastHousekeeping: Millis = 0
+        /// Tests step provisioning inside the pass; the service runs it in its own loop.
+        var inlineProvisioning = true
+    }
+
+    /// Advances provisioning requests while this process holds the lease.
+    func provisioningLoop() async {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            if holdsLease.value {
+                do {
+                    try await advanceProvisioning()
+                } catch {
+                    logger.error("provisioning pass failed", metadata: ["error": "\(String(reflecting: error))"])
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(Int(config.workerIntervalSeconds * 1000)))
+        }
     }
 
     /// One pass; errors are logged and the next pass tries again.
@@ -50,6 +76,7 @@ public struct WorkflowWorker: Service {
             if !state.holdsLease || now - state.lastLeaseRenewal > 500 {
                 state.holdsLease = try await store.acquireLease("worker", owner: owner, ttlMillis: 2000)
                 state.lastLeaseRenewal = now
+                holdsLease.value = state.holdsLease
             }
             guard state.holdsLease else { return }
             try await runOnce(&state)
@@ -74,7 +101,7 @@ public struct WorkflowWorker: Service {
                     "nodes_terminated": "\(report.nodesTerminated)", "completed": "\(report.interruptionsCompleted)",
                 ])
         }
-        try await advanceProvisioning()
+        if state.inlineProvisioning { try await advanceProvisioning() }
         let now = store.clock.now()
         if now - state.lastHousekeeping >= 1000 {
             state.lastHousekeeping = now
@@ -114,5 +141,15 @@ public struct WorkflowWorker: Service {
                 }
             }
         }
+    }
+}
+
+/// A flag shared between the worker's loops.
+final class LeaseFlag: Sendable {
+    private let state = Mutex(false)
+
+    var value: Bool {
+        get { state.withLock { $0 } }
+        set { state.withLock { $0 = newValue } }
     }
 }
