@@ -69,6 +69,13 @@ struct InterruptionWorkflowTests {
             let jobs = try await client.expect(.ok, .get, "/v1/jobs?state=running")
             #expect(jobs["items"]?.array.count == 2)
             #expect(jobs["items"]?.array.allSatisfy { $0["node_id"]?.string?.hasPrefix("sim-") == true } == true)
+            let metrics = try await client.expect(.ok, .get, "/metrics").text
+            for name in [
+                #"spotd_notices_total{source="aws",kind="termination"}"#, "spotd_cordon_latency_seconds", "spotd_drain_duration_seconds",
+                "spotd_requeues_total", "spotd_provisioning_total",
+            ] {
+                #expect(metrics.contains(name), "metrics lack \(name)")
+            }
         }
     }
 
