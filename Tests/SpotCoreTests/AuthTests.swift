@@ -55,6 +55,8 @@ struct AuthTests {
                 #expect(try await client.call(method, path, body).status == .unauthorized, "anonymous \(method) \(path)")
             }
             #expect(try await client.call(.get, "/healthz").status == .ok)
+            // The scheme name is case-insensitive (RFC 9110).
+            #expect(try await client.call(.get, "/v1/pools", headers: [.authorization: "bearer \(Self.admin)"]).status == .ok)
             #expect(try await client.call(.get, "/readyz").status == .ok)
             let wrong = try await client.expectProblem(.unauthorized, .get, "/v1/pools", headers: bearer("nope"))
             #expect(wrong.headers[.wwwAuthenticate] == "Bearer")

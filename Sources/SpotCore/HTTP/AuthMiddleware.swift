@@ -47,7 +47,7 @@ struct AuthMiddleware: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let access = Access.required(method: request.method, path: request.uri.path)
         guard let adminTokenHash, access != .open else { return try await next(request, context) }
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer "), header.utf8.count <= 512 else {
+        guard let header = request.headers[.authorization], header.prefix(7).lowercased() == "bearer ", header.utf8.count <= 512 else {
             throw Problem.unauthorized("a bearer token is required (Authorization: Bearer <token>)")
         }
         let secret = String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces)
