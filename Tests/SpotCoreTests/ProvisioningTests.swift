@@ -135,9 +135,7 @@ struct ProvisioningTests {
             }
             return .accepted
         }
-        let provisioner = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
-        try await provisioner.test(.live) { hookClient in
-            let port = try #require(hookClient.port)
+        try await withLoopbackProvisioner(router) { port in
             let env = try TestEnv {
                 $0.provider = .webhook
                 $0.provisionWebhookURL = URL(string: "http://127.0.0.1:\(port)/provision")
@@ -202,9 +200,7 @@ struct SlowProvisionerTests {
             try await Task.sleep(for: .seconds(4))
             return .accepted
         }
-        let provisioner = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
-        try await provisioner.test(.live) { hookClient in
-            let port = try #require(hookClient.port)
+        try await withLoopbackProvisioner(router) { port in
             let env = try TestEnv {
                 $0.provider = .webhook
                 $0.provisionWebhookURL = URL(string: "http://127.0.0.1:\(port)/provision")
@@ -245,4 +241,10 @@ struct SlowProvisionerTests {
         }
         Issue.record("condition not met within \(seconds) s")
     }
+}
+
+/// Runs `body` with a provisioner served by `router` on a loopback port.
+func withLoopbackProvisioner(_ router: Router<BasicRequestContext>, _ body: @escaping @Sendable (Int) async throws -> Void) async throws {
+    let provisioner = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+    try await provisioner.test(.live) { client in try await body(try #require(client.port)) }
 }

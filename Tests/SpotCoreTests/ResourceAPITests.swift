@@ -237,6 +237,13 @@ struct RawConnectionTests {
             let received = socket.read(until: "event: pool.created", timeoutSeconds: 5)
             #expect(received.contains("event: pool.created"))
             #expect(received.contains("\"subject\":\"pools/live\""))
+            // Resuming after an event id replays what came after it; a malformed id is refused.
+            let resumed = try RawSocket(port: try #require(client.port))
+            resumed.send("GET /v1/events/stream HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: 0\r\n\r\n")
+            #expect(resumed.read(until: "event: pool.created", timeoutSeconds: 5).contains("event: pool.created"))
+            try await client.expectProblem(
+                .badRequest, .get, "/v1/events/stream", headers: [HTTPField.Name("Last-Event-ID")!: "yesterday"],
+                field: "header.Last-Event-ID")
         }
     }
 }

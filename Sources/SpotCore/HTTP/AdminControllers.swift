@@ -103,8 +103,12 @@ struct EventController {
         let query = try Query(request, allowed: ["since", "type"])
         let type = try query.string("type", pattern: Self.typePattern)
         var start = try query.int("since", range: 0...Int64.max)
-        if start == nil, let lastEventId = request.headers[HTTPField.Name("Last-Event-ID")!].flatMap({ Int64($0) }) {
-            start = lastEventId
+        // A reconnecting EventSource sends the last id it saw; `since` wins when both are given.
+        if let header = request.headers[HTTPField.Name("Last-Event-ID")!] {
+            guard let lastEventId = Int64(header), lastEventId >= 0 else {
+                throw Problem.invalidField("header.Last-Event-ID", "must be an event id (a non-negative integer)")
+            }
+            if start == nil { start = lastEventId }
         }
         let from: Int64
         if let start { from = start } else { from = try await store.lastEventId() }
