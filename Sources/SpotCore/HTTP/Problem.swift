@@ -86,8 +86,7 @@ public struct Problem: Error, HTTPResponseError, Sendable, Equatable {
         if let field { body["field"] = .string(field) }
         var fields = headers
         fields[.contentType] = "application/problem+json"
-        let data = Data(JSONValue.object(body).jsonText.utf8)
-        return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: JSONValue.object(body).jsonBytes)))
     }
 }
 

@@ -2,23 +2,26 @@ import GRDB
 
 // MARK: - Row decoding
 
+// Rows are decoded by position (GRDB's lookup by name lowercases the name on every read, which the profile showed):
+// every SELECT of a model names its `columns` first, in that order. RowLayoutTests checks the order.
+
 extension Pool {
     static let columns =
         "seq, name, capacity_type, gpu_type, gpus_per_node, zone, instance_type, hourly_price, min_nodes, max_nodes, stockout, created_at, updated_at"
 
     init(row: Row) {
-        name = row["name"]
-        capacityType = CapacityType(rawValue: row["capacity_type"]) ?? .spot
-        gpuType = row["gpu_type"]
-        gpusPerNode = row["gpus_per_node"]
-        zone = row["zone"]
-        instanceType = row["instance_type"]
-        hourlyPrice = row["hourly_price"]
-        minNodes = row["min_nodes"]
-        maxNodes = row["max_nodes"]
-        stockout = row["stockout"]
-        createdAt = row["created_at"]
-        updatedAt = row["updated_at"]
+        name = row[1]
+        capacityType = CapacityType(rawValue: row[2]) ?? .spot
+        gpuType = row[3]
+        gpusPerNode = row[4]
+        zone = row[5]
+        instanceType = row[6]
+        hourlyPrice = row[7]
+        minNodes = row[8]
+        maxNodes = row[9]
+        stockout = row[10]
+        createdAt = row[11]
+        updatedAt = row[12]
     }
 }
 
@@ -27,16 +30,16 @@ extension Node {
         "seq, id, pool, gpus, gpus_allocated, state, provisioning_request_id, created_at, updated_at, idle_since, terminated_at"
 
     init(row: Row) {
-        id = row["id"]
-        pool = row["pool"]
-        gpus = row["gpus"]
-        gpusAllocated = row["gpus_allocated"]
-        state = NodeState(rawValue: row["state"]) ?? .terminated
-        provisioningRequestId = row["provisioning_request_id"]
-        createdAt = row["created_at"]
-        updatedAt = row["updated_at"]
-        idleSince = row["idle_since"]
-        terminatedAt = row["terminated_at"]
+        id = row[1]
+        pool = row[2]
+        gpus = row[3]
+        gpusAllocated = row[4]
+        state = NodeState(rawValue: row[5]) ?? .terminated
+        provisioningRequestId = row[6]
+        createdAt = row[7]
+        updatedAt = row[8]
+        idleSince = row[9]
+        terminatedAt = row[10]
     }
 }
 
@@ -48,30 +51,30 @@ extension Job {
         """
 
     init(row: Row) {
-        id = row["id"]
-        seq = row["seq"]
-        tier = Tier(rawValue: row["tier"]) ?? .bestEffort
-        gpus = row["gpus"]
-        gpuType = row["gpu_type"]
-        checkpointable = row["checkpointable"]
-        expectedDurationSeconds = row["expected_duration_seconds"]
-        priority = row["priority"]
-        state = JobState(rawValue: row["state"]) ?? .failed
-        nodeId = row["node_id"]
-        attempt = row["attempt"]
-        requeueCount = row["requeue_count"]
-        if let uri: String = row["last_checkpoint_uri"] {
-            lastCheckpoint = Checkpoint(uri: uri, step: row["last_checkpoint_step"], at: row["last_checkpoint_at"])
+        id = row[1]
+        seq = row[0]
+        tier = Tier(rawValue: row[2]) ?? .bestEffort
+        gpus = row[3]
+        gpuType = row[4]
+        checkpointable = row[5]
+        expectedDurationSeconds = row[6]
+        priority = row[7]
+        state = JobState(rawValue: row[8]) ?? .failed
+        nodeId = row[9]
+        attempt = row[10]
+        requeueCount = row[11]
+        if let uri: String = row[12] {
+            lastCheckpoint = Checkpoint(uri: uri, step: row[13], at: row[14])
         }
-        if let uri: String = row["resume_from_uri"] {
-            resumeFrom = Checkpoint(uri: uri, step: row["resume_from_step"], at: row["resume_from_at"])
+        if let uri: String = row[15] {
+            resumeFrom = Checkpoint(uri: uri, step: row[16], at: row[17])
         }
-        checkpointDeadline = row["checkpoint_deadline"]
-        preemptedFor = row["preempted_for"]
-        submittedAt = row["submitted_at"]
-        updatedAt = row["updated_at"]
-        startedAt = row["started_at"]
-        finishedAt = row["finished_at"]
+        checkpointDeadline = row[18]
+        preemptedFor = row[19]
+        submittedAt = row[20]
+        updatedAt = row[21]
+        startedAt = row[22]
+        finishedAt = row[23]
     }
 }
 
@@ -79,18 +82,18 @@ extension Interruption {
     static let columns = "seq, id, node_id, pool, kind, source, event_id, state, deadline, received_at, completed_at, node_was_live"
 
     init(row: Row) {
-        id = row["id"]
-        seq = row["seq"]
-        nodeId = row["node_id"]
-        pool = row["pool"]
-        kind = InterruptionKind(rawValue: row["kind"]) ?? .termination
-        source = row["source"]
-        eventId = row["event_id"]
-        state = InterruptionState(rawValue: row["state"]) ?? .unmatched
-        deadline = row["deadline"]
-        receivedAt = row["received_at"]
-        completedAt = row["completed_at"]
-        nodeWasLive = row["node_was_live"]
+        id = row[1]
+        seq = row[0]
+        nodeId = row[2]
+        pool = row[3]
+        kind = InterruptionKind(rawValue: row[4]) ?? .termination
+        source = row[5]
+        eventId = row[6]
+        state = InterruptionState(rawValue: row[7]) ?? .unmatched
+        deadline = row[8]
+        receivedAt = row[9]
+        completedAt = row[10]
+        nodeWasLive = row[11]
     }
 }
 
@@ -101,19 +104,19 @@ extension ProvisioningRequest {
         """
 
     init(row: Row) {
-        id = row["id"]
-        seq = row["seq"]
-        pool = row["pool"]
-        reason = row["reason"]
-        interruptionId = row["interruption_id"]
-        replacesNodeId = row["replaces_node_id"]
-        attemptNumber = row["attempt_number"]
-        state = ProvisioningState(rawValue: row["state"]) ?? .failed
-        nodeId = row["node_id"]
-        error = row["error"]
-        createdAt = row["created_at"]
-        submittedAt = row["submitted_at"]
-        resolvedAt = row["resolved_at"]
+        id = row[1]
+        seq = row[0]
+        pool = row[2]
+        reason = row[3]
+        interruptionId = row[4]
+        replacesNodeId = row[5]
+        attemptNumber = row[6]
+        state = ProvisioningState(rawValue: row[7]) ?? .failed
+        nodeId = row[8]
+        error = row[9]
+        createdAt = row[10]
+        submittedAt = row[11]
+        resolvedAt = row[12]
     }
 }
 

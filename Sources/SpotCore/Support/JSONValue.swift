@@ -58,30 +58,27 @@ extension JSONValue: Codable {
 }
 
 extension JSONValue {
-    /// Parses a request body; malformed JSON becomes a 400 problem.
+    /// Parses a request body; malformed JSON becomes a 400 problem naming what is wrong and where.
     static func parse(_ data: Data) throws -> JSONValue {
         guard !data.isEmpty else {
             throw Problem.badRequest("request body is empty; a JSON object is expected")
         }
         do {
-            return try JSONDecoder().decode(JSONValue.self, from: data)
+            return try JSONReader.parse(data)
         } catch {
-            throw Problem.badRequest("request body is not valid JSON (UTF-8, at most 512 levels deep)")
+            throw Problem.badRequest(error.message)
         }
     }
 
-    /// Encodes to compact JSON text (for storage).
-    var jsonText: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? String(decoding: encoder.encode(self), as: UTF8.self)) ?? "null"
-    }
+    /// Encodes to compact JSON bytes, keys sorted (for storage and responses).
+    var jsonBytes: [UInt8] { JSONWriter.bytes(self) }
+
+    /// Encodes to compact JSON text, keys sorted (for storage).
+    var jsonText: String { String(decoding: JSONWriter.bytes(self), as: UTF8.self) }
 
     /// Decodes stored JSON text; returns `.null` when it cannot be read.
     static func fromText(_ text: String?) -> JSONValue {
-        guard let text, let value = try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8)) else {
-            return .null
-        }
+        guard let text, let value = try? JSONReader.parse(text.utf8) else { return .null }
         return value
     }
 }

@@ -1,0 +1,89 @@
+import Foundation
+import Testing
+
+@testable import SpotCore
+
+@Suite("JSON reader and writer")
+struct JSONCodingTests {
+    func read(_ text: String) throws(JSONReader.Failure) -> JSONValue {
+        try JSONReader.parse(Array(text.utf8))
+    }
+
+    @Test func readsEveryKindOfValue() throws {
+        let value = try read(#" { "a" : [1, -2, 3.5, 1e3, true, false, null], "b": {"c": "d\u00e9\n\"\\\/"}, "e": "\ud83d\ude00" } "#)
+        #expect(
+            value
+                == .object([
+                    "a": .array([.int(1), .int(-2), .double(3.5), .double(1000), .bool(true), .bool(false), .null]),
+                    "b": .object(["c": .string("dé\n\"\\/")]), "e": .string("😀"),
+                ]))
+        #expect(try read("9223372036854775807") == .int(Int64.max))
+        #expect(try read("92233720368547758070") == .double(92_233_720_368_547_758_070))
+        #expect(try read("-0") == .int(0))
+        #expect(try read("\"\"") == .string(""))
+        #expect(try read("[]") == .array([]))
+        #expect(try read("{}") == .object([:]))
+    }
+
+    @Test(arguments: [
+        "", " ", "{", "}", "[1,]", "{\"a\":1,}", "{\"a\" 1}", "{a:1}", "01", "1.", ".5", "-", "+1", "1e", "1e+", "0x10",
+        "tru", "nul", "\"abc", "\"\\x\"", "\"\\u12\"", "\"\\ud800\"", "\"\\udc00\"", "\"\\ud800\\u0041\"", "\"a\tb\"",
+        "[1] 2", "NaN", "Infinity", "1e400", "'a'",
+    ])
+    func refusesMalformedDocuments(_ text: String) {
+        #expect(throws: JSONReader.Failure.self) { try read(text) }
+    }
+
+    @Test func refusesDuplicateKeysInvalidUTF8AndDeepNesting() {
+        #expect(throws: JSONReader.Failure.duplicateKey("a")) { try read(#"{"a":1,"b":2,"a":3}"#) }
+        #expect(throws: JSONReader.Failure.invalidUTF8(offset: 1)) { try JSONReader.parse([0x22, 0xC3, 0x28, 0x22]) }
+        #expect(throws: JSONReader.Failure.invalidUTF8(offset: 1)) { try JSONReader.parse([0x22, 0xED, 0xA0, 0x80, 0x22]) }
+        let deep = String(repeating: "[", count: JSONReader.maxDepth + 1) + String(repeating: "]", count: JSONReader.maxDepth + 1)
+        #expect(throws: JSONReader.Failure.tooDeep) { try read(deep) }
+        let allowed = String(repeating: "[", count: JSONReader.maxDepth) + String(repeating: "]", count: JSONReader.maxDepth)
+        #expect((try? read(allowed)) != nil)
+    }
+
+    @Test func writesCompactSortedJSONThatFoundationReadsBack() throws {
+        let value = JSONValue.object([
+            "z": .string("quote \" backslash \\ slash / newline \n tab \t bell \u{07} é 😀"), "a": .int(-42), "m": .double(2.5),
+            "n": .double(3), "l": .array([.null, .bool(true), .object([:])]),
+        ])
+        let text = value.jsonText
+        #expect(text.hasPrefix(#"{"a":-42,"l":[null,true,{}],"m":2.5,"n":3,"z":"quote \" backslash \\ slash / newline \n tab \t bell \u0007"#))
+        let foundation = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+        #expect(foundation?["z"] as? String == "quote \" backslash \\ slash / newline \n tab \t bell \u{07} é 😀")
+        #expect(try read(text) == value.normalized)
+    }
+}
+
+extension JSONValue {
+    /// Integral doubles are written as integers, and so read back as `.int`.
+    fileprivate var normalized: JSONValue {
+        switch self {
+        case .double(let double) where double.rounded() == double && abs(double) < 1e15: .int(Int64(double))
+        case .array(let items): .array(items.map(\.normalized))
+        case .object(let fields): .object(fields.mapValues(\.normalized))
+        default: self
+        }
+    }
+}
+
+@Suite("Row layouts")
+struct RowLayoutTests {
+    /// Rows are decoded by position; every SELECT of a model names `columns`, so their order must match the tables.
+    @Test func modelColumnsNameRealColumnsInTheDecodedOrder() throws {
+        let env = try TestEnv()
+        let layouts: [(String, String)] = [
+            (Pool.columns, "pools"), (Node.columns, "nodes"), (Job.columns, "jobs"), (Interruption.columns, "interruptions"),
+            (ProvisioningRequest.columns, "provisioning_requests"),
+        ]
+        try env.store.writer.read { db in
+            for (columns, table) in layouts {
+                let names = try db.makeStatement(sql: "SELECT \(columns) FROM \(table)").columnNames
+                #expect(names == columns.split(separator: ",").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })
+                #expect(names.first == "seq")
+            }
+        }
+    }
+}
