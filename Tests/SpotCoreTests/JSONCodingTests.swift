@@ -50,7 +50,8 @@ struct JSONCodingTests {
             "n": .double(3), "l": .array([.null, .bool(true), .object([:])]),
         ])
         let text = value.jsonText
-        #expect(text.hasPrefix(#"{"a":-42,"l":[null,true,{}],"m":2.5,"n":3,"z":"quote \" backslash \\ slash / newline \n tab \t bell \u0007"#))
+        #expect(
+            text.hasPrefix(#"{"a":-42,"l":[null,true,{}],"m":2.5,"n":3,"z":"quote \" backslash \\ slash / newline \n tab \t bell \u0007"#))
         let foundation = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
         #expect(foundation?["z"] as? String == "quote \" backslash \\ slash / newline \n tab \t bell \u{07} é 😀")
         #expect(try read(text) == value.normalized)

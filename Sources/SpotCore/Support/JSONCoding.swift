@@ -22,9 +22,10 @@ struct JSONReader {
     }
 
     static func parse(_ bytes: some Sequence<UInt8>) throws(Failure) -> JSONValue {
-        let result: Result<JSONValue, Failure> = bytes.withContiguousStorageIfAvailable { buffer in
-            parse(UnsafeRawBufferPointer(buffer))
-        } ?? Array(bytes).withUnsafeBytes { parse($0) }
+        let result: Result<JSONValue, Failure> =
+            bytes.withContiguousStorageIfAvailable { buffer in
+                parse(UnsafeRawBufferPointer(buffer))
+            } ?? Array(bytes).withUnsafeBytes { parse($0) }
         return try result.get()
     }
 
