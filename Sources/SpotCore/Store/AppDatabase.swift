@@ -9,6 +9,7 @@ public final class AppDatabase: Sendable {
     let writer: DatabasePool
     let batcher: WriteBatcher
     let placementHints = PlacementHints()
+    let catalog = Catalog()
     let clock: any SpotClock
     let logger: Logger
 

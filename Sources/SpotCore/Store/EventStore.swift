@@ -91,7 +91,7 @@ extension AppDatabase {
         try await read { [self] db in
             let now = clock.now()
             let stats = try Self.poolStats(db, now: now)
-            let pools = try Row.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")).map(Pool.init(row:))
+            let pools = try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq"))
             var jobs: [Tier: [JobState: Int]] = [:]
             for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT tier, state, COUNT(*) AS n FROM jobs GROUP BY tier, state")) {
                 guard let tier = Tier(rawValue: row["tier"]), let state = JobState(rawValue: row["state"]) else { continue }

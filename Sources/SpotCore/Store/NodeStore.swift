@@ -27,10 +27,10 @@ extension AppDatabase {
             let gpuCount = gpus ?? pool.gpusPerNode
             if let requestId = provisioningRequestId {
                 guard
-                    let request = try Row.fetchOne(
+                    let request = try ProvisioningRequest.fetchOne(
                         db.cachedStatement(sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ?"),
                         arguments: [requestId]
-                    ).map(ProvisioningRequest.init(row:))
+                    )
                 else {
                     throw Problem.unknownReference("provisioning_request_id", "provisioning request", requestId)
                 }

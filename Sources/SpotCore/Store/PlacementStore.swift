@@ -19,7 +19,12 @@ extension AppDatabase {
 
     static func policies(_ db: Database, defaults admissionLimit: Int64, now: Millis) throws -> [Policy] {
         let stored = try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM policies")).map(Policy.init(row:))
-        return Policy.defaults(admissionLimit: admissionLimit, at: now).map { policy in
+        return withDefaults(stored, admissionLimit: admissionLimit, now: now)
+    }
+
+    /// The stored policies, with the default for any tier that has none.
+    static func withDefaults(_ stored: [Policy], admissionLimit: Int64, now: Millis) -> [Policy] {
+        Policy.defaults(admissionLimit: admissionLimit, at: now).map { policy in
             stored.first { $0.tier == policy.tier } ?? policy
         }
     }
@@ -66,27 +71,28 @@ extension AppDatabase {
 
     /// Places one queued job (or answers what would happen, for a dry run), in one transaction.
     func place(jobId: String, dryRun: Bool, actor: String) async throws -> PlacementResult {
+        let hints = try await placementHints.current(self, now: clock.now())
         let outcome: Result<PlacementResult, Problem> = try await write { [self] db in
             let now = clock.now()
             guard let job = try db.fetchJob(jobId) else { throw Problem.notFound("job", jobId) }
             guard job.state == .queued else {
                 throw Problem.conflict("job '\(jobId)' is \(job.state.rawValue); only a queued job can be placed")
             }
-            let policy = try Self.policies(db, defaults: 3600, now: now).first { $0.tier == job.tier }!
-            let pools = try Row.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")).map(Pool.init(row:))
-            let hints = try placementHints.current(db, now: now)
+            let catalog = try catalog.current(db)
+            let policy = Self.withDefaults(catalog.policies, admissionLimit: 3600, now: now).first { $0.tier == job.tier }!
+            let pools = catalog.pools
             var candidates: [PoolCandidate] = []
             for pool in pools {
                 var candidate = PoolCandidate(pool: pool, stats: hints.stats[pool.name] ?? PoolStats())
                 if Placement.poolRefusal(job: job, policy: policy, pool: pool) == nil {
-                    candidate.bestNode = try Row.fetchOne(
+                    candidate.bestNode = try Node.fetchOne(
                         db.cachedStatement(
                             sql: """
                                 SELECT \(Node.columns) FROM nodes INDEXED BY nodes_free
                                 WHERE pool = ? AND state = 'ready' AND gpus - gpus_allocated >= ?
                                 ORDER BY gpus - gpus_allocated, seq LIMIT 1
                                 """), arguments: [pool.name, job.gpus]
-                    ).map(Node.init(row:))
+                    )
                     candidate.bestEffortJobs = hints.bestEffortJobs[pool.name] ?? 0
                 }
                 candidates.append(candidate)

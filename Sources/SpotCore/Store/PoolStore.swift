@@ -19,7 +19,7 @@ struct CapacitySnapshot: Sendable {
     var stats: [String: PoolStats]
 
     init(_ db: Database, now: Millis) throws {
-        pools = try Row.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")).map(Pool.init(row:))
+        pools = try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq"))
         stats = try AppDatabase.poolStats(db, now: now)
     }
 }

@@ -21,10 +21,9 @@ extension AppDatabase {
 
     func provisioningRequest(_ id: String) async throws -> ProvisioningRequest? {
         try await read { db in
-            try Row.fetchOne(
+            try ProvisioningRequest.fetchOne(
                 db.cachedStatement(sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ?"), arguments: [id]
             )
-            .map(ProvisioningRequest.init(row:))
         }
     }
 
@@ -47,11 +46,11 @@ extension AppDatabase {
         try await write { [self] db in
             let now = clock.now()
             guard
-                let request = try Row.fetchOne(
+                let request = try ProvisioningRequest.fetchOne(
                     db.cachedStatement(
                         sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ? AND state = 'pending'"),
                     arguments: [requestId]
-                ).map(ProvisioningRequest.init(row:))
+                )
             else { return false }
             switch step {
             case .wait:
@@ -105,8 +104,7 @@ extension AppDatabase {
     func ensureMinimums(actor: String) async throws -> Int {
         try await write { [self] db in
             let now = clock.now()
-            let pools = try Row.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools WHERE min_nodes > 0")).map(
-                Pool.init(row:))
+            let pools = try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools WHERE min_nodes > 0"))
             guard !pools.isEmpty else { return 0 }
             let stats = try Self.poolStats(db, now: now)
             var created = 0

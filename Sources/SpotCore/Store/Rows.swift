@@ -5,118 +5,118 @@ import GRDB
 // Rows are decoded by position (GRDB's lookup by name lowercases the name on every read, which the profile showed):
 // every SELECT of a model names its `columns` first, in that order. RowLayoutTests checks the order.
 
-extension Pool {
+extension Pool: ColumnDecodable {
     static let columns =
         "seq, name, capacity_type, gpu_type, gpus_per_node, zone, instance_type, hourly_price, min_nodes, max_nodes, stockout, created_at, updated_at"
 
-    init(row: Row) {
-        name = row[1]
-        capacityType = CapacityType(rawValue: row[2]) ?? .spot
-        gpuType = row[3]
-        gpusPerNode = row[4]
-        zone = row[5]
-        instanceType = row[6]
-        hourlyPrice = row[7]
-        minNodes = row[8]
-        maxNodes = row[9]
-        stockout = row[10]
-        createdAt = row[11]
-        updatedAt = row[12]
+    init(columns row: some ColumnSource) {
+        name = row.text(1)
+        capacityType = CapacityType(rawValue: row.text(2)) ?? .spot
+        gpuType = row.text(3)
+        gpusPerNode = row.int(4)
+        zone = row.text(5)
+        instanceType = row.text(6)
+        hourlyPrice = row.double(7)
+        minNodes = row.int(8)
+        maxNodes = row.int(9)
+        stockout = row.bool(10)
+        createdAt = row.int(11)
+        updatedAt = row.int(12)
     }
 }
 
-extension Node {
+extension Node: ColumnDecodable {
     static let columns =
         "seq, id, pool, gpus, gpus_allocated, state, provisioning_request_id, created_at, updated_at, idle_since, terminated_at"
 
-    init(row: Row) {
-        id = row[1]
-        pool = row[2]
-        gpus = row[3]
-        gpusAllocated = row[4]
-        state = NodeState(rawValue: row[5]) ?? .terminated
-        provisioningRequestId = row[6]
-        createdAt = row[7]
-        updatedAt = row[8]
-        idleSince = row[9]
-        terminatedAt = row[10]
+    init(columns row: some ColumnSource) {
+        id = row.text(1)
+        pool = row.text(2)
+        gpus = row.int(3)
+        gpusAllocated = row.int(4)
+        state = NodeState(rawValue: row.text(5)) ?? .terminated
+        provisioningRequestId = row.optionalText(6)
+        createdAt = row.int(7)
+        updatedAt = row.int(8)
+        idleSince = row.optionalInt(9)
+        terminatedAt = row.optionalInt(10)
     }
 }
 
-extension Job {
+extension Job: ColumnDecodable {
     static let columns = """
         seq, id, tier, gpus, gpu_type, checkpointable, expected_duration_seconds, priority, state, node_id, attempt, \
         requeue_count, last_checkpoint_uri, last_checkpoint_step, last_checkpoint_at, resume_from_uri, resume_from_step, \
         resume_from_at, checkpoint_deadline, preempted_for, submitted_at, updated_at, started_at, finished_at
         """
 
-    init(row: Row) {
-        id = row[1]
-        seq = row[0]
-        tier = Tier(rawValue: row[2]) ?? .bestEffort
-        gpus = row[3]
-        gpuType = row[4]
-        checkpointable = row[5]
-        expectedDurationSeconds = row[6]
-        priority = row[7]
-        state = JobState(rawValue: row[8]) ?? .failed
-        nodeId = row[9]
-        attempt = row[10]
-        requeueCount = row[11]
-        if let uri: String = row[12] {
-            lastCheckpoint = Checkpoint(uri: uri, step: row[13], at: row[14])
+    init(columns row: some ColumnSource) {
+        id = row.text(1)
+        seq = row.int(0)
+        tier = Tier(rawValue: row.text(2)) ?? .bestEffort
+        gpus = row.int(3)
+        gpuType = row.optionalText(4)
+        checkpointable = row.bool(5)
+        expectedDurationSeconds = row.optionalInt(6)
+        priority = row.int(7)
+        state = JobState(rawValue: row.text(8)) ?? .failed
+        nodeId = row.optionalText(9)
+        attempt = row.int(10)
+        requeueCount = row.int(11)
+        if let uri = row.optionalText(12) {
+            lastCheckpoint = Checkpoint(uri: uri, step: row.int(13), at: row.int(14))
         }
-        if let uri: String = row[15] {
-            resumeFrom = Checkpoint(uri: uri, step: row[16], at: row[17])
+        if let uri = row.optionalText(15) {
+            resumeFrom = Checkpoint(uri: uri, step: row.int(16), at: row.int(17))
         }
-        checkpointDeadline = row[18]
-        preemptedFor = row[19]
-        submittedAt = row[20]
-        updatedAt = row[21]
-        startedAt = row[22]
-        finishedAt = row[23]
+        checkpointDeadline = row.optionalInt(18)
+        preemptedFor = row.optionalText(19)
+        submittedAt = row.int(20)
+        updatedAt = row.int(21)
+        startedAt = row.optionalInt(22)
+        finishedAt = row.optionalInt(23)
     }
 }
 
-extension Interruption {
+extension Interruption: ColumnDecodable {
     static let columns = "seq, id, node_id, pool, kind, source, event_id, state, deadline, received_at, completed_at, node_was_live"
 
-    init(row: Row) {
-        id = row[1]
-        seq = row[0]
-        nodeId = row[2]
-        pool = row[3]
-        kind = InterruptionKind(rawValue: row[4]) ?? .termination
-        source = row[5]
-        eventId = row[6]
-        state = InterruptionState(rawValue: row[7]) ?? .unmatched
-        deadline = row[8]
-        receivedAt = row[9]
-        completedAt = row[10]
-        nodeWasLive = row[11]
+    init(columns row: some ColumnSource) {
+        id = row.text(1)
+        seq = row.int(0)
+        nodeId = row.text(2)
+        pool = row.optionalText(3)
+        kind = InterruptionKind(rawValue: row.text(4)) ?? .termination
+        source = row.text(5)
+        eventId = row.text(6)
+        state = InterruptionState(rawValue: row.text(7)) ?? .unmatched
+        deadline = row.optionalInt(8)
+        receivedAt = row.int(9)
+        completedAt = row.optionalInt(10)
+        nodeWasLive = row.bool(11)
     }
 }
 
-extension ProvisioningRequest {
+extension ProvisioningRequest: ColumnDecodable {
     static let columns = """
         seq, id, pool, reason, interruption_id, replaces_node_id, attempt_number, state, node_id, error, created_at, \
         submitted_at, resolved_at
         """
 
-    init(row: Row) {
-        id = row[1]
-        seq = row[0]
-        pool = row[2]
-        reason = row[3]
-        interruptionId = row[4]
-        replacesNodeId = row[5]
-        attemptNumber = row[6]
-        state = ProvisioningState(rawValue: row[7]) ?? .failed
-        nodeId = row[8]
-        error = row[9]
-        createdAt = row[10]
-        submittedAt = row[11]
-        resolvedAt = row[12]
+    init(columns row: some ColumnSource) {
+        id = row.text(1)
+        seq = row.int(0)
+        pool = row.text(2)
+        reason = row.text(3)
+        interruptionId = row.optionalText(4)
+        replacesNodeId = row.optionalText(5)
+        attemptNumber = row.int(6)
+        state = ProvisioningState(rawValue: row.text(7)) ?? .failed
+        nodeId = row.optionalText(8)
+        error = row.optionalText(9)
+        createdAt = row.int(10)
+        submittedAt = row.optionalInt(11)
+        resolvedAt = row.optionalInt(12)
     }
 }
 
@@ -159,40 +159,39 @@ extension Database {
     }
 
     func fetchNode(_ id: String) throws -> Node? {
-        try Row.fetchOne(self.cachedStatement(sql: "SELECT \(Node.columns) FROM nodes WHERE id = ?"), arguments: [id]).map(Node.init(row:))
+        try Node.fetchOne(self.cachedStatement(sql: "SELECT \(Node.columns) FROM nodes WHERE id = ?"), arguments: [id])
     }
 
     func fetchJob(_ id: String) throws -> Job? {
-        try Row.fetchOne(self.cachedStatement(sql: "SELECT \(Job.columns) FROM jobs WHERE id = ?"), arguments: [id]).map(Job.init(row:))
+        try Job.fetchOne(self.cachedStatement(sql: "SELECT \(Job.columns) FROM jobs WHERE id = ?"), arguments: [id])
     }
 
     func fetchPool(_ name: String) throws -> Pool? {
-        try Row.fetchOne(self.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools WHERE name = ?"), arguments: [name]).map(
-            Pool.init(row:))
+        try Pool.fetchOne(self.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools WHERE name = ?"), arguments: [name])
     }
 
     func fetchInterruption(_ id: String) throws -> Interruption? {
-        try Row.fetchOne(self.cachedStatement(sql: "SELECT \(Interruption.columns) FROM interruptions WHERE id = ?"), arguments: [id])
-            .map(Interruption.init(row:))
+        try Interruption.fetchOne(
+            self.cachedStatement(sql: "SELECT \(Interruption.columns) FROM interruptions WHERE id = ?"), arguments: [id])
     }
 
     /// The active (not completed, not unmatched) termination of a node, if any.
     func activeTermination(nodeId: String) throws -> Interruption? {
-        try Row.fetchOne(
+        try Interruption.fetchOne(
             self.cachedStatement(
                 sql: """
                     SELECT \(Interruption.columns) FROM interruptions
                     WHERE node_id = ? AND kind = 'termination' AND state IN ('received', 'draining', 'drained')
                     """), arguments: [nodeId]
-        ).map(Interruption.init(row:))
+        )
     }
 
     func jobsOnNode(_ nodeId: String) throws -> [Job] {
-        try Row.fetchAll(
+        try Job.fetchAll(
             self.cachedStatement(
                 sql: "SELECT \(Job.columns) FROM jobs WHERE node_id = ? AND state IN ('running', 'checkpointing') ORDER BY seq"),
             arguments: [nodeId]
-        ).map(Job.init(row:))
+        )
     }
 
     /// Gives a job's GPUs back to its node.

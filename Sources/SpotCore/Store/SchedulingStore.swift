@@ -10,18 +10,18 @@ extension AppDatabase {
         try await write { [self] db in
             let now = clock.now()
             let seen = try Int64.fetchOne(db.cachedStatement(sql: "SELECT COALESCE(MAX(id), 0) FROM events")) ?? 0
-            let jobs = try Row.fetchAll(
+            let jobs = try Job.fetchAll(
                 db.cachedStatement(
                     sql: """
                         SELECT \(Job.columns) FROM jobs WHERE state = 'queued'
                         ORDER BY CASE tier WHEN 'premium' THEN 0 WHEN 'standard' THEN 1 ELSE 2 END, priority DESC, seq LIMIT ?
                         """), arguments: [batch]
-            ).map(Job.init(row:))
+            )
             guard !jobs.isEmpty else { return (0, seen) }
-            let nodes = try Row.fetchAll(
+            let nodes = try Node.fetchAll(
                 db.cachedStatement(sql: "SELECT \(Node.columns) FROM nodes WHERE state = 'ready' AND gpus_allocated < gpus")
-            ).map(Node.init(row:))
-            let pools = try Row.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")).map(Pool.init(row:))
+            )
+            let pools = try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq"))
             let stats = try Self.poolStats(db, now: now)
             let policies = Dictionary(uniqueKeysWithValues: try Self.policies(db, defaults: admissionLimit, now: now).map { ($0.tier, $0) })
             var bestEffortByPool = try Self.bestEffortByPool(db)

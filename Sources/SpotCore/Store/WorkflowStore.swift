@@ -48,13 +48,13 @@ extension AppDatabase {
 
     /// Step 2: checkpoint or requeue every job on a newly reclaimed node; ask for its replacement.
     private func startDrains(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
-        let received = try Row.fetchAll(
+        let received = try Interruption.fetchAll(
             db.cachedStatement(
                 sql: """
                     SELECT \(Interruption.columns) FROM interruptions WHERE state = 'received' AND kind = 'termination'
                     ORDER BY seq LIMIT \(Self.drainsPerPass + 1)
                     """)
-        ).map(Interruption.init(row:))
+        )
         // Pools and their counts are read once per pass and kept current as requests are made: a mass reclaim
         // of a thousand nodes must not recount every pool a thousand times.
         var capacity: CapacitySnapshot?
@@ -147,11 +147,11 @@ extension AppDatabase {
 
     /// Step 3: a checkpoint deadline that passed requeues the job from its newest checkpoint.
     private func expireCheckpoints(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
-        let due = try Row.fetchAll(
+        let due = try Job.fetchAll(
             db.cachedStatement(
                 sql: "SELECT \(Job.columns) FROM jobs WHERE state = 'checkpointing' AND checkpoint_deadline <= ? ORDER BY seq"),
             arguments: [now]
-        ).map(Job.init(row:))
+        )
         for job in due {
             let interruption = try job.nodeId.flatMap { try db.activeTermination(nodeId: $0) }
             if let interruption { try db.appendStep(interruption.id, "checkpoint_timeout", at: now, jobId: job.id) }
@@ -165,13 +165,13 @@ extension AppDatabase {
 
     /// Step 6: at the deadline the node is gone; whatever is still on it is requeued.
     private func terminateDue(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
-        let due = try Row.fetchAll(
+        let due = try Interruption.fetchAll(
             db.cachedStatement(
                 sql: """
                     SELECT \(Interruption.columns) FROM interruptions
                     WHERE state IN ('draining', 'drained') AND kind = 'termination' AND deadline <= ?
                     """), arguments: [now]
-        ).map(Interruption.init(row:))
+        )
         for interruption in due {
             guard let node = try db.fetchNode(interruption.nodeId), node.state != .terminated else { continue }
             try Self.terminate(db, node: node, at: now, actor: settings.actor, reason: "reclaimed at deadline")
@@ -181,9 +181,9 @@ extension AppDatabase {
 
     /// A draining node with no jobs left is drained.
     private func finishDrains(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
-        let draining = try Row.fetchAll(
+        let draining = try Interruption.fetchAll(
             db.cachedStatement(sql: "SELECT \(Interruption.columns) FROM interruptions WHERE state = 'draining' AND kind = 'termination'")
-        ).map(Interruption.init(row:))
+        )
         for interruption in draining where try db.jobsOnNode(interruption.nodeId).isEmpty {
             try db.cachedStatement(sql: "UPDATE nodes SET state = 'drained', updated_at = ? WHERE id = ? AND state = 'draining'").execute(
                 arguments: [now, interruption.nodeId])
@@ -201,7 +201,7 @@ extension AppDatabase {
 
     /// Completed: node terminated, every job requeued, replacement requests resolved.
     private func completeInterruptions(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
-        let open = try Row.fetchAll(
+        let open = try Interruption.fetchAll(
             db.cachedStatement(
                 sql: """
                     SELECT \(Interruption.columns) FROM interruptions i
@@ -210,7 +210,7 @@ extension AppDatabase {
                       AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.node_id = i.node_id AND j.state IN ('running', 'checkpointing'))
                       AND NOT EXISTS (SELECT 1 FROM provisioning_requests p WHERE p.interruption_id = i.id AND p.state = 'pending')
                     """)
-        ).map(Interruption.init(row:))
+        )
         for interruption in open {
             try db.cachedStatement(sql: "UPDATE interruptions SET state = 'completed', completed_at = ? WHERE id = ?").execute(arguments: [
                 now, interruption.id,
