@@ -42,6 +42,47 @@ enum Table {
 
 @Suite("Placement decisions (pure)")
 struct PlacementDecisionTests {
+    /// Looking nodes up group by group and stopping at the first group with a fit must choose exactly what looking
+    /// at every pool chooses (the placement API relies on it to skip most lookups).
+    @Test(arguments: 0..<200) func searchGroupsChooseWhatAFullLookChooses(seed: Int) {
+        var random = SeededRandom(seed: UInt64(seed))
+        let pools = (0..<Int.random(in: 1...8, using: &random)).map { index in
+            var pool = Table.pool("p\(index)", [.spot, .onDemand, .reserved].randomElement(using: &random)!)
+            pool.hourlyPrice = Double(Int.random(in: 1...3, using: &random))
+            return pool
+        }
+        let nodes = pools.flatMap { pool in
+            (0..<Int.random(in: 0...3, using: &random)).map {
+                Table.node("\(pool.name)-n\($0)", pool: pool.name, used: Int.random(in: 0...8, using: &random))
+            }
+        }
+        let job = Table.job(
+            tier: Tier.allCases.randomElement(using: &random)!, gpus: Int.random(in: 1...4, using: &random),
+            checkpointable: Bool.random(using: &random))
+        let policy = Table.policy(job.tier)
+        var stats: [String: PoolStats] = [:]
+        for pool in pools where Bool.random(using: &random) { stats[pool.name] = PoolStats(rebalanceSignals: 1) }
+        var full = Table.candidates(pools, nodes: nodes, stats: stats, job: job)
+        for index in full.indices { full[index].bestEffortJobs = Int.random(in: 0...2, using: &random) }
+        var partial = full.map { candidate -> PoolCandidate in
+            var copy = candidate
+            copy.bestNode = nil
+            return copy
+        }
+        var looked = 0
+        for group in Placement.searchGroups(job: job, policy: policy, candidates: partial) {
+            for index in group {
+                partial[index].bestNode = full[index].bestNode
+                looked += 1
+            }
+            if group.contains(where: { partial[$0].bestNode != nil }) { break }
+        }
+        let expected = Placement.decide(job: job, policy: policy, candidates: full)
+        let got = Placement.decide(job: job, policy: policy, candidates: partial)
+        #expect(got == expected)
+        #expect(looked <= pools.count)
+    }
+
     let spot = Table.pool("spot", .spot)
     let spotB = Table.pool("spot-b", .spot, zone: "b")
     let onDemand = Table.pool("od", .onDemand)
@@ -244,5 +285,18 @@ struct PlacementAPITests {
             let running = try await client.call(.get, "/v1/jobs?state=running")
             #expect(running["items"]?.array.count == 20)
         }
+    }
+}
+
+/// A small deterministic generator (SplitMix64), so that a failing seed can be replayed.
+struct SeededRandom: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

@@ -66,14 +66,11 @@ enum Placement {
                 refusals[pool.name] = fullReason(candidate, job: job)
                 continue
             }
-            let preference = Double(policy.capacityTypes.firstIndex(of: pool.capacityType) ?? 99)
-            let risk = risky(candidate.stats) ? 1.0 : 0.0
-            let spread = job.tier == .bestEffort ? Double(candidate.bestEffortJobs) : 0
             let leftover = Double(node.gpusFree - job.gpus)
             scored.append(
                 Scored(
                     candidate: candidate, node: node,
-                    key: [preference, risk, spread, leftover, candidate.stats.interruptionRate, pool.hourlyPrice]))
+                    key: poolKey(candidate, job: job, policy: policy) + [leftover, candidate.stats.interruptionRate, pool.hourlyPrice]))
         }
         guard
             let best = scored.min(by: { lhs, rhs in
@@ -98,6 +95,36 @@ enum Placement {
             reasons.append("admission: expected duration within the \(policy.maxUncheckpointableSpotSeconds) s spot limit")
         }
         return .place(nodeId: best.node.id, pool: pool.name, capacityType: pool.capacityType, reasons: reasons)
+    }
+
+    /// The leading part of a candidate's sort key, known before its nodes are looked at: capacity preference, risk,
+    /// then (for best-effort jobs) spread. Only the node's leftover, the pool's rate and price come after it.
+    static func poolKey(_ candidate: PoolCandidate, job: Job, policy: Policy) -> [Double] {
+        [
+            Double(policy.capacityTypes.firstIndex(of: candidate.pool.capacityType) ?? 99), risky(candidate.stats) ? 1.0 : 0.0,
+            job.tier == .bestEffort ? Double(candidate.bestEffortJobs) : 0,
+        ]
+    }
+
+    /// The eligible candidates in groups of equal `poolKey`, best group first. A pool in a later group can never
+    /// beat a pool of an earlier group that has a fitting node, so a caller looks up nodes group by group and stops
+    /// at the first group where some pool has one: `decide` then answers as if every pool had been looked at.
+    static func searchGroups(job: Job, policy: Policy, candidates: [PoolCandidate]) -> [[Int]] {
+        let keyed = candidates.indices.compactMap { index -> (Int, [Double])? in
+            poolRefusal(job: job, policy: policy, pool: candidates[index].pool) == nil
+                ? (index, poolKey(candidates[index], job: job, policy: policy)) : nil
+        }.sorted { $0.1 != $1.1 ? $0.1.lexicographicallyPrecedes($1.1) : $0.0 < $1.0 }
+        var groups: [[Int]] = []
+        var lastKey: [Double]?
+        for (index, key) in keyed {
+            if key == lastKey {
+                groups[groups.count - 1].append(index)
+            } else {
+                groups.append([index])
+                lastKey = key
+            }
+        }
+        return groups
     }
 
     private static func fullReason(_ candidate: PoolCandidate, job: Job) -> String {

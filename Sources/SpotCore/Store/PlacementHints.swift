@@ -15,7 +15,8 @@ final class PlacementHints: Sendable {
 
     private struct State {
         var snapshot: Snapshot?
-        var refreshing = false
+        /// The refresh in flight, shared by every caller that has no usable snapshot meanwhile.
+        var refresh: Task<Snapshot, any Error>?
     }
 
     private let state = Mutex(State())
@@ -25,28 +26,29 @@ final class PlacementHints: Sendable {
         self.maxAgeMillis = maxAgeMillis
     }
 
-    /// The current hints; a stale snapshot is recomputed by this caller unless another one already is.
+    /// The current hints. A stale snapshot is recomputed once: the caller that finds it stale waits for the
+    /// refresh, callers meanwhile keep using the previous snapshot (or, at the very start, wait for the same one).
     func current(_ store: AppDatabase, now: Millis) async throws -> Snapshot {
-        let (cached, refresh) = state.withLock { state -> (Snapshot?, Bool) in
-            if let snapshot = state.snapshot, now >= snapshot.at, now - snapshot.at < maxAgeMillis { return (snapshot, false) }
-            if state.refreshing, let snapshot = state.snapshot { return (snapshot, false) }
-            state.refreshing = true
-            return (nil, true)
-        }
-        if let cached, !refresh { return cached }
-        do {
-            let fresh = try await store.read { db in
-                Snapshot(at: now, stats: try AppDatabase.poolStats(db, now: now), bestEffortJobs: try AppDatabase.bestEffortByPool(db))
+        let (cached, refresh) = state.withLock { state -> (Snapshot?, Task<Snapshot, any Error>?) in
+            if let snapshot = state.snapshot, now >= snapshot.at, now - snapshot.at < maxAgeMillis { return (snapshot, nil) }
+            if let running = state.refresh { return (state.snapshot, state.snapshot == nil ? running : nil) }
+            let task = Task {
+                try await store.read { db in
+                    Snapshot(at: now, stats: try AppDatabase.poolStats(db, now: now), bestEffortJobs: try AppDatabase.bestEffortByPool(db))
+                }
             }
-            state.withLock {
-                $0.snapshot = fresh
-                $0.refreshing = false
-            }
-            return fresh
-        } catch {
-            state.withLock { $0.refreshing = false }
-            throw error
+            state.refresh = task
+            return (nil, task)
         }
+        guard let refresh else { return cached! }
+        let result = await refresh.result
+        state.withLock { state in
+            if state.refresh == refresh {
+                state.refresh = nil
+                if case .success(let fresh) = result { state.snapshot = fresh }
+            }
+        }
+        return try result.get()
     }
 
     /// Counts a best-effort job just placed, so that spreading holds between refreshes.

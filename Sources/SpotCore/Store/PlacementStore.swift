@@ -81,21 +81,22 @@ extension AppDatabase {
             let catalog = try catalog.current(db)
             let policy = Self.withDefaults(catalog.policies, admissionLimit: 3600, now: now).first { $0.tier == job.tier }!
             let pools = catalog.pools
-            var candidates: [PoolCandidate] = []
-            for pool in pools {
-                var candidate = PoolCandidate(pool: pool, stats: hints.stats[pool.name] ?? PoolStats())
-                if Placement.poolRefusal(job: job, policy: policy, pool: pool) == nil {
-                    candidate.bestNode = try Node.fetchOne(
+            var candidates = pools.map { pool in
+                PoolCandidate(
+                    pool: pool, stats: hints.stats[pool.name] ?? PoolStats(), bestEffortJobs: hints.bestEffortJobs[pool.name] ?? 0)
+            }
+            // Look up nodes only as far as the ranking needs: a fitting node in a better-ranked pool settles it.
+            for group in Placement.searchGroups(job: job, policy: policy, candidates: candidates) {
+                for index in group {
+                    candidates[index].bestNode = try Node.fetchOne(
                         db.cachedStatement(
                             sql: """
                                 SELECT \(Node.columns) FROM nodes INDEXED BY nodes_free
                                 WHERE pool = ? AND state = 'ready' AND gpus - gpus_allocated >= ?
                                 ORDER BY gpus - gpus_allocated, seq LIMIT 1
-                                """), arguments: [pool.name, job.gpus]
-                    )
-                    candidate.bestEffortJobs = hints.bestEffortJobs[pool.name] ?? 0
+                                """), arguments: [candidates[index].pool.name, job.gpus])
                 }
-                candidates.append(candidate)
+                if group.contains(where: { candidates[$0].bestNode != nil }) { break }
             }
             var decision = Placement.decide(job: job, policy: policy, candidates: candidates)
             if case .refuse = decision {

@@ -5,6 +5,7 @@ import Synchronization
 /// A write that throws rolls back only its savepoint and gets its own error; the others commit together.
 /// Every caller is answered only after the shared commit is on disk.
 final class WriteBatcher: Sendable {
+
     private struct Pending: Sendable {
         /// Runs the write inside the shared transaction, remembering its outcome.
         let run: @Sendable (Database) -> Void
@@ -32,16 +33,8 @@ final class WriteBatcher: Sendable {
             let outcome = Mutex<Result<T, any Error>?>(nil)
             let pending = Pending(
                 run: { db in
-                    do {
-                        var value: T?
-                        try db.inSavepoint {
-                            value = try updates(db)
-                            return .commit
-                        }
-                        outcome.withLock { $0 = .success(value!) }
-                    } catch {
-                        outcome.withLock { $0 = .failure(error) }
-                    }
+                    let result = Result { try Self.inSavepoint(db, updates) }
+                    outcome.withLock { $0 = result }
                 },
                 finish: { commitError in
                     if let commitError {
@@ -62,6 +55,24 @@ final class WriteBatcher: Sendable {
         }
     }
 
+    /// Runs one write in its own savepoint: its failure rolls back only its own changes. The savepoint statements are
+    /// prepared once (GRDB's `inSavepoint` parses them on every call). A failure that ended the whole transaction
+    /// (SQLite aborts it on I/O errors, for one) fails the batch, so no later write can run outside it.
+    private static func inSavepoint<T>(_ db: Database, _ updates: (Database) throws -> T) throws -> T {
+        try db.cachedStatement(sql: "SAVEPOINT request").execute()
+        do {
+            let value = try updates(db)
+            try db.cachedStatement(sql: "RELEASE SAVEPOINT request").execute()
+            return value
+        } catch {
+            // The batch loop sees the ended transaction and fails every write of the batch.
+            guard db.isInsideTransaction else { throw error }
+            try db.cachedStatement(sql: "ROLLBACK TRANSACTION TO SAVEPOINT request").execute()
+            try db.cachedStatement(sql: "RELEASE SAVEPOINT request").execute()
+            throw error
+        }
+    }
+
     /// Commits queued writes in batches until the queue is empty.
     private func drain() async {
         while true {
@@ -74,7 +85,10 @@ final class WriteBatcher: Sendable {
             guard !batch.isEmpty else { return }
             do {
                 try await writer.write { db in
-                    for pending in batch { pending.run(db) }
+                    for pending in batch {
+                        pending.run(db)
+                        guard db.isInsideTransaction else { throw DatabaseError(resultCode: .SQLITE_ABORT) }
+                    }
                 }
                 for pending in batch { pending.finish(nil) }
             } catch {
