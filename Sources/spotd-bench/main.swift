@@ -116,61 +116,19 @@ struct LoadResult {
     }
 }
 
-/// Sends `count` requests (made by `make(index)`) over `connections` keep-alive connections.
+/// Sends `count` requests (made by `make(index)`) over `connections` keep-alive connections (see LoadClient).
 func load(
-    port: Int, connections: Int, count: Int, duration: Double? = nil,
-    make: @escaping @Sendable (Int) -> (HTTPRequest.Method, String, String?)
-) async throws -> LoadResult {
-    let next = Counter()
-    let started = ContinuousClock.now
-    let deadline = duration.map { started + .milliseconds(Int($0 * 1000)) }
-    let perConnection = try await withThrowingTaskGroup(of: ([Double], [Int: Int]).self) { group in
-        for _ in 0..<connections {
-            group.addTask {
-                try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
-                    var latencies: [Double] = []
-                    var statuses: [Int: Int] = [:]
-                    while true {
-                        if let deadline, ContinuousClock.now >= deadline { break }
-                        let index = next.take()
-                        if duration == nil && index >= count { break }
-                        let (method, path, body) = make(index)
-                        let begin = ContinuousClock.now
-                        var headers: HTTPFields = [:]
-                        if body != nil { headers[.contentType] = "application/json" }
-                        let response = try await client.execute(
-                            .init(path, method: method, headers: headers, body: body.map { ByteBuffer(string: $0) }))
-                        let spent = ContinuousClock.now - begin
-                        latencies.append(Double(spent.components.attoseconds) / 1e18 + Double(spent.components.seconds))
-                        statuses[Int(response.head.status.code), default: 0] += 1
-                    }
-                    return (latencies, statuses)
-                }
-            }
-        }
-        var all: [Double] = []
-        var statuses: [Int: Int] = [:]
-        for try await (latencies, codes) in group {
-            all += latencies
-            statuses.merge(codes, uniquingKeysWith: +)
-        }
-        return (all, statuses)
-    }
-    let spent = ContinuousClock.now - started
-    return LoadResult(
-        latencies: perConnection.0, elapsed: Double(spent.components.seconds) + Double(spent.components.attoseconds) / 1e18,
-        statuses: perConnection.1)
+    port: Int, connections: Int, count: Int, duration: Double? = nil, make: (Int) -> (method: String, path: String, body: String?)
+) throws -> LoadResult {
+    try LoadClient.run(port: port, connections: connections, count: duration == nil ? count : nil, duration: duration, make: make)
 }
 
-final class Counter: @unchecked Sendable {
-    private var value = 0
-    private let lock = NSLock()
-    func take() -> Int {
-        lock.lock()
-        defer { lock.unlock() }
-        value += 1
-        return value - 1
-    }
+/// Lets this process (and the server it starts) hold a thousand-connection burst.
+func raiseOpenFileLimit() {
+    var limit = rlimit()
+    guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+    limit.rlim_cur = max(limit.rlim_cur, min(limit.rlim_max, 65_536))
+    setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
 }
 
 func json(_ port: Int, _ path: String) async throws -> [String: Any] {
@@ -180,6 +138,32 @@ func json(_ port: Int, _ path: String) async throws -> [String: Any] {
         guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any] else { throw BenchError.unexpected(path) }
         return object
     }
+}
+
+/// A Prometheus histogram read from `/metrics`: cumulative counts per upper bound.
+struct Histogram {
+    var buckets: [(bound: Double, count: Double)]
+
+    /// The upper bound of the bucket that holds quantile `q` (what a histogram can say).
+    func quantile(_ q: Double) -> Double {
+        guard let total = buckets.last?.count, total > 0 else { return 0 }
+        return buckets.first { $0.count >= q * total }?.bound ?? .infinity
+    }
+}
+
+func histogram(_ port: Int, _ name: String) async throws -> Histogram {
+    let text = try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+        String(buffer: try await client.get("/metrics").body ?? ByteBuffer())
+    }
+    var buckets: [(Double, Double)] = []
+    for line in text.split(separator: "\n") where line.hasPrefix("\(name)_bucket{") {
+        guard let start = line.range(of: "le=\""), let end = line[start.upperBound...].firstIndex(of: "\""),
+            let count = line.split(separator: " ").last.flatMap({ Double($0) })
+        else { continue }
+        let bound = line[start.upperBound..<end] == "+Inf" ? Double.infinity : Double(line[start.upperBound..<end]) ?? .infinity
+        buckets.append((bound, count))
+    }
+    return Histogram(buckets: buckets.sorted { $0.0 < $1.0 })
 }
 
 func waitUntil(_ timeout: Double, _ check: () async throws -> Bool) async throws -> Double {
@@ -194,6 +178,7 @@ func waitUntil(_ timeout: Double, _ check: () async throws -> Bool) async throws
 // MARK: - The run
 
 let settings = Settings(CommandLine.arguments)
+raiseOpenFileLimit()
 guard FileManager.default.isExecutableFile(atPath: Server.binary.path) else {
     say("spotd-bench: no spotd binary at \(Server.binary.path); run `swift build -c release` first")
     exit(2)
@@ -217,8 +202,8 @@ say("spotd-bench: \(settings.nodes) nodes, \(settings.jobs) jobs, \(settings.bur
 _ = try await server.start(autoPlace: false)
 
 // Ceiling: a trivial route on the same server.
-let ceiling = try await load(port: port, connections: settings.connections, count: 0, duration: settings.ceilingSeconds) { _ in
-    (.get, "/healthz", nil)
+let ceiling = try load(port: port, connections: settings.connections, count: 0, duration: settings.ceilingSeconds) { _ in
+    ("GET", "/healthz", nil)
 }
 record("ceiling_rps", "ceiling: GET /healthz req/s", round(ceiling.rate, 0))
 
@@ -230,20 +215,20 @@ for index in 0..<poolCount {
         {"name":"pool-\(index)","capacity_type":"\(type)","gpu_type":"H100","gpus_per_node":8,"zone":"zone-\(index % 3)",\
         "instance_type":"p5-\(index)","hourly_price":\(10 + index),"max_nodes":10000}
         """
-    _ = try await load(port: port, connections: 1, count: 1) { _ in (.post, "/v1/pools", body) }
+    _ = try load(port: port, connections: 1, count: 1) { _ in ("POST", "/v1/pools", body) }
 }
-let seededNodes = try await load(port: port, connections: settings.connections, count: settings.nodes) { index in
-    (.post, "/v1/nodes", #"{"id":"node-\#(index)","pool":"pool-\#(index % poolCount)"}"#)
+let seededNodes = try load(port: port, connections: settings.connections, count: settings.nodes) { index in
+    ("POST", "/v1/nodes", #"{"id":"node-\#(index)","pool":"pool-\#(index % poolCount)"}"#)
 }
 record("seed_nodes_per_s", "seed: node registrations/s (\(settings.nodes))", round(seededNodes.rate, 0))
-let seededJobs = try await load(port: port, connections: settings.connections, count: settings.jobs) { index in
-    (.post, "/v1/jobs", #"{"id":"job-\#(index)","tier":"best_effort","gpus":1,"checkpointable":false}"#)
+let seededJobs = try load(port: port, connections: settings.connections, count: settings.jobs) { index in
+    ("POST", "/v1/jobs", #"{"id":"job-\#(index)","tier":"best_effort","gpus":1,"checkpointable":false}"#)
 }
 record("seed_jobs_per_s", "seed: job submissions/s (\(settings.jobs))", round(seededJobs.rate, 0))
 
 // Placements over HTTP.
-let placements = try await load(port: port, connections: settings.connections, count: settings.placements) { index in
-    (.post, "/v1/placements", #"{"job_id":"job-\#(index)"}"#)
+let placements = try load(port: port, connections: settings.connections, count: settings.placements) { index in
+    ("POST", "/v1/placements", #"{"job_id":"job-\#(index)"}"#)
 }
 guard placements.statuses[201] == settings.placements else {
     throw BenchError.unexpected("placements answered \(placements.statuses)")
@@ -255,13 +240,17 @@ record("placement_ratio_to_ceiling", "placements / ceiling", round(placements.ra
 
 // A burst of termination notices at once, one connection each (up to 1,000).
 let burstStart = Date()
-let burst = try await load(port: port, connections: min(settings.burst, 1000), count: settings.burst) { index in
-    (.post, "/v1/interruptions", #"{"node_id":"node-\#(index)","kind":"termination","notice_seconds":120,"event_id":"burst-\#(index)"}"#)
+let burst = try load(port: port, connections: min(settings.burst, 1000), count: settings.burst) { index in
+    ("POST", "/v1/interruptions", #"{"node_id":"node-\#(index)","kind":"termination","notice_seconds":120,"event_id":"burst-\#(index)"}"#)
 }
 guard burst.statuses[202] == settings.burst else { throw BenchError.unexpected("notices answered \(burst.statuses)") }
 record("burst_answered_s", "burst: all \(settings.burst) notices answered (s)", round(burst.elapsed, 3))
-record("notice_cordon_p50_ms", "burst: notice->cordon p50 (ms)", round(burst.percentile(0.5), 1))
-record("notice_cordon_p99_ms", "burst: notice->cordon p99 (ms)", round(burst.percentile(0.99), 1))
+record("burst_answer_p50_ms", "burst: answer latency at the client p50 (ms)", round(burst.percentile(0.5), 1))
+record("burst_answer_p99_ms", "burst: answer latency at the client p99 (ms)", round(burst.percentile(0.99), 1))
+// Inside spotd: from the handler receiving the notice to the cordon committed (fsync'd), from its own histogram.
+let cordon = try await histogram(port, "spotd_cordon_latency_seconds")
+record("notice_cordon_p50_ms", "burst: notice->cordon in spotd p50 (ms, bucket bound)", cordon.quantile(0.5) * 1000)
+record("notice_cordon_p99_ms", "burst: notice->cordon in spotd p99 (ms, bucket bound)", cordon.quantile(0.99) * 1000)
 let requeued = try await waitUntil(60) {
     let page = try await json(port, "/v1/interruptions?state=received&limit=1")
     return (page["items"] as? [Any])?.isEmpty == true
@@ -269,18 +258,29 @@ let requeued = try await waitUntil(60) {
 record("burst_requeued_s", "burst: every job on those nodes requeued (s)", round(Date().timeIntervalSince(burstStart), 3))
 _ = requeued
 
-// The scheduling loop: restart with it on and time how long the queue takes to drain.
+// The scheduling loop: restart with it on and time how long the queue takes to drain, from the process start.
+func bestEffort(_ state: String) async throws -> Int {
+    let summary = try await json(port, "/v1/summary")
+    return ((summary["jobs"] as? [String: Any])?["best_effort"] as? [String: Any])?[state] as? Int ?? 0
+}
+let queued = try await bestEffort("queued")
+let runningBefore = try await bestEffort("running")
 server.stop()
+let loopStart = Date()
 let restart = try await server.start(autoPlace: true)
 record("restart_s", "restart with all of that in the store (s)", round(restart, 3))
-let queuedBefore = try await json(port, "/v1/summary")
-let queued = ((queuedBefore["jobs"] as? [String: Any])?["best_effort"] as? [String: Any])?["queued"] as? Int ?? 0
-let loopTime = try await waitUntil(120) {
-    let summary = try await json(port, "/v1/summary")
-    return ((summary["jobs"] as? [String: Any])?["best_effort"] as? [String: Any])?["queued"] as? Int == 0
+let target = min(10_000, queued)
+var tenThousand = Double.infinity
+var allPlaced = Double.infinity
+_ = try await waitUntil(120) {
+    let placed = try await bestEffort("running") - runningBefore
+    if placed >= target && tenThousand == .infinity { tenThousand = Date().timeIntervalSince(loopStart) }
+    if placed >= queued { allPlaced = Date().timeIntervalSince(loopStart) }
+    return placed >= queued
 }
 record("loop_queued_jobs", "scheduling loop: queued jobs at restart", queued)
-record("loop_place_s", "scheduling loop: time to place them all (s)", round(loopTime, 3))
+record("loop_place_10k_s", "scheduling loop: \(target) of them placed (s, from start)", round(tenThousand, 3))
+record("loop_place_all_s", "scheduling loop: all of them placed (s, from start)", round(allPlaced, 3))
 record("rss_mib", "resident memory at the end (MiB)", round(server.residentMiB, 1))
 server.stop()
 

@@ -79,7 +79,7 @@ enum Signature {
         message.append(0x2E)
         message.append(body)
         let mac = HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: Data(secret.utf8)))
-        return mac.map { String(format: "%02x", $0) }.joined()
+        return Hex.encode(mac)
     }
 
     /// Checks a signature in constant time; `nil` when valid, else why not.

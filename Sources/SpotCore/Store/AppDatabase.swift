@@ -64,7 +64,7 @@ public final class AppDatabase: Sendable {
         var bytes = [UInt8](repeating: 0, count: 8)
         var generator = SystemRandomNumberGenerator()
         for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255, using: &generator) }
-        return prefix + "-" + bytes.map { String(format: "%02x", $0) }.joined()
+        return prefix + "-" + Hex.encode(bytes)
     }
 }
 
@@ -87,7 +87,7 @@ struct Migrator {
                 throw MigrationError.badName(name)
             }
             let sql = try String(contentsOf: directory.appendingPathComponent(name), encoding: .utf8)
-            let checksum = SHA256.hash(data: Data(sql.utf8)).map { String(format: "%02x", $0) }.joined()
+            let checksum = Hex.encode(SHA256.hash(data: Data(sql.utf8)))
             return File(version: version, name: name, sql: sql, checksum: checksum)
         }
     }

@@ -26,7 +26,7 @@ extension AppDatabase {
     // MARK: - Tokens
 
     static func hashSecret(_ secret: String) -> String {
-        SHA256.hash(data: Data(secret.utf8)).map { String(format: "%02x", $0) }.joined()
+        Hex.encode(SHA256.hash(data: Data(secret.utf8)))
     }
 
     /// Creates a token; the secret is returned once and only its hash is stored.
@@ -34,7 +34,7 @@ extension AppDatabase {
         var bytes = [UInt8](repeating: 0, count: 32)
         var generator = SystemRandomNumberGenerator()
         for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255, using: &generator) }
-        let secret = "spotd_" + bytes.map { String(format: "%02x", $0) }.joined()
+        let secret = "spotd_" + Hex.encode(bytes)
         let token = Token(id: AppDatabase.newId("tok"), name: name, role: role, createdAt: clock.now())
         try await write { db in
             try db.cachedStatement(sql: "INSERT INTO tokens (id, name, role, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)").execute(
