@@ -63,6 +63,9 @@ public func buildApplication(_ runtime: SpotRuntime, logger: Logger = Logger(lab
         server: .http1(configuration: .init(idleTimeout: .seconds(runtime.config.idleTimeoutSeconds))),
         configuration: .init(address: .hostname(runtime.config.host, port: runtime.config.port), serverName: "spotd"),
         logger: logger)
-    if withWorker { app.addServices(runtime.worker(logger: logger)) }
+    if withWorker {
+        app.addServices(
+            runtime.worker(logger: logger), Checkpointer(path: runtime.config.dbPath, interval: .milliseconds(200), logger: logger))
+    }
     return app
 }

@@ -24,6 +24,8 @@ public final class AppDatabase: Sendable {
         configuration.prepareDatabase { db in
             // FULL: a commit is on disk before the answer is sent.
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            // The Checkpointer service checkpoints off the write path; this threshold (40 MiB of WAL) is the net.
+            try db.execute(sql: "PRAGMA wal_autocheckpoint = 10000")
         }
         self.writer = try DatabasePool(path: path, configuration: configuration)
         self.batcher = WriteBatcher(writer: writer)
