@@ -61,7 +61,9 @@ public func buildApplication(_ runtime: SpotRuntime, logger: Logger = Logger(lab
     var app = Application(
         router: buildRouter(runtime),
         server: .http1(configuration: .init(idleTimeout: .seconds(runtime.config.idleTimeoutSeconds))),
-        configuration: .init(address: .hostname(runtime.config.host, port: runtime.config.port), serverName: "spotd"),
+        // A deep accept queue: a mass reclaim can deliver a thousand webhooks at once, and a full queue drops SYNs,
+        // which the sender retries only after a second.
+        configuration: .init(address: .hostname(runtime.config.host, port: runtime.config.port), serverName: "spotd", backlog: 4096),
         logger: logger)
     if withWorker {
         app.addServices(

@@ -89,8 +89,11 @@ enum LoadClient {
                 }
             }
         }
-        return LoadResult(latencies: latencies, elapsed: Double(now() - start) / 1e9, statuses: statuses)
+        return LoadResult(
+            latencies: latencies, elapsed: Double(now() - start) / 1e9, statuses: statuses, firstSent: Double(start) / 1e9)
     }
+
+    static func monotonicSeconds() -> Double { Double(now()) / 1e9 }
 
     private static func now() -> UInt64 {
         var time = timespec()

@@ -107,6 +107,8 @@ struct LoadResult {
     var latencies: [Double]
     var elapsed: Double
     var statuses: [Int: Int]
+    /// When the first request was written (CLOCK_MONOTONIC seconds), after every connection was open.
+    var firstSent: Double
 
     var rate: Double { Double(latencies.count) / elapsed }
     func percentile(_ p: Double) -> Double {
@@ -116,12 +118,18 @@ struct LoadResult {
     }
 }
 
-/// Sends `count` requests (made by `make(index)`) over `connections` keep-alive connections (see LoadClient).
+/// Sends `count` requests (made by `make(index)`) over `connections` keep-alive connections (see LoadClient), and
+/// remembers when the phase ran (CLOCK_MONOTONIC seconds) for `scripts/profile.sh`.
 func load(
-    port: Int, connections: Int, count: Int, duration: Double? = nil, make: (Int) -> (method: String, path: String, body: String?)
+    _ phase: String, port: Int, connections: Int, count: Int, duration: Double? = nil,
+    make: (Int) -> (method: String, path: String, body: String?)
 ) throws -> LoadResult {
-    try LoadClient.run(port: port, connections: connections, count: duration == nil ? count : nil, duration: duration, make: make)
+    let start = LoadClient.monotonicSeconds()
+    defer { phases.append("\(phase) \(start) \(LoadClient.monotonicSeconds())") }
+    return try LoadClient.run(port: port, connections: connections, count: duration == nil ? count : nil, duration: duration, make: make)
 }
+
+nonisolated(unsafe) var phases: [String] = []
 
 /// Lets this process (and the server it starts) hold a thousand-connection burst.
 func raiseOpenFileLimit() {
@@ -202,7 +210,7 @@ say("spotd-bench: \(settings.nodes) nodes, \(settings.jobs) jobs, \(settings.bur
 _ = try await server.start(autoPlace: false)
 
 // Ceiling: a trivial route on the same server.
-let ceiling = try load(port: port, connections: settings.connections, count: 0, duration: settings.ceilingSeconds) { _ in
+let ceiling = try load("ceiling", port: port, connections: settings.connections, count: 0, duration: settings.ceilingSeconds) { _ in
     ("GET", "/healthz", nil)
 }
 record("ceiling_rps", "ceiling: GET /healthz req/s", round(ceiling.rate, 0))
@@ -215,13 +223,13 @@ for index in 0..<poolCount {
         {"name":"pool-\(index)","capacity_type":"\(type)","gpu_type":"H100","gpus_per_node":8,"zone":"zone-\(index % 3)",\
         "instance_type":"p5-\(index)","hourly_price":\(10 + index),"max_nodes":10000}
         """
-    _ = try load(port: port, connections: 1, count: 1) { _ in ("POST", "/v1/pools", body) }
+    _ = try load("seed-pools", port: port, connections: 1, count: 1) { _ in ("POST", "/v1/pools", body) }
 }
-let seededNodes = try load(port: port, connections: settings.connections, count: settings.nodes) { index in
+let seededNodes = try load("seed-nodes", port: port, connections: settings.connections, count: settings.nodes) { index in
     ("POST", "/v1/nodes", #"{"id":"node-\#(index)","pool":"pool-\#(index % poolCount)"}"#)
 }
 record("seed_nodes_per_s", "seed: node registrations/s (\(settings.nodes))", round(seededNodes.rate, 0))
-let seededJobs = try load(port: port, connections: settings.connections, count: settings.jobs) { index in
+let seededJobs = try load("seed-jobs", port: port, connections: settings.connections, count: settings.jobs) { index in
     ("POST", "/v1/jobs", #"{"id":"job-\#(index)","tier":"best_effort","gpus":1,"checkpointable":false}"#)
 }
 record("seed_jobs_per_s", "seed: job submissions/s (\(settings.jobs))", round(seededJobs.rate, 0))
@@ -229,10 +237,10 @@ record("seed_jobs_per_s", "seed: job submissions/s (\(settings.jobs))", round(se
 // Placements over HTTP: half of them with every connection (throughput), half with 16 (kube-scheduler's default
 // parallelism of binding goroutines), where the latency of a scheduler's calls is read.
 let half = settings.placements / 2
-let wide = try load(port: port, connections: settings.connections, count: half) { index in
+let wide = try load("placements-64", port: port, connections: settings.connections, count: half) { index in
     ("POST", "/v1/placements", #"{"job_id":"job-\#(index)"}"#)
 }
-let narrow = try load(port: port, connections: 16, count: settings.placements - half) { index in
+let narrow = try load("placements-16", port: port, connections: 16, count: settings.placements - half) { index in
     ("POST", "/v1/placements", #"{"job_id":"job-\#(half + index)"}"#)
 }
 guard wide.statuses[201] == half, narrow.statuses[201] == settings.placements - half else {
@@ -248,8 +256,7 @@ record("placement_p50_ms_16", "placement p50 latency (ms, 16 connections)", roun
 record("placement_p99_ms_16", "placement p99 latency (ms, 16 connections)", round(narrow.percentile(0.99), 2))
 
 // A burst of termination notices at once, one connection each (up to 1,000).
-let burstStart = Date()
-let burst = try load(port: port, connections: min(settings.burst, 1000), count: settings.burst) { index in
+let burst = try load("burst", port: port, connections: min(settings.burst, 1000), count: settings.burst) { index in
     ("POST", "/v1/interruptions", #"{"node_id":"node-\#(index)","kind":"termination","notice_seconds":120,"event_id":"burst-\#(index)"}"#)
 }
 guard burst.statuses[202] == settings.burst else { throw BenchError.unexpected("notices answered \(burst.statuses)") }
@@ -264,7 +271,7 @@ let requeued = try await waitUntil(60) {
     let page = try await json(port, "/v1/interruptions?state=received&limit=1")
     return (page["items"] as? [Any])?.isEmpty == true
 }
-record("burst_requeued_s", "burst: every job on those nodes requeued (s)", round(Date().timeIntervalSince(burstStart), 3))
+record("burst_requeued_s", "burst: every job on those nodes requeued (s)", round(LoadClient.monotonicSeconds() - burst.firstSent, 3))
 _ = requeued
 
 // The scheduling loop: restart with it on and time how long the queue takes to drain, from the process start.
@@ -296,5 +303,8 @@ server.stop()
 var object: [String: Any] = [:]
 for (key, _, value) in figures { object[key] = value }
 object["date"] = ISO8601DateFormatter().string(from: Date())
+if let path = ProcessInfo.processInfo.environment["SPOTD_BENCH_PHASES"] {
+    try (phases.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+}
 let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
 say(String(decoding: data, as: UTF8.self))

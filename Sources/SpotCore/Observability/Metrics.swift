@@ -9,7 +9,9 @@ enum SpotMetrics {
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.valueHistogramBuckets["spotd_drain_duration_seconds"] = [1, 5, 10, 20, 30, 60, 90, 120, 300]
-        factory.durationHistogramBuckets["spotd_cordon_latency_seconds"] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000].map {
+        factory.durationHistogramBuckets["spotd_cordon_latency_seconds"] = [
+            1, 2, 5, 10, 20, 50, 100, 150, 200, 250, 300, 400, 500, 750, 1000, 2000, 5000,
+        ].map {
             Duration.milliseconds($0)
         }
         MetricsSystem.bootstrap(factory)

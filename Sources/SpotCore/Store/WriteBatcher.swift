@@ -23,7 +23,7 @@ final class WriteBatcher: Sendable {
     /// Most writes one transaction takes; keeps a commit's latency bounded under a flood.
     let maxBatch: Int
 
-    init(writer: DatabasePool, maxBatch: Int = 512) {
+    init(writer: DatabasePool, maxBatch: Int = 64) {
         self.writer = writer
         self.maxBatch = maxBatch
     }
