@@ -44,6 +44,25 @@ enum Table {
 struct PlacementDecisionTests {
     /// Looking nodes up group by group and stopping at the first group with a fit must choose exactly what looking
     /// at every pool chooses (the placement API relies on it to skip most lookups).
+    @Test func capacityIndexPicksTheTightestThenOldestNode() {
+        var index = CapacityIndex(nodes: [
+            Table.node("a", pool: "p", used: 0), Table.node("b", pool: "p", used: 4), Table.node("c", pool: "p", used: 4),
+            Table.node("d", pool: "p", used: 8), Table.node("e", pool: "q", used: 2, state: .cordoned),
+        ])
+        #expect(index.bestNode(pool: "p", gpus: 2)?.id == "b")
+        #expect(index.bestNode(pool: "p", gpus: 5)?.id == "a")
+        #expect(index.bestNode(pool: "q", gpus: 1) == nil)
+        index.allocate(index: 1, gpus: 3)
+        #expect(index.bestNode(pool: "p", gpus: 1)?.id == "b")
+        #expect(index.bestNode(pool: "p", gpus: 2)?.id == "c")
+        index.allocate(index: 1, gpus: 1)
+        index.allocate(index: 2, gpus: 4)
+        #expect(index.bestNode(pool: "p", gpus: 1)?.id == "a")
+        index.allocate(index: 0, gpus: 8)
+        #expect(index.bestNode(pool: "p", gpus: 1) == nil)
+        #expect(!index.hasFreeCapacity)
+    }
+
     @Test(arguments: 0..<200) func searchGroupsChooseWhatAFullLookChooses(seed: Int) {
         var random = SeededRandom(seed: UInt64(seed))
         let pools = (0..<Int.random(in: 1...8, using: &random)).map { index in
@@ -239,6 +258,25 @@ struct PlacementAPITests {
             try await env.step()
             #expect(try await client.call(.get, "/v1/jobs/std")["state"] == .string("running"))
             #expect(try await client.call(.get, "/v1/jobs/be")["state"] == .string("queued"))
+        }
+    }
+
+    /// A queue head that cannot fit anywhere (a GPU type no pool has) does not starve a job behind it, even when
+    /// the head is longer than one page of the loop.
+    @Test func loopLooksPastAHeadThatCannotFit() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            try await client.expect(.created, .post, "/v1/pools", Seed.pool("od", "on_demand"))
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("o1", pool: "od"))
+            for index in 0..<5 {
+                try await client.expect(
+                    .created, .post, "/v1/jobs", Seed.job("h200-\(index)", tier: "standard", extra: #","gpu_type":"H200""#))
+            }
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("fits", tier: "best_effort"))
+            let (placed, _) = try await env.store.placeQueued(batch: 2, maxPages: 4)
+            #expect(placed == 1)
+            #expect(try await client.call(.get, "/v1/jobs/fits")["state"] == .string("running"))
+            #expect(try await client.call(.get, "/v1/jobs/h200-0")["state"] == .string("queued"))
         }
     }
 
