@@ -273,10 +273,20 @@ struct PlacementAPITests {
                     .created, .post, "/v1/jobs", Seed.job("h200-\(index)", tier: "standard", extra: #","gpu_type":"H200""#))
             }
             try await client.expect(.created, .post, "/v1/jobs", Seed.job("fits", tier: "best_effort"))
-            let (placed, _) = try await env.store.placeQueued(batch: 2, maxPages: 4)
+            let (placed, _, more) = try await env.store.placeQueued(pageSize: 2, maxPages: 4)
             #expect(placed == 1)
+            #expect(!more)
             #expect(try await client.call(.get, "/v1/jobs/fits")["state"] == .string("running"))
             #expect(try await client.call(.get, "/v1/jobs/h200-0")["state"] == .string("queued"))
+
+            // A pass stops at its placement budget and says there is more.
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("next-1", tier: "best_effort"))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("next-2", tier: "best_effort"))
+            let first = try await env.store.placeQueued(maxPlacements: 1)
+            #expect(first.placed == 1 && first.more)
+            let second = try await env.store.placeQueued(maxPlacements: 1)
+            #expect(second.placed == 1)
+            #expect(try await client.call(.get, "/v1/jobs/next-2")["state"] == .string("running"))
         }
     }
 

@@ -2,13 +2,15 @@ import GRDB
 
 extension AppDatabase {
     /// One pass of the scheduling loop: places queued jobs in order of tier, priority and age, in one transaction.
-    /// Jobs are read a page at a time (`batch`), up to `maxPages` pages: a queue head that cannot fit (a GPU type
-    /// with no capacity, say) does not starve smaller jobs behind it, and the pass stops early once no GPU is free.
-    /// Returns how many jobs were placed, and the newest event id this pass had seen when it started: a later event
-    /// (a new job, a freed GPU) means the next pass has something to look at.
-    func placeQueued(batch: Int = 5000, maxPages: Int = 4, admissionLimit: Int64 = 3600, actor: String = "scheduler-loop")
-        async throws -> (placed: Int, seenEventId: Int64)
-    {
+    /// A pass places at most `maxPlacements` jobs, so the single writer is never held long (notices and API calls
+    /// interleave between passes; `more` asks for the next pass at once). It reads the queue a page at a time, up
+    /// to `maxPages` pages: a queue head that cannot fit (a GPU type with no capacity, say) does not starve jobs
+    /// behind it, and it stops early once no GPU is free. Also returns the newest event id this pass had seen when
+    /// it started: a later event (a new job, a freed GPU) means the next pass has something to look at.
+    func placeQueued(
+        maxPlacements: Int = 1000, pageSize: Int = 2000, maxPages: Int = 10, admissionLimit: Int64 = 3600,
+        actor: String = "scheduler-loop"
+    ) async throws -> (placed: Int, seenEventId: Int64, more: Bool) {
         // Risk and spread come from the shared hints (computed from a read snapshot, at most once a second): recounting
         // every pool and running job inside the pass held the single writer for ~15 ms at 10k nodes and 40k jobs.
         let hints = try await placementHints.current(self, now: clock.now())
@@ -28,15 +30,16 @@ extension AppDatabase {
             var preemptionTried = false
             // Keyset paging over (tier rank, -priority, seq), the queue's order.
             var after: (rank: Int64, priority: Int64, seq: Int64) = (-1, Int64.min, 0)
-            for _ in 0..<maxPages {
+            pages: for _ in 0..<maxPages {
                 let jobs = try Job.fetchAll(
                     db.cachedStatement(
                         sql: """
                             SELECT \(Job.columns) FROM jobs WHERE state = 'queued'
                                 AND (CASE tier WHEN 'premium' THEN 0 WHEN 'standard' THEN 1 ELSE 2 END, -priority, seq) > (?, ?, ?)
                             ORDER BY CASE tier WHEN 'premium' THEN 0 WHEN 'standard' THEN 1 ELSE 2 END, priority DESC, seq LIMIT ?
-                            """), arguments: [after.rank, after.priority, after.seq, batch])
+                            """), arguments: [after.rank, after.priority, after.seq, pageSize])
                 for job in jobs {
+                    if placed >= maxPlacements { break pages }
                     guard let policy = policies[job.tier] else { continue }
                     let candidates = pools.map { pool in
                         PoolCandidate(
@@ -63,10 +66,10 @@ extension AppDatabase {
                         }
                     }
                 }
-                guard jobs.count == batch, let last = jobs.last, index.hasFreeCapacity else { break }
+                guard jobs.count == pageSize, let last = jobs.last, index.hasFreeCapacity else { break }
                 after = (Int64(last.tier == .premium ? 0 : last.tier == .standard ? 1 : 2), -last.priority, last.seq)
             }
-            return (placed, seen)
+            return (placed, seen, placed >= maxPlacements)
         }
     }
 }

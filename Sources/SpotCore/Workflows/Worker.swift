@@ -112,9 +112,10 @@ public struct WorkflowWorker: Service {
         if config.autoPlace {
             let lastEvent = try await store.lastEventId()
             if lastEvent != state.lastPlacementEvent {
-                let (placed, seen) = try await store.placeQueued(admissionLimit: config.admissionLimitSeconds)
+                let (placed, seen, more) = try await store.placeQueued(admissionLimit: config.admissionLimitSeconds)
                 SpotMetrics.placement("placed", count: placed)
                 state.lastPlacementEvent = seen
+                if more { signal.poke() }
                 if placed > 0 { logger.debug("scheduling loop placed jobs", metadata: ["count": "\(placed)"]) }
             }
         }
