@@ -5,7 +5,6 @@ import Synchronization
 /// A write that throws rolls back only its savepoint and gets its own error; the others commit together.
 /// Every caller is answered only after the shared commit is on disk.
 final class WriteBatcher: Sendable {
-
     private struct Pending: Sendable {
         /// Runs the write inside the shared transaction, remembering its outcome.
         let run: @Sendable (Database) -> Void
