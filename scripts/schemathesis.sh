@@ -23,7 +23,9 @@ done
 
 for attempt in 1; do
     set +e
-    schemathesis run openapi.yaml --url "http://127.0.0.1:$PORT" --checks all --seed 20261129 \
+    # Every check runs (schemathesis 4's default). No `--checks all` here: a CLI option outranks the per-operation
+    # settings of schemathesis.toml, and so would turn use_after_free back on for /v1/nodes/{id}.
+    schemathesis run openapi.yaml --url "http://127.0.0.1:$PORT" --seed 20261129 \
         --max-examples "${SCHEMATHESIS_EXAMPLES:-25}" --workers 2 --header "Authorization: Bearer $TOKEN" \
         --report junit --report-junit-path "$WORK/junit.xml" --no-color >"$WORK/out.txt" 2>&1
     status=$?
