@@ -1,0 +1,59 @@
+import Foundation
+import GRDB
+import Testing
+
+@testable import SpotCore
+
+@Suite("Row layouts")
+struct RowLayoutTests {
+    /// Rows are decoded by position; every SELECT of a model names `columns`, so their order must match the tables.
+    @Test func modelColumnsNameRealColumnsInTheDecodedOrder() throws {
+        let env = try TestEnv()
+        let layouts: [(String, String)] = [
+            (Pool.columns, "pools"), (Node.columns, "nodes"), (Job.columns, "jobs"), (Interruption.columns, "interruptions"),
+            (ProvisioningRequest.columns, "provisioning_requests"),
+        ]
+        try env.store.writer.read { db in
+            for (columns, table) in layouts {
+                let names = try db.makeStatement(sql: "SELECT \(columns) FROM \(table)").columnNames
+                #expect(names == columns.split(separator: ",").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })
+                #expect(names.first == "seq")
+            }
+        }
+    }
+}
+
+@Suite("Catalog cache")
+struct CatalogTests {
+    /// The cached pools and policies follow every committed change, and never keep one that was rolled back.
+    @Test func followsChangesAndForgetsRolledBackOnes() async throws {
+        let env = try TestEnv()
+        let store = env.store
+        let before = try await store.read { db in try store.catalog.current(db) }
+        #expect(before.pools.isEmpty)
+        _ = try await store.createPool(Table.pool("a", .spot), actor: "test")
+        #expect(try await store.read { db in try store.catalog.current(db) }.pools.map(\.name) == ["a"])
+
+        // A write that fails after adding a pool: the cache saw it inside the transaction, then it was rolled back.
+        await #expect(throws: Problem.self) {
+            try await store.write { db in
+                try db.execute(
+                    sql: """
+                        INSERT INTO pools (name, capacity_type, gpu_type, gpus_per_node, zone, instance_type, hourly_price,
+                            min_nodes, max_nodes, stockout, created_at, updated_at)
+                        VALUES ('b', 'spot', 'H100', 8, 'z', 't', 1, 0, 10, 0, 0, 0)
+                        """)
+                #expect(try store.catalog.current(db).pools.map(\.name) == ["a", "b"])
+                throw Problem.conflict("roll it back")
+            }
+        }
+        #expect(try await store.read { db in try store.catalog.current(db) }.pools.map(\.name) == ["a"])
+
+        // A policy change is seen by the next placement decision.
+        var policy = Table.policy(.bestEffort)
+        policy.capacityTypes = [.onDemand]
+        _ = try await store.putPolicy(policy, actor: "test")
+        let stored = try await store.read { db in try store.catalog.current(db) }.policies.first { $0.tier == .bestEffort }
+        #expect(stored?.capacityTypes == [.onDemand])
+    }
+}
