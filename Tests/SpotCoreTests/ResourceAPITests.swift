@@ -102,6 +102,16 @@ struct ResourceAPITests {
                 uri: "/v1/jobs", method: .post, headers: [.contentType: "application/json"], body: invalidUTF8
             ) { $0.status }
             #expect(status == .badRequest)
+            // Ambiguous or broken JSON that a lenient parser would accept: refused, naming what is wrong.
+            let twice = try await client.expectProblem(
+                .badRequest, .post, "/v1/jobs", #"{"id":"a","tier":"best_effort","gpus":1,"tier":"premium"}"#)
+            #expect(twice["detail"]?.string?.contains("'tier' twice") == true, "problem: \(twice.text)")
+            let surrogate = try await client.expectProblem(
+                .badRequest, .post, "/v1/jobs", #"{"id":"a\ud800","tier":"premium","gpus":1}"#)
+            #expect(surrogate["detail"]?.string?.contains("surrogate") == true, "problem: \(surrogate.text)")
+            let trailing = try await client.expectProblem(
+                .badRequest, .post, "/v1/jobs", #"{"id":"a","tier":"premium","gpus":1} {}"#)
+            #expect(trailing["detail"]?.string?.contains("end of document") == true, "problem: \(trailing.text)")
             #expect(try env.snapshot() == before)
         }
     }

@@ -30,12 +30,7 @@ struct CapacityIndex {
         bestIndex(pool: pool, gpus: gpus).map { nodes[$0] }
     }
 
-    /// Records an allocation made on a node.
-    mutating func allocate(nodeId: String, gpus: Int) {
-        guard let index = nodes.firstIndex(where: { $0.id == nodeId }) else { return }
-        allocate(index: index, gpus: gpus)
-    }
-
+    /// Records an allocation made on the node at `index`.
     mutating func allocate(index: Int, gpus: Int) {
         let node = nodes[index]
         guard node.state.schedulable else { return }
