@@ -1,21 +1,27 @@
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import ServiceLifecycle
 
-/// Everything a running spotd holds: the store, the worker's wake-up signal, the settings.
+/// Everything a running spotd holds: the store, the worker's wake-up signal, the settings, the shared limits.
 public struct SpotRuntime: Sendable {
     public let config: SpotConfig
     public let store: AppDatabase
     public let signal: WorkerSignal
-    public let migrationsDirectory: URL
     public let provider: any Provider
+    public let metrics: SpotMetrics
+    /// The one reader of the event log behind every event stream.
+    let feed: EventFeed
+    /// Request-body bytes held at once, over all requests.
+    let bodyBudget: BodyBudget
 
-    /// Opens the store (applying migrations) and seeds the default policies.
+    /// Checks the settings, opens the store (applying migrations) and seeds the default policies.
     public init(config: SpotConfig, clock: any SpotClock = SystemClock(), logger: Logger = Logger(label: "spotd")) throws {
+        if let problem = config.validate() { throw problem }
         self.config = config
-        self.migrationsDirectory = Migrator.locate(explicit: config.migrationsDirectory)
-        self.store = try AppDatabase(path: config.dbPath, migrationsDirectory: migrationsDirectory, clock: clock, logger: logger)
+        let migrations = try config.migrationsDirectory.map(Migration.load(from:)) ?? Migration.embedded
+        self.store = try AppDatabase(path: config.dbPath, migrations: migrations, clock: clock, logger: logger)
         try store.seedPolicies(admissionLimit: config.admissionLimitSeconds)
         self.signal = WorkerSignal()
         switch config.provider {
@@ -25,49 +31,80 @@ public struct SpotRuntime: Sendable {
             self.provider = WebhookProvider(
                 url: config.provisionWebhookURL!, secret: config.webhookSecret, timeoutSeconds: config.provisionTimeoutSeconds)
         }
-        SpotMetrics.bootstrap()
+        let metrics = SpotMetrics()
+        self.metrics = metrics
+        let feed = EventFeed(store: store, capacity: config.maxEventStreams, logger: logger) { metrics.eventStreams($0) }
+        self.feed = feed
+        // What each commit wrote: counted by type (the requeue count among them) and announced to the event streams.
+        store.batcher.observeCommits { events in
+            metrics.committed(events)
+            feed.poke()
+        }
+        self.bodyBudget = BodyBudget(capacity: config.maxBufferedBodyMiB << 20, deadline: .seconds(config.bodyTimeoutSeconds))
     }
 
     /// The background worker service.
     public func worker(logger: Logger) -> WorkflowWorker {
-        WorkflowWorker(store: store, config: config, provider: provider, signal: signal, logger: logger)
+        WorkflowWorker(store: store, config: config, provider: provider, signal: signal, metrics: metrics, logger: logger)
     }
 }
 
-/// Builds the router: middleware first, then one controller per resource.
+/// Builds the router: middleware first, then one controller per resource, each route with the access it needs.
 public func buildRouter(_ runtime: SpotRuntime) -> Router<AppRequestContext> {
     let router = Router(context: AppRequestContext.self)
-    let routes = RouteBook(router: router)
+    let routes = RouteBook(router: router, authorizer: Authorizer(store: runtime.store, adminToken: runtime.config.adminToken))
     router.add(middleware: ProblemMiddleware(routes: routes.table))
-    router.add(middleware: MetricsMiddleware())
-    router.add(middleware: AuthMiddleware(store: runtime.store, adminToken: runtime.config.adminToken))
-    let store = runtime.store
-    PoolController(store: store, signal: runtime.signal).register(on: routes)
-    NodeController(store: store, signal: runtime.signal).register(on: routes)
-    JobController(store: store, signal: runtime.signal).register(on: routes)
-    InterruptionController(store: store, signal: runtime.signal, webhookSecret: runtime.config.webhookSecret).register(on: routes)
-    ProvisioningController(store: store).register(on: routes)
-    PolicyController(store: store, signal: runtime.signal).register(on: routes)
-    EventController(store: store).register(on: routes)
-    TokenController(store: store).register(on: routes)
-    OpsController(store: store, migrationsDirectory: runtime.migrationsDirectory).register(on: routes)
+    router.add(middleware: RequestMetricsMiddleware(metrics: runtime.metrics))
+    router.add(middleware: BodyBudgetMiddleware(budget: runtime.bodyBudget))
+    registerRoutes(runtime, on: routes)
     return router
 }
 
-/// Builds the application: the HTTP server plus the worker, under one service group.
-public func buildApplication(_ runtime: SpotRuntime, logger: Logger = Logger(label: "spotd"), withWorker: Bool = true)
-    -> some ApplicationProtocol
-{
+/// Every controller's routes.
+func registerRoutes(_ runtime: SpotRuntime, on routes: RouteBook) {
+    let store = runtime.store
+    PoolController(store: store, signal: runtime.signal).register(on: routes)
+    NodeController(store: store, signal: runtime.signal).register(on: routes)
+    JobController(store: store, signal: runtime.signal, metrics: runtime.metrics).register(on: routes)
+    InterruptionController(store: store, signal: runtime.signal, metrics: runtime.metrics, webhookSecret: runtime.config.webhookSecret)
+        .register(on: routes)
+    ProvisioningController(store: store).register(on: routes)
+    PolicyController(store: store, signal: runtime.signal).register(on: routes)
+    EventController(store: store, feed: runtime.feed).register(on: routes)
+    TokenController(store: store, feed: runtime.feed).register(on: routes)
+    OpsController(store: store, metrics: runtime.metrics).register(on: routes)
+}
+
+/// Every route `buildRouter` serves, with the access each needs (for the role-matrix test).
+func registeredRoutes(_ runtime: SpotRuntime) -> [RouteTable.Route] {
+    let routes = RouteBook(router: Router(context: AppRequestContext.self), authorizer: Authorizer(store: runtime.store, adminToken: nil))
+    registerRoutes(runtime, on: routes)
+    return routes.table.routes
+}
+
+/// Builds the application: the HTTP server plus the worker, under one service group. `onServerRunning` is called
+/// once the server listens.
+public func buildApplication(
+    _ runtime: SpotRuntime, logger: Logger = Logger(label: "spotd"), withWorker: Bool = true,
+    onServerRunning: @escaping @Sendable () -> Void = {}
+) -> some ApplicationProtocol {
+    let config = runtime.config
+    let bodyDeadline = TimeAmount.seconds(config.bodyTimeoutSeconds + 1)
     var app = Application(
         router: buildRouter(runtime),
-        server: .http1(configuration: .init(idleTimeout: .seconds(runtime.config.idleTimeoutSeconds))),
+        server: .http1(
+            configuration: .init(
+                // Backstop for the body deadline: a request whose body has not ended a second after the deadline is
+                // closed at the connection, whether or not its handler reads the body.
+                additionalChannelHandlers: [RequestDeadlineHandler(deadline: bodyDeadline)],
+                idleTimeout: .seconds(config.idleTimeoutSeconds))),
         // A deep accept queue: a mass reclaim can deliver a thousand webhooks at once, and a full queue drops SYNs,
         // which the sender retries only after a second.
-        configuration: .init(address: .hostname(runtime.config.host, port: runtime.config.port), serverName: "spotd", backlog: 4096),
+        configuration: .init(address: .hostname(config.host, port: config.port), serverName: "spotd", backlog: 4096),
+        onServerRunning: { _ in onServerRunning() },
         logger: logger)
     if withWorker {
-        app.addServices(
-            runtime.worker(logger: logger), Checkpointer(path: runtime.config.dbPath, interval: .milliseconds(200), logger: logger))
+        app.addServices(runtime.worker(logger: logger), Checkpointer(path: config.dbPath, interval: .milliseconds(200), logger: logger))
     }
     return app
 }

@@ -19,8 +19,17 @@ public struct SpotConfig: Sendable {
     public var provisionTimeoutSeconds: Double = 300
     public var scaleDownIdleSeconds: Int64 = 600
     public var admissionLimitSeconds: Int64 = 3600
+    /// Finished records (jobs, interruptions, provisioning requests, terminated nodes) and events older than this go.
+    public var retentionDays: Int64 = 30
+    /// Most event streams open at once; past it a new one gets 503.
+    public var maxEventStreams = 256
+    /// A request body must arrive whole within this time.
+    public var bodyTimeoutSeconds: Int64 = 30
+    /// Most request-body bytes held in memory at once, over all requests.
+    public var maxBufferedBodyMiB = 64
     /// How often the worker looks for due work when nothing wakes it.
     public var workerIntervalSeconds: Double = 0.2
+    /// A folder of migrations to use instead of the built-in ones.
     public var migrationsDirectory: String?
     /// A connection that sends nothing for this long is closed (slow or stuck clients).
     public var idleTimeoutSeconds: Int64 = 60
@@ -32,21 +41,48 @@ public struct SpotConfig: Sendable {
         host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 
-    /// Checks the settings together; returns the reason they cannot run.
-    public func validate() -> String? {
+    /// Checks every setting, each against its range, before anything uses one: a value from a flag or a variable
+    /// is never used in arithmetic unchecked. Returns what is wrong, naming the flag.
+    public func validate() -> StartupError? {
+        func outside<T: Comparable>(_ value: T, _ range: ClosedRange<T>, _ flag: String, _ unit: String = "") -> StartupError? {
+            range.contains(value)
+                ? nil
+                : .setting(name: flag, detail: "must be between \(range.lowerBound) and \(range.upperBound)\(unit) (got \(value))")
+        }
+        func finite(_ value: Double, _ range: ClosedRange<Double>, _ flag: String) -> StartupError? {
+            value.isFinite
+                ? outside(value, range, flag, " seconds") : .setting(name: flag, detail: "must be a finite number (got \(value))")
+        }
+        if host.isEmpty { return .setting(name: "--host (SPOTD_HOST)", detail: "must not be empty") }
         if adminToken == nil && !isLoopback {
-            return "refusing to listen on \(host) without authentication: set SPOTD_ADMIN_TOKEN (or --admin-token), or listen on 127.0.0.1"
+            return .setting(
+                name: "--host (SPOTD_HOST)",
+                detail: "\(host) is not loopback, and auth is off: set --admin-token (SPOTD_ADMIN_TOKEN), or listen on 127.0.0.1")
         }
         if let token = adminToken, token.utf8.count < 16 {
-            return "the admin token must be at least 16 characters"
+            return .setting(name: "--admin-token (SPOTD_ADMIN_TOKEN)", detail: "must be at least 16 characters")
+        }
+        if let secret = webhookSecret, secret.isEmpty {
+            return .setting(name: "--webhook-secret (SPOTD_WEBHOOK_SECRET)", detail: "must not be empty")
         }
         if provider == .webhook && provisionWebhookURL == nil {
-            return "--provider webhook needs --provision-webhook-url (or SPOTD_PROVISION_WEBHOOK_URL)"
+            return .setting(name: "--provider webhook", detail: "needs --provision-webhook-url (or SPOTD_PROVISION_WEBHOOK_URL)")
         }
-        if !(1...65535).contains(port) { return "port must be between 1 and 65535" }
-        if drainMarginSeconds < 0 || drainMarginSeconds > 3600 { return "drain margin must be between 0 and 3600 seconds" }
-        if simBootSeconds < 0 || simBootSeconds > 3600 { return "sim boot time must be between 0 and 3600 seconds" }
-        return nil
+        let checks: [StartupError?] = [
+            outside(port, 0...65535, "--port (SPOTD_PORT)"),
+            outside(drainMarginSeconds, 0...3600, "--drain-margin-seconds (SPOTD_DRAIN_MARGIN_SECONDS)"),
+            finite(simBootSeconds, 0...3600, "--sim-boot-seconds (SPOTD_SIM_BOOT_SECONDS)"),
+            finite(provisionTimeoutSeconds, 1...86_400, "provision timeout"),
+            outside(scaleDownIdleSeconds, 0...2_592_000, "--scale-down-idle-seconds (SPOTD_SCALE_DOWN_IDLE_SECONDS)"),
+            outside(admissionLimitSeconds, 0...31_536_000, "admission limit"),
+            outside(retentionDays, 1...3650, "--retention-days (SPOTD_RETENTION_DAYS)"),
+            outside(maxEventStreams, 0...100_000, "--max-event-streams (SPOTD_MAX_EVENT_STREAMS)"),
+            outside(bodyTimeoutSeconds, 1...3600, "--body-timeout-seconds (SPOTD_BODY_TIMEOUT_SECONDS)"),
+            outside(maxBufferedBodyMiB, 1...65_536, "--max-buffered-body-mib (SPOTD_MAX_BUFFERED_BODY_MIB)"),
+            finite(workerIntervalSeconds, 0.01...60, "worker interval"),
+            outside(idleTimeoutSeconds, 1...86_400, "idle timeout"),
+        ]
+        return checks.compactMap { $0 }.first
     }
 
     /// Reads `SPOTD_*` variables into the settings a flag did not give.

@@ -2,7 +2,9 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import SpotCore
+import Synchronization
 
 /// `spotd`: the control plane for spot GPU reclaims.
 @main
@@ -10,6 +12,7 @@ struct Spotd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "spotd",
         abstract: "Keeps a GPU platform safe when clouds reclaim spot nodes.",
+        version: "spotd \(SpotVersion.current) (store schema \(SpotVersion.schema))",
         subcommands: [Serve.self, Migrate.self, TokenCommand.self, DemoCommand.self],
         defaultSubcommand: Serve.self)
 }
@@ -19,7 +22,7 @@ struct StoreOptions: ParsableArguments {
     @Option(help: "SQLite file (env SPOTD_DB; default ./spotd.sqlite).")
     var db: String?
 
-    @Option(help: "Folder of NNNN_name.sql migrations (env SPOTD_MIGRATIONS; default ./migrations or the package's).")
+    @Option(help: "Folder of NNNN_name.sql migrations to use instead of the built-in ones (env SPOTD_MIGRATIONS).")
     var migrations: String?
 
     func apply(to config: inout SpotConfig) {
@@ -35,10 +38,22 @@ func fail(_ message: String) -> Never {
     Foundation.exit(2)
 }
 
+/// A variable's value as a number; a value that does not parse stops spotd with a message naming the variable.
 func parsed<T: LosslessStringConvertible>(_ name: String, _ value: String?) -> T? {
     guard let value else { return nil }
-    guard let parsed = T(value) else { fail("\(name)=\(value) is not a valid value") }
+    guard let parsed = T(value) else { fail("\(name)=\(value) is not a valid \(T.self == Double.self ? "number" : "integer")") }
     return parsed
+}
+
+/// Opens the runtime, turning a startup error into a message that names what is wrong.
+func openRuntime(_ config: SpotConfig, logger: Logger = Logger(label: "spotd")) -> SpotRuntime {
+    do {
+        return try SpotRuntime(config: config, logger: logger)
+    } catch let error as StartupError {
+        fail(error.description)
+    } catch {
+        fail("cannot start: \(error)")
+    }
 }
 
 struct Serve: AsyncParsableCommand {
@@ -58,6 +73,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "URL the webhook provider POSTs requests to (env SPOTD_PROVISION_WEBHOOK_URL).") var provisionWebhookUrl: String?
     @Option(help: "Seconds an idle on-demand fallback node lives once spot is back (env SPOTD_SCALE_DOWN_IDLE_SECONDS; default 600).")
     var scaleDownIdleSeconds: Int64?
+    @Option(help: "Days finished records and events are kept (env SPOTD_RETENTION_DAYS; default 30).") var retentionDays: Int64?
+    @Option(help: "Most event streams open at once (env SPOTD_MAX_EVENT_STREAMS; default 256).") var maxEventStreams: Int?
+    @Option(help: "Seconds a request body has to arrive whole (env SPOTD_BODY_TIMEOUT_SECONDS; default 30).")
+    var bodyTimeoutSeconds: Int64?
+    @Option(help: "MiB of request bodies held in memory at once, over all requests (env SPOTD_MAX_BUFFERED_BODY_MIB; default 64).")
+    var maxBufferedBodyMib: Int?
 
     func config() -> SpotConfig {
         var config = SpotConfig()
@@ -89,12 +110,19 @@ struct Serve: AsyncParsableCommand {
         }
         config.scaleDownIdleSeconds =
             scaleDownIdleSeconds ?? parsed("SPOTD_SCALE_DOWN_IDLE_SECONDS", env("SPOTD_SCALE_DOWN_IDLE_SECONDS")) ?? 600
+        config.retentionDays = retentionDays ?? parsed("SPOTD_RETENTION_DAYS", env("SPOTD_RETENTION_DAYS")) ?? config.retentionDays
+        config.maxEventStreams =
+            maxEventStreams ?? parsed("SPOTD_MAX_EVENT_STREAMS", env("SPOTD_MAX_EVENT_STREAMS")) ?? config.maxEventStreams
+        config.bodyTimeoutSeconds =
+            bodyTimeoutSeconds ?? parsed("SPOTD_BODY_TIMEOUT_SECONDS", env("SPOTD_BODY_TIMEOUT_SECONDS")) ?? config.bodyTimeoutSeconds
+        config.maxBufferedBodyMiB =
+            maxBufferedBodyMib ?? parsed("SPOTD_MAX_BUFFERED_BODY_MIB", env("SPOTD_MAX_BUFFERED_BODY_MIB")) ?? config.maxBufferedBodyMiB
         return config
     }
 
     func run() async throws {
         let config = config()
-        if let problem = config.validate() { fail(problem) }
+        if let problem = config.validate() { fail(problem.description) }
         var logger = Logger(label: "spotd")
         logger.logLevel = env("LOG_LEVEL").flatMap(Logger.Level.init(rawValue:)) ?? .info
         if config.adminToken == nil {
@@ -102,15 +130,22 @@ struct Serve: AsyncParsableCommand {
                 "authentication is off: no admin token is configured, so spotd listens on loopback only",
                 metadata: ["host": "\(config.host)"])
         }
-        let runtime = try SpotRuntime(config: config, logger: logger)
+        let runtime = openRuntime(config, logger: logger)
         logger.info(
             "spotd starting",
             metadata: [
-                "address": "\(config.host):\(config.port)", "db": "\(config.dbPath)", "provider": "\(config.provider.rawValue)",
-                "auto_place": "\(config.autoPlace)", "signed_webhooks": "\(config.webhookSecret != nil)",
+                "version": "\(SpotVersion.current)", "address": "\(config.host):\(config.port)", "db": "\(config.dbPath)",
+                "provider": "\(config.provider.rawValue)", "auto_place": "\(config.autoPlace)",
+                "signed_webhooks": "\(config.webhookSecret != nil)",
             ])
-        let app = buildApplication(runtime, logger: logger)
-        try await app.runService()
+        let listening = Atomic(false)
+        let app = buildApplication(runtime, logger: logger) { listening.store(true, ordering: .relaxed) }
+        do {
+            try await app.runService()
+        } catch  where !listening.load(ordering: .relaxed) {
+            // Nothing listens yet: the address is the problem (in use, not ours, not resolvable).
+            fail(StartupError.listen(address: "\(config.host):\(config.port)", detail: listenFailure(error)).description)
+        }
         try runtime.store.close()
         logger.info("spotd stopped; store closed")
     }
@@ -123,7 +158,7 @@ struct Migrate: AsyncParsableCommand {
     func run() async throws {
         var config = SpotConfig()
         store.apply(to: &config)
-        let runtime = try SpotRuntime(config: config)
+        let runtime = openRuntime(config)
         try runtime.store.close()
         print("migrations applied to \(config.dbPath)")
     }
@@ -143,7 +178,7 @@ struct TokenCommand: AsyncParsableCommand {
             guard let role = Role(rawValue: role) else { fail("role must be one of admin, operator, scheduler, notifier, viewer") }
             var config = SpotConfig()
             store.apply(to: &config)
-            let runtime = try SpotRuntime(config: config)
+            let runtime = openRuntime(config)
             let created = try await runtime.store.createTokenForCLI(name: name, role: role)
             try runtime.store.close()
             print("id:    \(created.id)\nname:  \(name)\nrole:  \(role.rawValue)\ntoken: \(created.secret)")
@@ -163,4 +198,18 @@ struct DemoCommand: AsyncParsableCommand {
         let passed = try await Demo.run(options) { line in print(line) }
         if !passed { throw ExitCode(1) }
     }
+}
+
+/// Why the server could not listen, in words.
+func listenFailure(_ error: any Error) -> String {
+    if let error = error as? IOError {
+        switch error.errnoCode {
+        case EADDRINUSE: return "the address is already in use (another spotd, or another program, holds the port)"
+        case EACCES: return "permission denied (ports below 1024 need privileges)"
+        case EADDRNOTAVAIL: return "no network interface of this machine has that address"
+        default: return String(describing: error)
+        }
+    }
+    if let error = error as? SocketAddressError, case .unknown = error { return "the host name cannot be resolved" }
+    return String(describing: error)
 }

@@ -121,7 +121,7 @@ struct AuthTests {
     @Test func loopbackRefusalWithoutAuth() {
         var config = SpotConfig()
         config.host = "0.0.0.0"
-        #expect(config.validate()?.contains("SPOTD_ADMIN_TOKEN") == true)
+        #expect(config.validate()?.description.contains("SPOTD_ADMIN_TOKEN") == true)
         config.adminToken = "long-enough-admin-token"
         #expect(config.validate() == nil)
         config.host = "127.0.0.1"

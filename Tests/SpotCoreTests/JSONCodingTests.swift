@@ -14,12 +14,23 @@ struct JSONCodingTests {
         #expect(
             value
                 == .object([
-                    "a": .array([.int(1), .int(-2), .double(3.5), .double(1000), .bool(true), .bool(false), .null]),
+                    "a": .array([.int(1), .int(-2), .double(3.5), .int(1000), .bool(true), .bool(false), .null]),
                     "b": .object(["c": .string("dé\n\"\\/")]), "e": .string("😀"),
                 ]))
         #expect(try read("9223372036854775807") == .int(Int64.max))
         #expect(try read("92233720368547758070") == .double(9.223_372_036_854_775_808e19))
         #expect(try read("-0") == .int(0))
+        // JSON has one number type: a whole number is an integer however it is written, read exactly (no Double).
+        #expect(try read("9007199254740992.0") == .int(9_007_199_254_740_992))
+        #expect(try read("9007199254740993.0") == .int(9_007_199_254_740_993))
+        #expect(try read("1.5e1") == .int(15))
+        #expect(try read("100e-2") == .int(1))
+        #expect(try read("-0.0") == .int(0))
+        #expect(try read("0e99999") == .int(0))
+        #expect(try read("1.25e1") == .double(12.5))
+        #expect(try read("1e19") == .double(1e19))
+        #expect(try read("-9223372036854775808.0") == .int(Int64.min))
+        #expect(try read("9223372036854775808.0") == .double(9_223_372_036_854_775_808))
         #expect(try read("\"\"") == .string(""))
         #expect(try read("[]") == .array([]))
         #expect(try read("{}") == .object([:]))

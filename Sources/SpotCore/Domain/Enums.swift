@@ -58,3 +58,16 @@ public enum ProvisioningState: String, Sendable, CaseIterable, Codable {
 public enum Role: String, Sendable, CaseIterable, Codable {
     case admin, `operator`, scheduler, notifier, viewer
 }
+
+/// Rules for API token names, which appear as the actor of every event the token causes.
+enum TokenName {
+    /// Names spotd itself writes as actors: a token may not pass for one of them.
+    static let reserved: Set<String> = [
+        "admin", "anonymous", "worker", "autoscaler", "provisioner", "drill", "cli", "scheduler-loop", "operator", "system",
+    ]
+
+    /// Why a name cannot be used, or nil when it can (uniqueness is the store's to check).
+    static func refusal(_ name: String) -> String? {
+        reserved.contains(name.lowercased()) ? "'\(name)' is reserved for spotd's own actors; choose another name" : nil
+    }
+}

@@ -160,14 +160,24 @@ public struct PageRequest: Sendable, Equatable {
         self.after = after
     }
 
-    /// An opaque cursor: `c` and the last sequence number in hex. Every string of that shape is a valid cursor.
+    /// An opaque cursor: `c` and the last sequence number in lowercase hex. Every string of that shape is a valid
+    /// cursor (`^c[0-9a-f]{1,15}$`, as `openapi.yaml` says), and nothing else is.
     static func cursor(after seq: Int64) -> String {
         "c" + String(seq, radix: 16)
     }
 
     static func decodeCursor(_ text: String) -> Int64? {
-        guard text.hasPrefix("c"), (2...16).contains(text.utf8.count) else { return nil }
-        return Int64(text.dropFirst(), radix: 16).flatMap { $0 >= 0 ? $0 : nil }
+        let bytes = Array(text.utf8)
+        guard bytes.first == UInt8(ascii: "c"), (2...16).contains(bytes.count) else { return nil }
+        var value: Int64 = 0
+        for byte in bytes.dropFirst() {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = value << 4 | Int64(byte - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = value << 4 | Int64(byte - UInt8(ascii: "a") + 10)
+            default: return nil
+            }
+        }
+        return value
     }
 }
 

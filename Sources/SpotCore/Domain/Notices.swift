@@ -23,6 +23,16 @@ enum NoticeParser {
     /// Deadlines further than this from now are refused as nonsense.
     static let maxDeadlineSkew: Millis = 7 * 24 * 3600 * 1000
 
+    /// Most interruption records one request may create; a larger document is refused whole (413), so that one
+    /// sender cannot hold the single writer, or fill an answer, for everyone else.
+    static let maxRecordsPerRequest = 1000
+
+    static func tooManyRecords(_ count: Int, _ what: String) -> Problem {
+        Problem(
+            status: .contentTooLarge, type: "urn:spotd:problem:too-many-records", title: "Too many records",
+            detail: "the document names at least \(count) \(what); at most \(maxRecordsPerRequest) are taken per request: split it")
+    }
+
     /// The generic form: `{node_id, kind, deadline | notice_seconds, source, event_id}`.
     static func generic(_ body: JSONObject, now: Millis) throws -> Notice {
         try body.rejectUnknown(["node_id", "kind", "deadline", "notice_seconds", "source", "event_id"])
@@ -102,12 +112,14 @@ enum NoticeParser {
             throw Problem.invalidField(body.path + "instance_name", "or instance_id is required")
         }
         _ = try body.string("zone", maxLength: 256)
+        // As the metadata server says it: `TRUE` or `FALSE` (any case), or a JSON boolean. Anything else is malformed.
         let preempted: Bool
         switch body.fields["preempted"] {
         case .bool(let flag)?: preempted = flag
-        case .string(let text)?: preempted = text.uppercased() == "TRUE"
+        case .string(let text)? where text.lowercased() == "true": preempted = true
+        case .string(let text)? where text.lowercased() == "false": preempted = false
         case nil, .null?: throw Problem.invalidField(body.path + "preempted", "is required")
-        default: throw Problem.invalidField(body.path + "preempted", "must be true")
+        default: throw Problem.invalidField(body.path + "preempted", "must be true, false, \"TRUE\" or \"FALSE\"")
         }
         guard preempted else {
             throw Problem(
@@ -147,6 +159,7 @@ enum NoticeParser {
         let events = try body.array("Events", required: true, maxCount: 100)!
         var notices: [Notice] = []
         var ignored: [IgnoredNotice] = []
+        var ignoredResources = 0
         for (index, value) in events.enumerated() {
             let event = try JSONObject(value, path: "Events[\(index)].")
             let eventId = try event.string("EventId", required: true, maxLength: 256)!
@@ -172,8 +185,13 @@ enum NoticeParser {
                 throw Problem.invalidField("Events[\(index)].NotBefore", "must be an RFC 1123 time of at most 64 characters, or empty")
             }
             guard eventType == "Preempt" || eventType == "Terminate" else {
+                ignoredResources += resources.count
+                guard ignoredResources <= maxRecordsPerRequest else { throw tooManyRecords(ignoredResources, "VMs in ignored events") }
                 ignored.append(IgnoredNotice(eventId: eventId, eventType: eventType, resources: resources))
                 continue
+            }
+            guard notices.count + resources.count <= maxRecordsPerRequest else {
+                throw tooManyRecords(notices.count + resources.count, "interruption records (events x VMs)")
             }
             var deadline = now
             if let notBefore {

@@ -9,8 +9,8 @@ struct ProvisioningController {
     let store: AppDatabase
 
     func register(on routes: RouteBook) {
-        routes.add(.get, "/v1/provisioning-requests", use: list)
-        routes.add(.get, "/v1/provisioning-requests/:id", use: get)
+        routes.add(.get, "/v1/provisioning-requests", .read, use: list)
+        routes.add(.get, "/v1/provisioning-requests/:id", .read, use: get)
     }
 
     @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -35,8 +35,8 @@ struct PolicyController {
     let signal: WorkerSignal
 
     func register(on routes: RouteBook) {
-        routes.add(.get, "/v1/policies", use: list)
-        routes.add(.put, "/v1/policies/:tier", use: put)
+        routes.add(.get, "/v1/policies", .read, use: list)
+        routes.add(.put, "/v1/policies/:tier", .operate, use: put)
     }
 
     @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -50,7 +50,7 @@ struct PolicyController {
         guard let tier = Tier(rawValue: tierName) else {
             throw Problem.notFound("tier", tierName)
         }
-        let body = try await request.jsonObject()
+        let body = try await request.jsonObject(context)
         try body.rejectUnknown(["capacity_types", "max_uncheckpointable_spot_seconds", "spot_requires_checkpointable"])
         let items = try body.array("capacity_types", required: true, maxCount: 3)!
         var types: [CapacityType] = []
@@ -81,10 +81,11 @@ struct PolicyController {
 /// `/v1/events`: the audit log, as pages and as a live stream.
 struct EventController {
     let store: AppDatabase
+    let feed: EventFeed
 
     func register(on routes: RouteBook) {
-        routes.add(.get, "/v1/events", use: list)
-        routes.add(.get, "/v1/events/stream", use: stream)
+        routes.add(.get, "/v1/events", .read, use: list)
+        routes.add(.get, "/v1/events/stream", .read, use: stream)
     }
 
     private static let typePattern = NamePattern.identifier
@@ -98,40 +99,48 @@ struct EventController {
         return View.page(Page(items: events, nextCursor: next), View.event).response()
     }
 
-    /// Server-Sent Events: each event as `id`, `event` (its type) and `data` (its JSON), live until the client leaves.
+    /// Server-Sent Events: each event as `id`, `event` (its type) and `data` (its JSON), live until the client leaves,
+    /// its token is revoked, or the server stops. Fed by the shared `EventFeed`; at most `capacity` at once (503 past it).
     @Sendable func stream(_ request: Request, context: AppRequestContext) async throws -> Response {
         let query = try Query(request, allowed: ["since", "type"])
         let type = try query.string("type", pattern: Self.typePattern)
         var start = try query.int("since", range: 0...Int64.max)
         // A reconnecting EventSource sends the last id it saw; `since` wins when both are given.
         if let header = request.headers[HTTPField.Name("Last-Event-ID")!] {
-            guard let lastEventId = Int64(header), lastEventId >= 0 else {
-                throw Problem.invalidField("header.Last-Event-ID", "must be an event id (a non-negative integer)")
+            guard let lastEventId = StrictInteger.parse(header) else {
+                throw Problem.invalidField("header.Last-Event-ID", "must be an event id (a non-negative decimal integer)")
             }
             if start == nil { start = lastEventId }
         }
         let from: Int64
         if let start { from = start } else { from = try await store.lastEventId() }
-        let store = self.store
+        let subscription: EventFeed.Subscription
+        do {
+            subscription = try feed.subscribe(from: from, type: type, tokenId: context.caller.tokenId)
+        } catch {
+            throw Problem.busy("at most \(feed.capacity) event streams may be open at once")
+        }
         let body = ResponseBody { writer in
-            var last = from
-            var idle = 0
-            try await writer.write(ByteBuffer(string: ": spotd event stream\n\n"))
-            while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                let events = try await store.events(since: last, type: type, limit: 500)
-                if events.isEmpty {
-                    idle += 1
-                    if idle % 60 == 0 { try await writer.write(ByteBuffer(string: ": keep-alive\n\n")) }
-                    try await Task.sleep(for: .milliseconds(250))
-                    continue
+            // Ends the stream as soon as the client goes away, not at the next write.
+            try await request.body.consumeWithCancellationOnInboundClose { _ in
+                try await writer.write(ByteBuffer(string: ": spotd event stream\n\n"))
+                // A server shutting down ends its streams, so that it need not wait for their clients.
+                try await withGracefulShutdownHandler {
+                    for await item in subscription.items {
+                        switch item {
+                        case .keepAlive:
+                            try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                        case .events(let events):
+                            var chunk = ""
+                            for event in events {
+                                chunk += "id: \(event.id)\nevent: \(event.type)\ndata: \(View.event(event).jsonText)\n\n"
+                            }
+                            try await writer.write(ByteBuffer(string: chunk))
+                        }
+                    }
+                } onGracefulShutdown: {
+                    subscription.end()
                 }
-                idle = 0
-                var chunk = ""
-                for event in events {
-                    chunk += "id: \(event.id)\nevent: \(event.type)\ndata: \(View.event(event).jsonText)\n\n"
-                    last = event.id
-                }
-                try await writer.write(ByteBuffer(string: chunk))
             }
             try await writer.finish(nil)
         }
@@ -143,20 +152,22 @@ struct EventController {
 /// `/v1/tokens`: API tokens with roles (admin only).
 struct TokenController {
     let store: AppDatabase
+    let feed: EventFeed
 
     func register(on routes: RouteBook) {
-        routes.add(.post, "/v1/tokens", use: create)
-        routes.add(.get, "/v1/tokens", use: list)
-        routes.add(.delete, "/v1/tokens/:id", use: delete)
+        routes.add(.post, "/v1/tokens", .admin, use: create)
+        routes.add(.get, "/v1/tokens", .admin, use: list)
+        routes.add(.delete, "/v1/tokens/:id", .admin, use: delete)
     }
 
     @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let body = try await request.jsonObject()
+        let body = try await request.jsonObject(context)
         try body.rejectUnknown(["name", "role"])
+        let name = try body.string("name", required: true, maxLength: 64, pattern: .identifier)!
+        if let reason = TokenName.refusal(name) { throw Problem.unprocessable("name", reason) }
         let (token, secret) = try await store.createToken(
-            name: try body.string("name", required: true, maxLength: 64, pattern: .identifier)!,
-            role: try body.enumeration("role", Role.self, required: true)!, actor: context.caller.name)
+            name: name, role: try body.enumeration("role", Role.self, required: true)!, actor: context.caller.name)
         return View.token(token, secret: secret).response(.created)
     }
 
@@ -167,7 +178,10 @@ struct TokenController {
 
     @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        try await store.revokeToken(try context.parameters.require("id"), actor: context.caller.name)
+        let id = try context.parameters.require("id")
+        try await store.revokeToken(id, actor: context.caller.name)
+        // Its open event streams end now, not at their next event.
+        feed.revoke(tokenId: id)
         return Response(status: .noContent)
     }
 }
@@ -175,13 +189,13 @@ struct TokenController {
 /// Health, readiness, metrics and the summary.
 struct OpsController {
     let store: AppDatabase
-    let migrationsDirectory: URL
+    let metrics: SpotMetrics
 
     func register(on routes: RouteBook) {
-        routes.add(.get, "/healthz", use: health)
-        routes.add(.get, "/readyz", use: ready)
-        routes.add(.get, "/metrics", use: metrics)
-        routes.add(.get, "/v1/summary", use: summary)
+        routes.add(.get, "/healthz", .open, use: health)
+        routes.add(.get, "/readyz", .open, use: ready)
+        routes.add(.get, "/metrics", .read, use: metrics)
+        routes.add(.get, "/v1/summary", .read, use: summary)
     }
 
     @Sendable func health(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -189,7 +203,7 @@ struct OpsController {
     }
 
     @Sendable func ready(_ request: Request, context: AppRequestContext) async throws -> Response {
-        guard store.isReady(migrationsDirectory: migrationsDirectory) else {
+        guard await store.isReady() else {
             throw Problem(
                 status: .serviceUnavailable, type: "urn:spotd:problem:not-ready", title: "Not ready",
                 detail: "the store is unreachable or its migrations are not all applied")
@@ -201,11 +215,11 @@ struct OpsController {
         _ = try Query(request, allowed: [])
         let summary = try await store.summary()
         for tier in Tier.allCases {
-            SpotMetrics.queueDepth(tier: tier.rawValue, depth: summary.jobs[tier]?[.queued] ?? 0)
+            metrics.queueDepth(tier: tier.rawValue, depth: summary.jobs[tier]?[.queued] ?? 0)
         }
         return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-            body: .init(byteBuffer: ByteBuffer(string: SpotMetrics.render())))
+            body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
     }
 
     @Sendable func summary(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -215,7 +229,7 @@ struct OpsController {
         for (pool, stats) in summary.pools {
             var entry = capacity[pool.capacityType.rawValue, default: [:]]
             entry["gpus_total", default: 0] += stats.gpusTotal
-            entry["gpus_free", default: 0] += stats.gpusTotal - stats.gpusAllocated
+            entry["gpus_free", default: 0] += stats.gpusFree
             for state in NodeState.allCases { entry["nodes_\(state.rawValue)", default: 0] += stats.nodesByState[state] ?? 0 }
             capacity[pool.capacityType.rawValue] = entry
         }
@@ -233,7 +247,7 @@ struct OpsController {
                     return .object([
                         "name": .string(pool.name), "capacity_type": .string(pool.capacityType.rawValue), "gpu_type": .string(pool.gpuType),
                         "nodes": .object(nodes), "gpus_total": .int(Int64(stats.gpusTotal)),
-                        "gpus_free": .int(Int64(stats.gpusTotal - stats.gpusAllocated)),
+                        "gpus_free": .int(Int64(stats.gpusFree)),
                     ])
                 }),
             "capacity_types": .object(capacity.mapValues { .object($0.mapValues { .int(Int64($0)) }) }),

@@ -7,79 +7,96 @@ import NIOCore
 struct InterruptionController {
     let store: AppDatabase
     let signal: WorkerSignal
+    let metrics: SpotMetrics
     let webhookSecret: String?
 
     func register(on routes: RouteBook) {
-        routes.add(.post, "/v1/interruptions", use: generic)
-        routes.add(.post, "/v1/interruptions/aws", use: aws)
-        routes.add(.post, "/v1/interruptions/gcp", use: gcp)
-        routes.add(.post, "/v1/interruptions/azure", use: azure)
-        routes.add(.get, "/v1/interruptions", use: list)
-        routes.add(.get, "/v1/interruptions/:id", use: get)
+        routes.add(.post, "/v1/interruptions", .notify, use: generic)
+        routes.add(.post, "/v1/interruptions/aws", .notify, use: aws)
+        routes.add(.post, "/v1/interruptions/gcp", .notify, use: gcp)
+        routes.add(.post, "/v1/interruptions/azure", .notify, use: azure)
+        routes.add(.get, "/v1/interruptions", .read, use: list)
+        routes.add(.get, "/v1/interruptions/:id", .read, use: get)
+    }
+
+    /// A notice body that passed the signature check (when a webhook secret is set).
+    struct SignedBody {
+        var object: JSONObject
+        /// The verified signature: a replay of this exact request records nothing new.
+        var replayKey: String?
     }
 
     /// Reads the body and checks its signature when a webhook secret is set: nothing is parsed before that.
-    private func signedBody(_ request: Request) async throws -> JSONObject {
+    private func signedBody(_ request: Request, _ context: AppRequestContext) async throws -> SignedBody {
         _ = try Query(request, allowed: [])
-        let data = try await request.collectLimited()
-        if let secret = webhookSecret,
-            let failure = Signature.verify(
+        let data = try await request.collectLimited(context)
+        var replayKey: String?
+        if let secret = webhookSecret {
+            switch Signature.verify(
                 secret: secret, timestamp: request.headers[HTTPField.Name("X-Spotd-Timestamp")!],
                 signature: request.headers[HTTPField.Name("X-Spotd-Signature")!], body: data, now: store.clock.now())
-        {
-            throw Problem.unauthorized("webhook signature refused: \(failure)")
-        }
-        return try JSONObject(JSONValue.parse(data))
-    }
-
-    private func record(_ notices: [Notice], ignored: [IgnoredNotice] = [], context: AppRequestContext, started: ContinuousClock.Instant)
-        async throws -> [(InterruptionDetail, Bool)]
-    {
-        let results = try await store.recordNotices(notices, ignored: ignored, actor: context.caller.name)
-        let elapsed = ContinuousClock.now - started
-        for (detail, created) in results where created {
-            SpotMetrics.notice(source: detail.interruption.source, kind: detail.interruption.kind.rawValue)
-            if detail.interruption.state != .unmatched {
-                SpotMetrics.cordonLatency(
-                    nanoseconds: elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+            {
+            case .refused(let failure): throw Problem.unauthorized("webhook signature refused: \(failure)")
+            case .valid(let digest): replayKey = digest
             }
         }
-        if results.contains(where: { $0.1 }) { signal.poke() }
-        return results
+        return SignedBody(object: try JSONObject(JSONValue.parse(data)), replayKey: replayKey)
     }
 
-    private func single(_ notice: Notice, context: AppRequestContext, started: ContinuousClock.Instant) async throws -> Response {
-        let (detail, created) = try await record([notice], context: context, started: started)[0]
+    private func record(
+        _ notices: [Notice], ignored: [IgnoredNotice] = [], replayKey: String?, context: AppRequestContext,
+        started: ContinuousClock.Instant
+    ) async throws -> NoticeOutcome {
+        let outcome = try await store.recordNotices(notices, ignored: ignored, replayKey: replayKey, actor: context.caller.name)
+        let elapsed = ContinuousClock.now - started
+        for (detail, created) in outcome.results where created {
+            metrics.notice(source: detail.interruption.source, kind: detail.interruption.kind.rawValue)
+            if detail.interruption.state != .unmatched {
+                metrics.cordonLatency(elapsed)
+            }
+        }
+        if outcome.results.contains(where: { $0.1 }) { signal.poke() }
+        return outcome
+    }
+
+    private func single(_ notice: Notice, replayKey: String?, context: AppRequestContext, started: ContinuousClock.Instant)
+        async throws -> Response
+    {
+        let (detail, created) = try await record([notice], replayKey: replayKey, context: context, started: started).results[0]
         return View.interruption(detail).response(created ? .accepted : .ok)
     }
 
     @Sendable func generic(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
-        let body = try await signedBody(request)
-        return try await single(try NoticeParser.generic(body, now: store.clock.now()), context: context, started: started)
+        let body = try await signedBody(request, context)
+        let notice = try NoticeParser.generic(body.object, now: store.clock.now())
+        return try await single(notice, replayKey: body.replayKey, context: context, started: started)
     }
 
     @Sendable func aws(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
-        let body = try await signedBody(request)
-        return try await single(try NoticeParser.aws(body, now: store.clock.now()), context: context, started: started)
+        let body = try await signedBody(request, context)
+        let notice = try NoticeParser.aws(body.object, now: store.clock.now())
+        return try await single(notice, replayKey: body.replayKey, context: context, started: started)
     }
 
     @Sendable func gcp(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
-        let body = try await signedBody(request)
-        return try await single(try NoticeParser.gcp(body, now: store.clock.now()), context: context, started: started)
+        let body = try await signedBody(request, context)
+        let notice = try NoticeParser.gcp(body.object, now: store.clock.now())
+        return try await single(notice, replayKey: body.replayKey, context: context, started: started)
     }
 
-    /// A Scheduled Events document may carry many events and many VMs: one record per VM, all in one transaction.
+    /// A Scheduled Events document may carry many events and many VMs: one record per VM, all in one transaction
+    /// (at most `NoticeParser.maxRecordsPerRequest`).
     @Sendable func azure(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
-        let body = try await signedBody(request)
-        let (notices, ignored) = try NoticeParser.azure(body, now: store.clock.now())
-        let results = try await record(notices, ignored: ignored, context: context, started: started)
-        let anyNew = results.contains { $0.1 } || !ignored.isEmpty
+        let body = try await signedBody(request, context)
+        let (notices, ignored) = try NoticeParser.azure(body.object, now: store.clock.now())
+        let outcome = try await record(notices, ignored: ignored, replayKey: body.replayKey, context: context, started: started)
+        let anyNew = !outcome.replayed && (outcome.results.contains { $0.1 } || !ignored.isEmpty)
         return JSONValue.object([
-            "items": .array(results.map { View.interruption($0.0) }),
+            "items": .array(outcome.results.map { View.interruption($0.0) }),
             "ignored": .array(
                 ignored.map {
                     .object([

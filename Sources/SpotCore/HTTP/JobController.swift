@@ -4,21 +4,22 @@ import Hummingbird
 struct JobController {
     let store: AppDatabase
     let signal: WorkerSignal
+    let metrics: SpotMetrics
 
     func register(on routes: RouteBook) {
-        routes.add(.post, "/v1/jobs", use: create)
-        routes.add(.get, "/v1/jobs", use: list)
-        routes.add(.get, "/v1/jobs/:id", use: get)
-        routes.add(.post, "/v1/jobs/:id/checkpoints", use: checkpoint)
-        routes.add(.post, "/v1/jobs/:id/complete", use: complete)
-        routes.add(.post, "/v1/jobs/:id/fail", use: fail)
-        routes.add(.post, "/v1/jobs/:id/cancel", use: cancel)
-        routes.add(.post, "/v1/placements", use: place)
+        routes.add(.post, "/v1/jobs", .schedule, use: create)
+        routes.add(.get, "/v1/jobs", .read, use: list)
+        routes.add(.get, "/v1/jobs/:id", .read, use: get)
+        routes.add(.post, "/v1/jobs/:id/checkpoints", .schedule, use: checkpoint)
+        routes.add(.post, "/v1/jobs/:id/complete", .schedule, use: complete)
+        routes.add(.post, "/v1/jobs/:id/fail", .schedule, use: fail)
+        routes.add(.post, "/v1/jobs/:id/cancel", .schedule, use: cancel)
+        routes.add(.post, "/v1/placements", .schedule, use: place)
     }
 
     @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let body = try await request.jsonObject()
+        let body = try await request.jsonObject(context)
         try body.rejectUnknown(["id", "tier", "gpus", "gpu_type", "checkpointable", "expected_duration_seconds", "priority"])
         let submission = JobSubmission(
             id: try body.string("id", maxLength: 128, pattern: .identifier) ?? AppDatabase.newId("job"),
@@ -52,7 +53,7 @@ struct JobController {
 
     @Sendable func checkpoint(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let body = try await request.jsonObject()
+        let body = try await request.jsonObject(context)
         try body.rejectUnknown(["uri", "step", "attempt"])
         let job = try await store.reportCheckpoint(
             jobId: try context.parameters.require("id"), uri: try body.string("uri", required: true, maxLength: 2048)!,
@@ -76,7 +77,7 @@ struct JobController {
 
     private func finish(_ request: Request, context: AppRequestContext, outcome: JobOutcome) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let body = try await request.optionalJSONObject()
+        let body = try await request.optionalJSONObject(context)
         try body.rejectUnknown(["attempt", "reason"])
         let job = try await store.finishJob(
             try context.parameters.require("id"), outcome: outcome, attempt: try body.int("attempt", range: 0...1_000_000_000),
@@ -87,20 +88,20 @@ struct JobController {
 
     @Sendable func place(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let body = try await request.jsonObject()
+        let body = try await request.jsonObject(context)
         try body.rejectUnknown(["job_id", "dry_run"])
         let jobId = try body.string("job_id", required: true, maxLength: 128, pattern: .identifier)!
         let dryRun = try body.bool("dry_run") ?? false
         do {
             let result = try await store.place(jobId: jobId, dryRun: dryRun, actor: context.caller.name)
-            SpotMetrics.placement(dryRun ? "dry_run" : "placed")
+            metrics.placement(dryRun ? "dry_run" : "placed")
             return JSONValue.object([
                 "job_id": .string(result.jobId), "node_id": .string(result.nodeId), "pool": .string(result.pool),
                 "capacity_type": .string(result.capacityType.rawValue), "attempt": .int(result.attempt),
                 "reasons": .array(result.reasons.map(JSONValue.string)), "dry_run": .bool(dryRun),
             ]).response(dryRun ? .ok : .created)
         } catch let problem as Problem where problem.type == "urn:spotd:problem:no-capacity" {
-            SpotMetrics.placement("no_capacity")
+            metrics.placement("no_capacity")
             signal.poke()
             throw problem
         }

@@ -6,18 +6,18 @@ struct NodeController {
     let signal: WorkerSignal
 
     func register(on routes: RouteBook) {
-        routes.add(.post, "/v1/nodes", use: create)
-        routes.add(.get, "/v1/nodes", use: list)
-        routes.add(.get, "/v1/nodes/:id", use: get)
-        routes.add(.post, "/v1/nodes/:id/cordon", use: cordon)
-        routes.add(.post, "/v1/nodes/:id/uncordon", use: uncordon)
-        routes.add(.post, "/v1/nodes/:id/drain", use: drain)
-        routes.add(.delete, "/v1/nodes/:id", use: delete)
+        routes.add(.post, "/v1/nodes", .operate, use: create)
+        routes.add(.get, "/v1/nodes", .read, use: list)
+        routes.add(.get, "/v1/nodes/:id", .read, use: get)
+        routes.add(.post, "/v1/nodes/:id/cordon", .operate, use: cordon)
+        routes.add(.post, "/v1/nodes/:id/uncordon", .operate, use: uncordon)
+        routes.add(.post, "/v1/nodes/:id/drain", .operate, use: drain)
+        routes.add(.delete, "/v1/nodes/:id", .operate, use: delete)
     }
 
     @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let body = try await request.jsonObject()
+        let body = try await request.jsonObject(context)
         try body.rejectUnknown(["id", "pool", "gpus", "provisioning_request_id"])
         let detail = try await store.registerNode(
             id: try body.string("id", required: true, maxLength: 128, pattern: .identifier)!,
@@ -48,13 +48,13 @@ struct NodeController {
 
     @Sendable func cordon(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        try (try await request.optionalJSONObject()).rejectUnknown([])
+        try (try await request.optionalJSONObject(context)).rejectUnknown([])
         return await View.node(try store.cordon(try context.parameters.require("id"), actor: context.caller.name)).response()
     }
 
     @Sendable func uncordon(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        try (try await request.optionalJSONObject()).rejectUnknown([])
+        try (try await request.optionalJSONObject(context)).rejectUnknown([])
         let detail = try await store.uncordon(try context.parameters.require("id"), actor: context.caller.name)
         signal.poke()
         return View.node(detail).response()
@@ -63,7 +63,7 @@ struct NodeController {
     /// Starts the interruption workflow by hand, with an operator-given deadline (default: 120 s from now).
     @Sendable func drain(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let body = try await request.optionalJSONObject()
+        let body = try await request.optionalJSONObject(context)
         try body.rejectUnknown(["deadline", "notice_seconds"])
         let now = store.clock.now()
         var deadline = now + 120_000

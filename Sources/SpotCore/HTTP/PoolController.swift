@@ -6,16 +6,16 @@ struct PoolController {
     let signal: WorkerSignal
 
     func register(on routes: RouteBook) {
-        routes.add(.post, "/v1/pools", use: create)
-        routes.add(.get, "/v1/pools", use: list)
-        routes.add(.get, "/v1/pools/:name", use: get)
-        routes.add(.patch, "/v1/pools/:name", use: patch)
-        routes.add(.delete, "/v1/pools/:name", use: delete)
+        routes.add(.post, "/v1/pools", .operate, use: create)
+        routes.add(.get, "/v1/pools", .read, use: list)
+        routes.add(.get, "/v1/pools/:name", .read, use: get)
+        routes.add(.patch, "/v1/pools/:name", .operate, use: patch)
+        routes.add(.delete, "/v1/pools/:name", .operate, use: delete)
     }
 
     @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let body = try await request.jsonObject()
+        let body = try await request.jsonObject(context)
         try body.rejectUnknown([
             "name", "capacity_type", "gpu_type", "gpus_per_node", "zone", "instance_type", "hourly_price", "min_nodes", "max_nodes",
             "stockout",
@@ -57,7 +57,7 @@ struct PoolController {
     @Sendable func patch(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         let name = try context.parameters.require("name")
-        let body = try await request.jsonObject()
+        let body = try await request.jsonObject(context)
         for immutable in ["name", "capacity_type", "gpu_type", "gpus_per_node"] where body.fields[immutable] != nil {
             throw Problem.invalidField(immutable, "cannot be changed; create a new pool instead")
         }

@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import NIOHTTP1
 
 /// An RFC 9457 problem: every refusal spotd gives is one of these, as `application/problem+json`.
 public struct Problem: Error, HTTPResponseError, Sendable, Equatable {
@@ -77,6 +78,22 @@ public struct Problem: Error, HTTPResponseError, Sendable, Equatable {
         status: .contentTooLarge, type: "urn:spotd:problem:too-large", title: "Request body too large",
         detail: "request bodies are limited to 1 MiB (1048576 bytes)")
 
+    /// The body did not arrive whole in time; the connection is closed after the answer.
+    static func bodyTimeout(_ deadline: Duration) -> Problem {
+        var problem = Problem(
+            status: .requestTimeout, type: "urn:spotd:problem:body-timeout", title: "Request body too slow",
+            detail: "the request body must arrive whole within \(deadline.components.seconds) s")
+        problem.headers[.connection] = "close"
+        return problem
+    }
+
+    /// The server is at a limit that protects the other clients; try again shortly.
+    static func busy(_ detail: String) -> Problem {
+        var problem = Problem(status: .serviceUnavailable, type: "urn:spotd:problem:busy", title: "Busy", detail: detail)
+        problem.headers[.retryAfter] = "1"
+        return problem
+    }
+
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var body: [String: JSONValue] = extra
         body["type"] = .string(type)
@@ -132,6 +149,11 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             }
         case is NIOTooManyBytesError:
             return .tooLarge
+        case let error as HTTPParserError:
+            // A malformed request body (a bad chunk size, say) is the client's fault, and the connection cannot be reused.
+            var problem = Problem.badRequest("the request is not valid HTTP/1.1: \(error)")
+            problem.headers[.connection] = "close"
+            return problem
         default:
             context.logger.error("request failed", metadata: ["error": "\(String(reflecting: error))"])
             return Problem(

@@ -2,41 +2,60 @@ import HTTPTypes
 import Hummingbird
 import Synchronization
 
-/// Registers routes on the router and remembers which methods each path allows, so that a wrong method
-/// gets 405 with an `Allow` header rather than 404.
+/// Registers routes on the router, each with the access it needs, and remembers which methods each path allows,
+/// so that a wrong method gets 405 with an `Allow` header rather than 404.
 struct RouteBook {
     let router: Router<AppRequestContext>
+    let authorizer: Authorizer
     let table = RouteTable()
 
+    /// Adds a route whose handler runs only for a caller that `access` admits. The check wraps the handler itself,
+    /// so whichever spelling of a path the router resolves to this route (`//v1/tokens`, `/v1//tokens`, an
+    /// absolute-form target), the same check runs.
     func add(
-        _ method: HTTPRequest.Method, _ path: String,
+        _ method: HTTPRequest.Method, _ path: String, _ access: Access,
         use handler: @escaping @Sendable (Request, AppRequestContext) async throws -> Response
     ) {
-        router.on(RouterPath(path), method: method, use: handler)
-        table.record(method, path)
+        let authorizer = self.authorizer
+        router.on(RouterPath(path), method: method) { request, context in
+            var context = context
+            context.caller = try await authorizer.caller(for: request, access: access)
+            return try await handler(request, context)
+        }
+        table.record(method, path, access)
     }
 }
 
-/// Path templates and their methods.
+/// Path templates, their methods and the access each needs.
 final class RouteTable: Sendable {
-    private let templates = Mutex<[(segments: [Substring], methods: Set<HTTPRequest.Method>)]>([])
+    struct Route: Sendable, Equatable {
+        var method: HTTPRequest.Method
+        var path: String
+        var access: Access
+    }
 
-    func record(_ method: HTTPRequest.Method, _ path: String) {
+    private let state = Mutex<(routes: [Route], templates: [(segments: [Substring], methods: Set<HTTPRequest.Method>)])>(([], []))
+
+    func record(_ method: HTTPRequest.Method, _ path: String, _ access: Access) {
         let segments = path.split(separator: "/")
-        templates.withLock { templates in
-            if let index = templates.firstIndex(where: { $0.segments == segments }) {
-                templates[index].methods.insert(method)
+        state.withLock { state in
+            state.routes.append(Route(method: method, path: path, access: access))
+            if let index = state.templates.firstIndex(where: { $0.segments == segments }) {
+                state.templates[index].methods.insert(method)
             } else {
-                templates.append((segments, [method]))
+                state.templates.append((segments, [method]))
             }
         }
     }
 
+    /// Every registered route, in registration order.
+    var routes: [Route] { state.withLock { $0.routes } }
+
     /// The methods allowed on a concrete path, or nil when no route has that path.
     func allowedMethods(path: String) -> Set<HTTPRequest.Method>? {
         let segments = path.split(separator: "/")
-        let literalFirst = templates.withLock { templates in
-            templates.filter { template in
+        let literalFirst = state.withLock { state in
+            state.templates.filter { template in
                 template.segments.count == segments.count
                     && zip(template.segments, segments).allSatisfy { $0.hasPrefix(":") || $0 == $1 }
             }

@@ -72,32 +72,6 @@ public struct WebhookProvider: Provider {
     }
 }
 
-/// HMAC-SHA256 signatures over `"<timestamp>.<raw body>"`.
-enum Signature {
-    static func hex(secret: String, timestamp: String, body: Data) -> String {
-        var message = Data(timestamp.utf8)
-        message.append(0x2E)
-        message.append(body)
-        let mac = HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: Data(secret.utf8)))
-        return Hex.encode(mac)
-    }
-
-    /// Checks a signature in constant time; `nil` when valid, else why not.
-    static func verify(secret: String, timestamp: String?, signature: String?, body: Data, now: Millis) -> String? {
-        guard let timestamp, let seconds = Int64(timestamp) else { return "X-Spotd-Timestamp is missing or not unix seconds" }
-        guard let signature, signature.hasPrefix("sha256=") else { return "X-Spotd-Signature is missing or not sha256=<hex>" }
-        guard abs(now / 1000 - seconds) <= 300 else { return "X-Spotd-Timestamp is more than 5 minutes from now" }
-        guard let given = Data(hexString: String(signature.dropFirst(7))), given.count == 32 else {
-            return "X-Spotd-Signature is not 64 hex digits"
-        }
-        var message = Data(timestamp.utf8)
-        message.append(0x2E)
-        message.append(body)
-        let valid = HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: message, using: SymmetricKey(data: Data(secret.utf8)))
-        return valid ? nil : "X-Spotd-Signature does not match the body"
-    }
-}
-
 extension Data {
     init?(hexString: String) {
         guard hexString.utf8.count % 2 == 0 else { return nil }

@@ -13,10 +13,15 @@ public final class AppDatabase: Sendable {
     let clock: any SpotClock
     let logger: Logger
 
-    /// Opens (creating if needed) the store at `path` and applies the migrations found in `migrationsDirectory`.
-    public init(path: String, migrationsDirectory: URL, clock: any SpotClock = SystemClock(), logger: Logger = Logger(label: "spotd.store"))
-        throws
-    {
+    /// The migrations this store was opened with; `/readyz` compares the store against them.
+    let migrations: [Migration]
+
+    /// Opens (creating if needed) the store at `path` and applies `migrations` (by default those built into the
+    /// binary). Errors name the path and what is wrong with it.
+    public init(
+        path: String, migrations: [Migration] = Migration.embedded, clock: any SpotClock = SystemClock(),
+        logger: Logger = Logger(label: "spotd.store")
+    ) throws {
         var configuration = Configuration()
         configuration.foreignKeysEnabled = true
         configuration.busyMode = .timeout(10)
@@ -27,19 +32,32 @@ public final class AppDatabase: Sendable {
             // The Checkpointer service checkpoints off the write path; this threshold (40 MiB of WAL) is the net.
             try db.execute(sql: "PRAGMA wal_autocheckpoint = 10000")
         }
-        self.writer = try DatabasePool(path: path, configuration: configuration)
+        do {
+            self.writer = try DatabasePool(path: path, configuration: configuration)
+        } catch let error as DatabaseError {
+            throw StartupError.database(path: path, detail: StartupError.explain(error))
+        }
         self.batcher = WriteBatcher(writer: writer)
         self.clock = clock
         self.logger = logger
-        try Migrator(directory: migrationsDirectory, logger: logger).apply(to: writer)
+        self.migrations = migrations
+        do {
+            try Migrator(migrations: migrations, logger: logger).apply(to: writer)
+        } catch let error as MigrationError {
+            throw StartupError.database(path: path, detail: error.description)
+        } catch let error as DatabaseError {
+            throw StartupError.database(path: path, detail: StartupError.explain(error))
+        }
     }
 
-    /// Whether the store answers and every known migration is applied.
-    public func isReady(migrationsDirectory: URL) -> Bool {
+    /// Whether the store answers and every migration this binary knows is applied (no file is read).
+    public func isReady() async -> Bool {
+        let newest = migrations.map(\.version).max() ?? 0
         do {
-            let expected = try Migrator(directory: migrationsDirectory, logger: logger).files().count
-            let applied = try writer.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM schema_migrations") ?? 0 }
-            return applied >= expected
+            let applied = try await read { db in
+                try Int.fetchOne(db.cachedStatement(sql: "SELECT COALESCE(MAX(version), 0) FROM schema_migrations")) ?? 0
+            }
+            return applied >= newest
         } catch {
             return false
         }
@@ -70,85 +88,104 @@ public final class AppDatabase: Sendable {
     }
 }
 
-/// Applies `migrations/NNNN_name.sql` in order, recording each in `schema_migrations`.
+/// One schema change: `NNNN_name.sql`, applied once, in order, and recorded with its checksum.
+public struct Migration: Sendable, Equatable {
+    public var version: Int
+    public var name: String
+    public var sql: String
+    public var checksum: String
+
+    /// A migration from its file name (`NNNN_name.sql`) and text; nil when the name has no version.
+    init?(file name: String, sql: String) {
+        guard name.hasSuffix(".sql"), let version = Int(name.prefix { $0.isASCII && $0.isNumber }.prefix(9)), version > 0 else {
+            return nil
+        }
+        self.version = version
+        self.name = name
+        self.sql = sql
+        self.checksum = Hex.encode(SHA256.hash(data: Data(sql.utf8)))
+    }
+
+    /// The migrations of a folder, to use instead of the built-in ones (`--migrations`).
+    public static func load(from directory: String) throws -> [Migration] {
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: directory)
+        } catch {
+            throw StartupError.migrations(path: directory, detail: "the folder cannot be read (does it exist?)")
+        }
+        let migrations = try names.filter { $0.hasSuffix(".sql") }.sorted().map { name -> Migration in
+            guard let text = try? String(contentsOfFile: (directory as NSString).appendingPathComponent(name), encoding: .utf8) else {
+                throw StartupError.migrations(path: directory, detail: "\(name) cannot be read as UTF-8 text")
+            }
+            guard let migration = Migration(file: name, sql: text) else {
+                throw StartupError.migrations(path: directory, detail: "\(name) must be named NNNN_name.sql")
+            }
+            return migration
+        }
+        guard !migrations.isEmpty else { throw StartupError.migrations(path: directory, detail: "the folder holds no NNNN_name.sql file") }
+        guard Set(migrations.map(\.version)).count == migrations.count else {
+            throw StartupError.migrations(path: directory, detail: "two files have the same version number")
+        }
+        return migrations
+    }
+}
+
+/// Applies migrations in order, recording each in `schema_migrations`; refuses a store that a newer spotd wrote.
 struct Migrator {
-    let directory: URL
+    let migrations: [Migration]
     let logger: Logger
 
-    struct File {
-        var version: Int
-        var name: String
-        var sql: String
-        var checksum: String
-    }
-
-    func files() throws -> [File] {
-        let names = try FileManager.default.contentsOfDirectory(atPath: directory.path)
-        return try names.filter { $0.hasSuffix(".sql") }.sorted().map { name in
-            guard let version = Int(name.prefix { $0.isNumber }), version > 0 else {
-                throw MigrationError.badName(name)
-            }
-            let sql = try String(contentsOf: directory.appendingPathComponent(name), encoding: .utf8)
-            let checksum = Hex.encode(SHA256.hash(data: Data(sql.utf8)))
-            return File(version: version, name: name, sql: sql, checksum: checksum)
-        }
-    }
-
     func apply(to writer: DatabasePool) throws {
-        let files = try files()
-        guard !files.isEmpty else { throw MigrationError.none(directory.path) }
+        guard !migrations.isEmpty else { throw MigrationError.none }
+        let known = Dictionary(uniqueKeysWithValues: migrations.map { ($0.version, $0) })
+        let newest = migrations.map(\.version).max()!
         try writer.writeWithoutTransaction { db in
             try db.execute(
                 sql: """
                     CREATE TABLE IF NOT EXISTS schema_migrations (
                         version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at INTEGER NOT NULL)
                     """)
-            for file in files {
+            // A version this binary does not know means a newer spotd wrote the store: its schema may not be ours.
+            let applied = try Row.fetchAll(db, sql: "SELECT version, name FROM schema_migrations ORDER BY version")
+            for row in applied {
+                let version: Int = row["version"]
+                if known[version] == nil {
+                    throw MigrationError.newer(version: version, name: row["name"], newest: newest)
+                }
+            }
+            for migration in migrations.sorted(by: { $0.version < $1.version }) {
                 try db.inTransaction(.immediate) {
                     if let existing = try String.fetchOne(
-                        db, sql: "SELECT checksum FROM schema_migrations WHERE version = ?", arguments: [file.version])
+                        db, sql: "SELECT checksum FROM schema_migrations WHERE version = ?", arguments: [migration.version])
                     {
-                        guard existing == file.checksum else { throw MigrationError.edited(file.name) }
+                        guard existing == migration.checksum else { throw MigrationError.edited(migration.name) }
                         return .commit
                     }
-                    try db.execute(sql: file.sql)
+                    try db.execute(sql: migration.sql)
                     try db.execute(
                         sql: "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
-                        arguments: [file.version, file.name, file.checksum, SystemClock().now()])
-                    logger.info("migration applied", metadata: ["migration": "\(file.name)"])
+                        arguments: [migration.version, migration.name, migration.checksum, SystemClock().now()])
+                    logger.info("migration applied", metadata: ["migration": "\(migration.name)"])
                     return .commit
                 }
             }
         }
     }
-
-    /// Where the migrations live: an explicit folder, `./migrations`, the package's own folder, or the installed copy.
-    static func locate(explicit: String?) -> URL {
-        if let explicit { return URL(fileURLWithPath: explicit) }
-        let candidates = [
-            URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("migrations"),
-            URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-                .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("migrations"),
-            URL(fileURLWithPath: "/usr/share/spotd/migrations"),
-        ]
-        for candidate in candidates
-        where FileManager.default.fileExists(atPath: candidate.appendingPathComponent("0001_init.sql").path) {
-            return candidate
-        }
-        return candidates[1]
-    }
 }
 
 enum MigrationError: Error, CustomStringConvertible {
-    case badName(String)
     case edited(String)
-    case none(String)
+    case none
+    case newer(version: Int, name: String, newest: Int)
 
     var description: String {
         switch self {
-        case .badName(let name): "migration file \(name) must be named NNNN_name.sql"
         case .edited(let name): "migration \(name) was changed after it was applied; add a new migration instead"
-        case .none(let path): "no migrations found in \(path)"
+        case .none: "no migrations to apply"
+        case .newer(let version, let name, let newest):
+            "it was written by a newer spotd (it has migration \(version) \(name); this spotd knows up to \(newest)): "
+                + "run the newer spotd, or point --db at another file"
         }
     }
 }

@@ -37,6 +37,10 @@ extension AppDatabase {
         let secret = "spotd_" + Hex.encode(bytes)
         let token = Token(id: AppDatabase.newId("tok"), name: name, role: role, createdAt: clock.now())
         try await write { db in
+            // Names are unique among all tokens, revoked ones too: the event log names actors by token name.
+            if try String.fetchOne(db.cachedStatement(sql: "SELECT id FROM tokens WHERE name = ?"), arguments: [name]) != nil {
+                throw Problem.conflict("a token named '\(name)' exists (or existed); token names are never reused")
+            }
             try db.cachedStatement(sql: "INSERT INTO tokens (id, name, role, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)").execute(
                 arguments: [token.id, name, role.rawValue, Self.hashSecret(secret), token.createdAt])
             try db.appendEvent(
@@ -138,6 +142,7 @@ extension AppDatabase {
         guard NamePattern.identifier.matches(name), name.utf8.count <= 64 else {
             throw Problem.invalidField("name", "must match \(NamePattern.identifier.description)")
         }
+        if let reason = TokenName.refusal(name) { throw Problem.unprocessable("name", reason) }
         let (token, secret) = try await createToken(name: name, role: role, actor: "cli")
         return (token.id, secret)
     }

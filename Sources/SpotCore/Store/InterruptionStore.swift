@@ -6,6 +6,14 @@ public struct InterruptionDetail: Sendable, Equatable {
     public var timeline: [TimelineStep]
 }
 
+/// What recording a request's notices did.
+struct NoticeOutcome: Sendable {
+    /// Each notice's record, and whether this request created it.
+    var results: [(InterruptionDetail, Bool)]
+    /// The request was a replay of an earlier signed one: nothing was recorded.
+    var replayed: Bool
+}
+
 struct InterruptionFilter: Sendable {
     var state: InterruptionState?
     var node: String?
@@ -13,10 +21,20 @@ struct InterruptionFilter: Sendable {
 
 extension AppDatabase {
     /// Records notices and cordons their nodes, all in one transaction, before anything is answered.
-    /// Returns each notice's record and whether it is new.
-    func recordNotices(_ notices: [Notice], ignored: [IgnoredNotice] = [], actor: String) async throws -> [(InterruptionDetail, Bool)] {
+    /// With a `replayKey` (a verified signature), a second request with the same key records nothing and gets the
+    /// first request's records back. Returns each notice's record and whether it is new.
+    func recordNotices(_ notices: [Notice], ignored: [IgnoredNotice] = [], replayKey: String? = nil, actor: String) async throws
+        -> NoticeOutcome
+    {
         try await write { [self] db in
             let now = clock.now()
+            if let replayKey,
+                let ids = try String.fetchOne(
+                    db.cachedStatement(sql: "SELECT interruption_ids FROM notice_replays WHERE signature = ?"), arguments: [replayKey])
+            {
+                let details = try ids.split(separator: ",").compactMap { try Self.interruptionDetail(db, id: String($0)) }
+                return NoticeOutcome(results: details.map { ($0, false) }, replayed: true)
+            }
             var results: [(InterruptionDetail, Bool)] = []
             for notice in notices {
                 let (id, created) = try Self.record(db, notice, at: now, actor: actor)
@@ -27,7 +45,11 @@ extension AppDatabase {
                     "interruption.ignored", subject: "azure-events/\(event.eventId)", actor: actor, at: now,
                     data: ["event_type": .string(event.eventType), "resources": .array(event.resources.map(JSONValue.string))])
             }
-            return results
+            if let replayKey {
+                try db.cachedStatement(sql: "INSERT INTO notice_replays (signature, interruption_ids, received_at) VALUES (?, ?, ?)")
+                    .execute(arguments: [replayKey, results.map(\.0.interruption.id).joined(separator: ","), now])
+            }
+            return NoticeOutcome(results: results, replayed: false)
         }
     }
 
@@ -114,6 +136,6 @@ extension AppDatabase {
         guard let node = try await node(nodeId) else { throw Problem.notFound("node", nodeId) }
         guard node.node.state != .terminated else { throw Problem.conflict("node '\(nodeId)' is terminated") }
         let notice = Notice(nodeId: nodeId, kind: .termination, deadline: deadline, source: "operator", eventId: AppDatabase.newId("drain"))
-        return try await recordNotices([notice], actor: actor)[0]
+        return try await recordNotices([notice], actor: actor).results[0]
     }
 }

@@ -5,6 +5,9 @@ public struct PoolStats: Sendable, Equatable {
     public var nodesByState: [NodeState: Int] = [:]
     public var gpusTotal = 0
     public var gpusAllocated = 0
+    /// GPUs a job could be placed on now: unallocated GPUs of `ready` nodes only (a cordoned, draining or drained
+    /// node's GPUs are not free, whatever its allocation).
+    public var gpusFree = 0
     /// Live nodes plus pending provisioning requests: what counts against `max_nodes`.
     public var committedNodes = 0
     /// Notices per node-hour over the recent window.
@@ -138,6 +141,9 @@ extension AppDatabase {
             guard let state = NodeState(rawValue: row["state"]) else { continue }
             let count: Int = row["n"]
             stats[pool, default: PoolStats()].nodesByState[state] = count
+            if state == .ready {
+                stats[pool, default: PoolStats()].gpusFree += (row["g"] as Int) - (row["a"] as Int)
+            }
             if state.live {
                 stats[pool, default: PoolStats()].committedNodes += count
                 stats[pool, default: PoolStats()].gpusTotal += row["g"] as Int

@@ -235,10 +235,65 @@ struct JSONReader {
             if peek == UInt8(ascii: "+") || peek == UInt8(ascii: "-") { at += 1 }
             guard try digitsFollow() else { throw .syntax(offset: at, expected: "a digit in the exponent") }
         }
-        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<at]), as: UTF8.self)
-        if integral, let int = Int64(text) { return .int(int) }
-        guard let double = Double(text), double.isFinite else { throw .numberOutOfRange(offset: start) }
+        let token = UnsafeRawBufferPointer(rebasing: bytes[start..<at])
+        if integral, let int = Int64(String(decoding: token, as: UTF8.self)) { return .int(int) }
+        // JSON has one number type: `1.0`, `1e3` and `9007199254740992.0` are integers too, read exactly here (a
+        // Double would round the larger ones).
+        if !integral, let int = Self.exactInteger(token) { return .int(int) }
+        guard let double = Double(String(decoding: token, as: UTF8.self)), double.isFinite else {
+            throw .numberOutOfRange(offset: start)
+        }
         return .double(double)
+    }
+
+    /// The value of a number token with a fraction or an exponent when it is a whole number that fits an `Int64`.
+    private static func exactInteger(_ token: UnsafeRawBufferPointer) -> Int64? {
+        var negative = false
+        var digits: [UInt8] = []
+        var fractionDigits = 0
+        var exponent = 0
+        var index = 0
+        if token.first == UInt8(ascii: "-") {
+            negative = true
+            index = 1
+        }
+        var inFraction = false
+        while index < token.count {
+            let byte = token[index]
+            if byte == UInt8(ascii: ".") {
+                inFraction = true
+            } else if byte == UInt8(ascii: "e") || byte == UInt8(ascii: "E") {
+                index += 1
+                var exponentNegative = false
+                if token[index] == UInt8(ascii: "+") || token[index] == UInt8(ascii: "-") {
+                    exponentNegative = token[index] == UInt8(ascii: "-")
+                    index += 1
+                }
+                // Capped: past 10^5 the answer is the same (zero, or not an Int64), and the sum cannot overflow.
+                while index < token.count {
+                    if exponent < 100_000 { exponent = exponent * 10 + Int(token[index] - UInt8(ascii: "0")) }
+                    index += 1
+                }
+                if exponentNegative { exponent = -exponent }
+                break
+            } else {
+                digits.append(byte)
+                if inFraction { fractionDigits += 1 }
+            }
+            index += 1
+        }
+        // A JSON number is at most 1 MiB long, so `fractionDigits` is too: no overflow.
+        var scale = exponent - fractionDigits
+        if digits.allSatisfy({ $0 == UInt8(ascii: "0") }) { return 0 }
+        while let last = digits.last, last == UInt8(ascii: "0"), scale < 0 {
+            digits.removeLast()
+            scale += 1
+        }
+        guard scale >= 0 else { return nil }
+        while let first = digits.first, first == UInt8(ascii: "0") { digits.removeFirst() }
+        guard digits.count + scale <= 19 else { return nil }
+        digits.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: scale))
+        return Int64((negative ? "-" : "") + String(decoding: digits, as: UTF8.self))
     }
 
     private mutating func skipDigits() {

@@ -122,6 +122,10 @@ struct JSONObject {
             throw Problem.invalidField(path + key, "must be a string, got \(value.typeName)")
         }
         if text.isEmpty { throw Problem.invalidField(path + key, "must not be empty") }
+        if let offset = text.unicodeScalars.firstIndex(where: { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) }) {
+            let position = text.unicodeScalars.distance(from: text.unicodeScalars.startIndex, to: offset)
+            throw Problem.invalidField(path + key, "must not contain control characters (one is at character \(position))")
+        }
         if text.unicodeScalars.count > maxLength { throw Problem.invalidField(path + key, "must be at most \(maxLength) characters") }
         if let pattern, !pattern.matches(text) {
             throw Problem.invalidField(path + key, "must match \(pattern.description)")
@@ -131,10 +135,13 @@ struct JSONObject {
 
     func int(_ key: String, required: Bool = false, range: ClosedRange<Int64>) throws -> Int64? {
         guard let value = try present(key, required: required) else { return nil }
+        // The reader gives every whole number that fits an Int64 as `.int`, `1.0` and `1e3` included: a whole
+        // `.double` is out of range by construction, and no conversion from Double happens here.
         let number: Int64
         switch value {
         case .int(let int): number = int
-        case .double(let double) where double.rounded() == double && abs(double) < 9.0e15: number = Int64(double)
+        case .double(let double) where double.rounded() == double:
+            throw Problem.invalidField(path + key, "must be between \(range.lowerBound) and \(range.upperBound)")
         default: throw Problem.invalidField(path + key, "must be an integer, got \(value.typeName)")
         }
         guard range.contains(number) else {
@@ -194,13 +201,14 @@ struct JSONObject {
 enum NamePattern: Sendable {
     /// `[a-z0-9-]{1,63}`, as pool names.
     case dnsLabel
-    /// `[A-Za-z0-9][A-Za-z0-9._:-]*`, as cloud instance ids, job ids, zones and instance types.
+    /// `[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}`, as cloud instance ids, job ids, zones and instance types: nothing that
+    /// a path cannot carry (no `/`), so every stored id stays addressable.
     case identifier
 
     var description: String {
         switch self {
         case .dnsLabel: "[a-z0-9-]{1,63}"
-        case .identifier: "[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}"
+        case .identifier: "[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
         }
     }
 
@@ -214,7 +222,7 @@ enum NamePattern: Sendable {
             guard (1...128).contains(bytes.count) else { return false }
             let isAlnum: (UInt8) -> Bool = { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x30 && $0 <= 0x39) }
             guard isAlnum(bytes[0]) else { return false }
-            return bytes.allSatisfy { isAlnum($0) || $0 == 0x2E || $0 == 0x5F || $0 == 0x3A || $0 == 0x2D || $0 == 0x2F }
+            return bytes.allSatisfy { isAlnum($0) || $0 == 0x2E || $0 == 0x5F || $0 == 0x3A || $0 == 0x2D }
         }
     }
 }

@@ -12,7 +12,11 @@ public protocol SpotClock: Sendable {
 /// The wall clock.
 public struct SystemClock: SpotClock {
     public init() {}
-    public func now() -> Millis { Millis((Date().timeIntervalSince1970 * 1000).rounded(.down)) }
+    public func now() -> Millis {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Millis(spec.tv_sec) * 1000 + Millis(spec.tv_nsec / 1_000_000)
+    }
 }
 
 /// A clock that moves only when told to; for tests.
@@ -38,36 +42,30 @@ enum TimeFormat {
             Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), fraction)
     }
 
-    /// Parses an RFC 3339 time (`2026-11-29T10:48:44Z`, `...44.123+02:00`); nil when malformed.
+    /// Parses an RFC 3339 time (`2026-11-29T10:48:44Z`, `...44.123+02:00`) to integer milliseconds; nil when
+    /// malformed. Fractions past the millisecond are truncated, digit by digit: no floating point is involved.
     static func parseRFC3339(_ text: String) -> Millis? {
         let bytes = Array(text.utf8)
         guard bytes.count >= 20, bytes.count <= 64 else { return nil }
-        func number(_ from: Int, _ count: Int) -> Int? {
-            guard from + count <= bytes.count else { return nil }
-            var value = 0
-            for byte in bytes[from..<from + count] {
-                guard byte >= 0x30 && byte <= 0x39 else { return nil }
-                value = value * 10 + Int(byte - 0x30)
-            }
-            return value
-        }
-        guard let year = number(0, 4), bytes[4] == 0x2D, let month = number(5, 2), bytes[7] == 0x2D, let day = number(8, 2),
-            bytes[10] == 0x54 || bytes[10] == 0x74 || bytes[10] == 0x20, let hour = number(11, 2), bytes[13] == 0x3A,
-            let minute = number(14, 2), bytes[16] == 0x3A, let second = number(17, 2)
+        guard let year = digits(bytes, 0, 4), bytes[4] == 0x2D, let month = digits(bytes, 5, 2), bytes[7] == 0x2D,
+            let day = digits(bytes, 8, 2), bytes[10] == 0x54 || bytes[10] == 0x74 || bytes[10] == 0x20,
+            let hour = digits(bytes, 11, 2), bytes[13] == 0x3A, let minute = digits(bytes, 14, 2), bytes[16] == 0x3A,
+            let second = digits(bytes, 17, 2)
         else { return nil }
-        guard (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60, second <= 60, year >= 1 else { return nil }
+        guard year >= 1, (1...12).contains(month), day >= 1, day <= daysInMonth(year: year, month: month), hour < 24, minute < 60,
+            second <= 60
+        else { return nil }
         var index = 19
-        var fraction = 0.0
+        var millis = 0
         if index < bytes.count && bytes[index] == 0x2E {
             index += 1
-            var scale = 0.1
             let start = index
             while index < bytes.count, bytes[index] >= 0x30 && bytes[index] <= 0x39 {
-                fraction += Double(bytes[index] - 0x30) * scale
-                scale /= 10
+                if index - start < 3 { millis = millis * 10 + Int(bytes[index] - 0x30) }
                 index += 1
             }
             guard index > start else { return nil }
+            for _ in min(index - start, 3)..<3 { millis *= 10 }
         }
         guard index < bytes.count else { return nil }
         var offsetSeconds = 0
@@ -75,8 +73,8 @@ enum TimeFormat {
         case 0x5A, 0x7A:
             index += 1
         case 0x2B, 0x2D:
-            guard let offsetHours = number(index + 1, 2), index + 3 < bytes.count, bytes[index + 3] == 0x3A,
-                let offsetMinutes = number(index + 4, 2), offsetHours < 24, offsetMinutes < 60
+            guard let offsetHours = digits(bytes, index + 1, 2), index + 3 < bytes.count, bytes[index + 3] == 0x3A,
+                let offsetMinutes = digits(bytes, index + 4, 2), offsetHours < 24, offsetMinutes < 60
             else { return nil }
             offsetSeconds = (offsetHours * 3600 + offsetMinutes * 60) * (bytes[index] == 0x2D ? -1 : 1)
             index += 6
@@ -84,29 +82,51 @@ enum TimeFormat {
             return nil
         }
         guard index == bytes.count else { return nil }
-        let daysInMonth = [31, (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
-        guard day <= daysInMonth[month - 1] else { return nil }
         let days = daysFromCivil(year: year, month: month, day: day)
+        // A leap second (:60) is read as :59.999, its last representable millisecond.
         let seconds = days * 86_400 + hour * 3600 + minute * 60 + min(second, 59) - offsetSeconds
-        return Millis(seconds) * 1000 + Millis((fraction * 1000).rounded(.down))
+        return Millis(seconds) * 1000 + Millis(second == 60 ? 999 : millis)
     }
 
-    /// Parses an RFC 1123 time (`Mon, 19 Sep 2016 18:29:47 GMT`), as Azure sends `NotBefore`. The weekday is not checked.
+    private static let weekdays = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
+    private static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+    /// Parses an RFC 1123 time exactly as RFC 9110's IMF-fixdate writes it (`Mon, 19 Sep 2016 18:29:47 GMT`), as
+    /// Azure sends `NotBefore`: two-digit day, the weekday that date falls on, `GMT`. Nil for anything else.
     static func parseRFC1123(_ text: String) -> Millis? {
-        let parts = text.split(separator: " ", omittingEmptySubsequences: false)
-        guard parts.count == 6, parts[0].count == 4, parts[0].hasSuffix(","), parts[5] == "GMT" || parts[5] == "UTC",
-            ["Mon,", "Tue,", "Wed,", "Thu,", "Fri,", "Sat,", "Sun,"].contains(String(parts[0])),
-            parts[1].count <= 2, let day = Int(parts[1]), (1...31).contains(day),
-            let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].firstIndex(
-                of: String(parts[2])),
-            parts[3].count == 4, let year = Int(parts[3])
+        let bytes = Array(text.utf8)
+        // "Www, DD Mmm YYYY HH:MM:SS GMT" is exactly 29 bytes.
+        guard bytes.count == 29, bytes[3] == 0x2C, bytes[4] == 0x20, bytes[7] == 0x20, bytes[11] == 0x20, bytes[16] == 0x20,
+            bytes[19] == 0x3A, bytes[22] == 0x3A, bytes[25] == 0x20, bytes[26...28].elementsEqual("GMT".utf8),
+            let day = digits(bytes, 5, 2), let year = digits(bytes, 12, 4), let hour = digits(bytes, 17, 2),
+            let minute = digits(bytes, 20, 2), let second = digits(bytes, 23, 2),
+            let monthIndex = months.firstIndex(where: { bytes[8...10].elementsEqual($0.utf8) })
         else { return nil }
-        let clock = parts[4].split(separator: ":")
-        guard clock.count == 3, clock.allSatisfy({ $0.count == 2 }), let hour = Int(clock[0]), let minute = Int(clock[1]),
-            let second = Int(clock[2]), hour < 24, minute < 60, second <= 60
-        else { return nil }
-        let days = daysFromCivil(year: year, month: month + 1, day: day)
-        return Millis(days * 86_400 + hour * 3600 + minute * 60 + min(second, 59)) * 1000
+        let month = monthIndex + 1
+        guard year >= 1, day >= 1, day <= daysInMonth(year: year, month: month), hour < 24, minute < 60, second <= 60 else {
+            return nil
+        }
+        let days = daysFromCivil(year: year, month: month, day: day)
+        // 1970-01-01 was a Thursday.
+        let weekday = weekdays[((days % 7) + 7) % 7]
+        guard bytes[0...2].elementsEqual(weekday.utf8) else { return nil }
+        return Millis(days * 86_400 + hour * 3600 + minute * 60 + min(second, 59)) * 1000 + (second == 60 ? 999 : 0)
+    }
+
+    /// The number made of `count` ASCII digits at `from`; nil when any is not a digit or the text is too short.
+    private static func digits(_ bytes: [UInt8], _ from: Int, _ count: Int) -> Int? {
+        guard from >= 0, from + count <= bytes.count else { return nil }
+        var value = 0
+        for byte in bytes[from..<from + count] {
+            guard byte >= 0x30 && byte <= 0x39 else { return nil }
+            value = value * 10 + Int(byte - 0x30)
+        }
+        return value
+    }
+
+    static func daysInMonth(year: Int, month: Int) -> Int {
+        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+        return [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1]
     }
 
     /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).

@@ -10,17 +10,19 @@ public struct WorkflowWorker: Service {
     let config: SpotConfig
     let provider: any Provider
     let signal: WorkerSignal
+    let metrics: SpotMetrics
     let logger: Logger
     /// Identifies this process as the lease holder.
     let owner: String
     /// Whether this process holds the lease now; read by the provisioning loop.
     let holdsLease = LeaseFlag()
 
-    init(store: AppDatabase, config: SpotConfig, provider: any Provider, signal: WorkerSignal, logger: Logger) {
+    init(store: AppDatabase, config: SpotConfig, provider: any Provider, signal: WorkerSignal, metrics: SpotMetrics, logger: Logger) {
         self.store = store
         self.config = config
         self.provider = provider
         self.signal = signal
+        self.metrics = metrics
         self.logger = logger
         self.owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(AppDatabase.newId("w"))"
     }
@@ -51,6 +53,7 @@ public struct WorkflowWorker: Service {
         var holdsLease = false
         var lastPlacementEvent: Int64 = -1
         var lastHousekeeping: Millis = 0
+        var lastRetention: Millis = 0
         /// Tests step provisioning inside the pass; the service runs it in its own loop.
         var inlineProvisioning = true
     }
@@ -90,8 +93,7 @@ public struct WorkflowWorker: Service {
         let settings = WorkflowSettings(drainMarginSeconds: config.drainMarginSeconds, scaleDownIdleSeconds: config.scaleDownIdleSeconds)
         let report = try await store.reconcileInterruptions(settings)
         if report.moreWaiting { signal.poke() }
-        SpotMetrics.requeues(report.requeued + report.checkpointsExpired)
-        for duration in report.drainDurations { SpotMetrics.drainDuration(seconds: duration) }
+        for duration in report.drainDurations { metrics.drainDuration(seconds: duration) }
         if report.didWork {
             logger.info(
                 "workflow pass",
@@ -109,11 +111,15 @@ public struct WorkflowWorker: Service {
             let released = try await store.scaleDown(idleSeconds: config.scaleDownIdleSeconds, actor: "autoscaler")
             if released > 0 { logger.info("scaled down idle fallback nodes", metadata: ["count": "\(released)"]) }
         }
+        if now - state.lastRetention >= 60_000 {
+            state.lastRetention = now
+            _ = try await Retention(store: store, days: config.retentionDays).run(now: now, logger: logger)
+        }
         if config.autoPlace {
             let lastEvent = try await store.lastEventId()
             if lastEvent != state.lastPlacementEvent {
                 let (placed, seen, more) = try await store.placeQueued(admissionLimit: config.admissionLimitSeconds)
-                SpotMetrics.placement("placed", count: placed)
+                metrics.placement("placed", count: placed)
                 state.lastPlacementEvent = seen
                 if more { signal.poke() }
                 if placed > 0 { logger.debug("scheduling loop placed jobs", metadata: ["count": "\(placed)"]) }
@@ -133,9 +139,9 @@ public struct WorkflowWorker: Service {
             guard step != .wait else { continue }
             if try await store.applyProvisioning(request.id, step, actor: "provisioner") {
                 switch step {
-                case .fulfilled: SpotMetrics.provisioning("fulfilled")
+                case .fulfilled: metrics.provisioning("fulfilled")
                 case .failed(let message):
-                    SpotMetrics.provisioning("failed")
+                    metrics.provisioning("failed")
                     logger.warning(
                         "provisioning failed", metadata: ["request": "\(request.id)", "pool": "\(request.pool)", "error": "\(message)"])
                 default: break

@@ -1,0 +1,21 @@
+-- Hardening (issue 11): unique token names, replay protection for signed notices, indexes for retention.
+
+-- Token names are actors in the event log: unique among all tokens, revoked ones included. Older stores may hold
+-- repeats; every repeat but the first gets its sequence number appended.
+UPDATE tokens SET name = name || '-' || seq WHERE seq NOT IN (SELECT MIN(seq) FROM tokens GROUP BY name);
+CREATE UNIQUE INDEX tokens_name ON tokens(name);
+
+-- Signed notices already answered, by their signature: a replay of the same (timestamp, signature) records nothing
+-- new and is answered with the first records. Kept a little longer than the 5-minute signature window.
+CREATE TABLE notice_replays (
+    signature TEXT PRIMARY KEY,
+    interruption_ids TEXT NOT NULL,
+    received_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX notice_replays_received ON notice_replays(received_at);
+
+-- Retention finds finished records by age without scanning the live ones (events go oldest id first: no index).
+CREATE INDEX jobs_finished_at ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX nodes_terminated_at ON nodes(terminated_at) WHERE terminated_at IS NOT NULL;
+CREATE INDEX interruptions_finished ON interruptions(received_at) WHERE state IN ('completed', 'unmatched');
+CREATE INDEX provisioning_resolved_at ON provisioning_requests(resolved_at) WHERE resolved_at IS NOT NULL;
