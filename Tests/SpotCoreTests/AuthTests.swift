@@ -11,8 +11,49 @@ struct AuthTests {
 
     func bearer(_ token: String) -> HTTPFields { [.authorization: "Bearer \(token)"] }
 
-    @Test func roleMatrix() async throws {
+    static let readers: Set<Role> = [.admin, .operator, .scheduler, .viewer]
+    static let notifiers: Set<Role> = [.admin, .operator, .notifier]
+    static let schedulers: Set<Role> = [.admin, .operator, .scheduler]
+    static let operators: Set<Role> = [.admin, .operator]
+    static let admins: Set<Role> = [.admin]
+
+    /// The role matrix of the product contract, written out by hand for every route: "method template" -> the roles
+    /// that may call it (nil: no token needed). The test fails when a route is added without a row here.
+    static let matrix: [String: Set<Role>?] = [
+        "GET /healthz": nil, "GET /readyz": nil, "GET /metrics": readers, "GET /v1/summary": readers,
+        "POST /v1/pools": operators, "GET /v1/pools": readers, "GET /v1/pools/:name": readers,
+        "PATCH /v1/pools/:name": operators, "DELETE /v1/pools/:name": operators,
+        "POST /v1/nodes": operators, "GET /v1/nodes": readers, "GET /v1/nodes/:id": readers,
+        "POST /v1/nodes/:id/cordon": operators, "POST /v1/nodes/:id/uncordon": operators, "POST /v1/nodes/:id/drain": operators,
+        "DELETE /v1/nodes/:id": operators,
+        "POST /v1/jobs": schedulers, "GET /v1/jobs": readers, "GET /v1/jobs/:id": readers,
+        "POST /v1/jobs/:id/checkpoints": schedulers, "POST /v1/jobs/:id/complete": schedulers, "POST /v1/jobs/:id/fail": schedulers,
+        "POST /v1/jobs/:id/cancel": schedulers, "POST /v1/placements": schedulers,
+        "POST /v1/interruptions": notifiers, "POST /v1/interruptions/aws": notifiers, "POST /v1/interruptions/gcp": notifiers,
+        "POST /v1/interruptions/azure": notifiers, "GET /v1/interruptions": readers, "GET /v1/interruptions/:id": readers,
+        "GET /v1/provisioning-requests": readers, "GET /v1/provisioning-requests/:id": readers,
+        "GET /v1/policies": readers, "PUT /v1/policies/:tier": operators,
+        "GET /v1/events": readers, "GET /v1/events/stream": readers,
+        "POST /v1/tokens": admins, "GET /v1/tokens": admins, "DELETE /v1/tokens/:id": admins,
+    ]
+
+    /// Ways of writing one path that a router may resolve to the same route.
+    static func spellings(_ path: String) -> [String] {
+        let rest = path.dropFirst()
+        var forms = [path, "/" + path, "//" + rest, path + "/"]
+        if let slash = rest.firstIndex(of: "/") {
+            forms.append("/" + rest[..<slash] + "//" + rest[rest.index(after: slash)...])
+            forms.append("/" + rest[..<slash] + "/./" + rest[rest.index(after: slash)...])
+        }
+        return forms
+    }
+
+    /// Every route x every role x several spellings of its path: a role the contract does not allow gets 403 (or, for a
+    /// spelling no route has, 404) and changes nothing; an allowed role is never refused, and never gets a 5xx.
+    @Test func everyRouteEveryRoleEverySpelling() async throws {
         let env = try TestEnv { $0.adminToken = Self.admin }
+        let routes = registeredRoutes(env.runtime)
+        #expect(Set(routes.map { "\($0.method) \($0.path)" }) == Set(Self.matrix.keys), "the hand-written matrix and the router differ")
         try await env.app().test(.router) { client in
             let adminHeaders = bearer(Self.admin)
             try await client.expect(.created, .post, "/v1/pools", Seed.pool("od", "on_demand"), headers: adminHeaders)
@@ -23,43 +64,69 @@ struct AuthTests {
                     .created, .post, "/v1/tokens", #"{"name":"\#(role.rawValue)-bot","role":"\#(role.rawValue)"}"#, headers: adminHeaders)
                 tokens[role] = try #require(created["token"]?.string)
             }
-            // (method, path, body, roles allowed)
-            let matrix: [(HTTPRequest.Method, String, String?, Set<Role>)] = [
-                (.get, "/v1/pools", nil, [.admin, .operator, .scheduler, .viewer]),
-                (.get, "/v1/nodes", nil, [.admin, .operator, .scheduler, .viewer]),
-                (.get, "/v1/jobs", nil, [.admin, .operator, .scheduler, .viewer]),
-                (.get, "/v1/interruptions", nil, [.admin, .operator, .scheduler, .viewer]),
-                (.get, "/v1/events", nil, [.admin, .operator, .scheduler, .viewer]),
-                (.get, "/v1/summary", nil, [.admin, .operator, .scheduler, .viewer]),
-                (.get, "/v1/policies", nil, [.admin, .operator, .scheduler, .viewer]),
-                (.get, "/v1/provisioning-requests", nil, [.admin, .operator, .scheduler, .viewer]),
-                (.get, "/metrics", nil, [.admin, .operator, .scheduler, .viewer]),
-                (.get, "/v1/tokens", nil, [.admin]),
-                (.post, "/v1/jobs", #"{"tier":"standard","gpus":1}"#, [.admin, .operator, .scheduler]),
-                (.post, "/v1/placements", #"{"job_id":"none"}"#, [.admin, .operator, .scheduler]),
-                (.post, "/v1/interruptions", #"{"node_id":"ghost","kind":"rebalance"}"#, [.admin, .operator, .notifier]),
-                (.post, "/v1/nodes/o1/cordon", nil, [.admin, .operator]),
-                (.post, "/v1/pools", Seed.pool("x", "spot"), [.admin, .operator]),
-                (.put, "/v1/policies/standard", #"{"capacity_types":["on_demand","spot"]}"#, [.admin, .operator]),
-                (.post, "/v1/tokens", #"{"name":"n","role":"viewer"}"#, [.admin]),
-            ]
-            for (method, path, body, allowed) in matrix {
-                for (role, token) in tokens {
-                    let reply = try await client.call(method, path, body, headers: bearer(token))
-                    if allowed.contains(role) {
-                        #expect(reply.status != .forbidden && reply.status != .unauthorized, "\(role) \(method) \(path): \(reply.text)")
-                    } else {
-                        #expect(reply.status == .forbidden, "\(role) \(method) \(path) should be 403, got \(reply.status.code)")
+            let tokenId = try #require(
+                try await client.call(.get, "/v1/tokens", headers: adminHeaders)["items"]?.array.first?["id"]?.string)
+            for route in routes {
+                let allowed = Self.matrix["\(route.method) \(route.path)"] ?? nil
+                let path = route.path.replacingOccurrences(of: ":tier", with: "standard").replacingOccurrences(of: ":name", with: "od")
+                    .replacingOccurrences(of: ":id", with: route.path.hasPrefix("/v1/tokens") ? tokenId : "o1")
+                let body: String? = [.post, .put, .patch].contains(route.method) ? "{}" : nil
+                for role in Role.allCases {
+                    let token = tokens[role]!
+                    if let allowed, !allowed.contains(role) {
+                        let before = try env.snapshot()
+                        for spelling in Self.spellings(path) {
+                            let reply = try await client.call(route.method, spelling, body, headers: bearer(token))
+                            #expect(
+                                reply.status == .forbidden || reply.status == .notFound || reply.status == .methodNotAllowed,
+                                "\(role) \(route.method) \(spelling) answered \(reply.status.code): \(reply.text)")
+                        }
+                        #expect(try env.snapshot() == before, "\(role) \(route.method) \(path) changed the store")
+                        let canonical = try await client.call(route.method, path, body, headers: bearer(token))
+                        #expect(canonical.status == .forbidden, "\(role) \(route.method) \(path): \(canonical.status.code)")
+                    } else if route.path != "/v1/events/stream" && route.method != .delete {
+                        // (The stream never ends in this mode: it is tested live. Deletes would remove the fixture.)
+                        let reply = try await client.call(route.method, path, body, headers: bearer(token))
+                        #expect(
+                            reply.status != .unauthorized && reply.status != .forbidden && reply.status.code < 500,
+                            "\(role) \(route.method) \(path) answered \(reply.status.code): \(reply.text)")
                     }
                 }
-                #expect(try await client.call(method, path, body).status == .unauthorized, "anonymous \(method) \(path)")
+                let anonymous = try await client.call(route.method, path, body)
+                if allowed == nil {
+                    #expect(anonymous.status == .ok, "anonymous \(route.method) \(path): \(anonymous.status.code)")
+                } else {
+                    #expect(anonymous.status == .unauthorized, "anonymous \(route.method) \(path): \(anonymous.status.code)")
+                }
             }
-            #expect(try await client.call(.get, "/healthz").status == .ok)
+            // Every token is still there: no role below admin reached DELETE /v1/tokens/{id} by any spelling.
+            #expect(try await client.call(.get, "/v1/tokens", headers: adminHeaders)["items"]?.array.count == 4)
             // The scheme name is case-insensitive (RFC 9110).
             #expect(try await client.call(.get, "/v1/pools", headers: [.authorization: "bearer \(Self.admin)"]).status == .ok)
-            #expect(try await client.call(.get, "/readyz").status == .ok)
             let wrong = try await client.expectProblem(.unauthorized, .get, "/v1/pools", headers: bearer("nope"))
             #expect(wrong.headers[.wwwAuthenticate] == "Bearer")
+        }
+    }
+
+    /// The absolute form of a request target (`POST http://host/v1/tokens`) is checked like any other spelling.
+    @Test func absoluteFormTargetsAreCheckedToo() async throws {
+        let env = try TestEnv { $0.adminToken = Self.admin }
+        try await env.app().test(.live) { client in
+            let created = try await client.expect(
+                .created, .post, "/v1/tokens", #"{"name":"ops","role":"operator"}"#, headers: bearer(Self.admin))
+            let operatorToken = try #require(created["token"]?.string)
+            let port = try #require(client.port)
+            let before = try env.snapshot()
+            for target in ["http://127.0.0.1:\(port)/v1/tokens", "http://127.0.0.1:\(port)//v1/tokens", "//v1/tokens", "/v1//tokens"] {
+                let socket = try RawSocket(port: port)
+                let body = #"{"name":"escalated","role":"admin"}"#
+                socket.send(
+                    "POST \(target) HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \(operatorToken)\r\n"
+                        + "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+                let answer = await socket.read(until: "}", timeoutSeconds: 5)
+                #expect(answer.hasPrefix("HTTP/1.1 403") || answer.hasPrefix("HTTP/1.1 404"), "\(target): \(answer)")
+            }
+            #expect(try env.snapshot() == before)
         }
     }
 

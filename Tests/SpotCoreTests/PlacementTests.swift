@@ -88,18 +88,20 @@ struct PlacementDecisionTests {
             copy.bestNode = nil
             return copy
         }
-        var looked = 0
+        var looked: [Int] = []
         for group in Placement.searchGroups(job: job, policy: policy, candidates: partial) {
             for index in group {
                 partial[index].bestNode = full[index].bestNode
-                looked += 1
+                looked.append(index)
             }
             if group.contains(where: { partial[$0].bestNode != nil }) { break }
         }
         let expected = Placement.decide(job: job, policy: policy, candidates: full)
         let got = Placement.decide(job: job, policy: policy, candidates: partial)
         #expect(got == expected)
-        #expect(looked <= pools.count)
+        // The search saves lookups: it never looks in a pool the job may not use, nor in one pool twice.
+        #expect(looked.allSatisfy { Placement.poolRefusal(job: job, policy: policy, pool: pools[$0]) == nil }, "looked at \(looked)")
+        #expect(Set(looked).count == looked.count)
     }
 
     let spot = Table.pool("spot", .spot)

@@ -12,12 +12,19 @@ final class SpotdProcess {
     let port: Int
     let dbPath: String
     let arguments: [String]
+    let binary: URL
+    let workingDirectory: URL?
+    /// The server's standard error, shown when it does not come up.
+    let logPath: String
     private(set) var process: Process?
 
-    init(directory: URL, port: Int, extra: [String] = []) {
+    init(directory: URL, port: Int, extra: [String] = [], binary: URL = SpotdProcess.binary, workingDirectory: URL? = nil) {
         self.port = port
         self.dbPath = directory.appendingPathComponent("spotd.sqlite").path
         self.arguments = ["serve", "--port", String(port), "--db", dbPath] + extra
+        self.binary = binary
+        self.workingDirectory = workingDirectory
+        self.logPath = directory.appendingPathComponent("spotd-\(port).log").path
     }
 
     static var binary: URL {
@@ -27,11 +34,13 @@ final class SpotdProcess {
 
     func start() async throws {
         let process = Process()
-        process.executableURL = Self.binary
+        process.executableURL = binary
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(["LOG_LEVEL": "warning"]) { $1 }
+        if let workingDirectory { process.currentDirectoryURL = workingDirectory }
         process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        process.standardError = FileHandle(forWritingAtPath: logPath)
         try process.run()
         self.process = process
         let deadline = Date().addingTimeInterval(20)
@@ -39,6 +48,8 @@ final class SpotdProcess {
             if let (status, _) = try? await request("GET", "/healthz"), status == 200 { return }
             try await Task.sleep(for: .milliseconds(50))
         }
+        let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+        Issue.record("spotd did not come up on port \(port): \(log)")
         throw CocoaError(.fileReadUnknown)
     }
 
@@ -65,7 +76,45 @@ final class SpotdProcess {
     }
 }
 
-func freePort() -> Int { Int.random(in: 20_000..<60_000) }
+/// A port the kernel says is free now (bound to port 0, then released); printed, so that a failure can be replayed.
+func freePort(_ purpose: String = #function) -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let port = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw -> Int in
+            guard bind(fd, raw, length) == 0, getsockname(fd, raw, &length) == 0 else { return Int.random(in: 20_000..<60_000) }
+            return Int(UInt16(bigEndian: pointer.pointee.sin_port))
+        }
+    }
+    print("[\(purpose)] port \(port)")
+    return port
+}
+
+/// The random choices of a test, from `SPOTD_TEST_SEED` when set (to replay a failure), else a fresh seed; the seed
+/// is printed either way.
+struct TestRandom: RandomNumberGenerator {
+    private var state: UInt64
+    let seed: UInt64
+
+    init(_ purpose: String = #function) {
+        seed = ProcessInfo.processInfo.environment["SPOTD_TEST_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 1...UInt64.max)
+        state = seed
+        print("[\(purpose)] SPOTD_TEST_SEED=\(seed)")
+    }
+
+    /// SplitMix64.
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
 
 @Suite("Crash safety with a real process", .serialized)
 struct ProcessTests {
@@ -93,6 +142,7 @@ struct ProcessTests {
     /// Kill the process at random moments of a mass reclaim; after the last restart every workflow
     /// finishes exactly once: one replacement per lost node, one requeue per job per reclaim.
     @Test func sigkillMidDrainFinishesExactlyOnce() async throws {
+        var random = TestRandom()
         let directory = try tempDirectory()
         let server = SpotdProcess(
             directory: directory, port: freePort(), extra: ["--sim-boot-seconds", "1", "--drain-margin-seconds", "1"])
@@ -115,10 +165,13 @@ struct ProcessTests {
                 try await server.start()
             }
         }
-        try await Task.sleep(for: .milliseconds(Int.random(in: 0...300)))
+        let firstKill = Int.random(in: 0...300, using: &random)
+        let secondKill = Int.random(in: 100...1500, using: &random)
+        print("[sigkillMidDrainFinishesExactlyOnce] kills after \(firstKill) ms and \(secondKill) ms (seed \(random.seed))")
+        try await Task.sleep(for: .milliseconds(firstKill))
         server.kill(SIGKILL)
         try await server.start()
-        try await Task.sleep(for: .milliseconds(Int.random(in: 100...1500)))
+        try await Task.sleep(for: .milliseconds(secondKill))
         server.kill(SIGKILL)
         try await server.start()
 

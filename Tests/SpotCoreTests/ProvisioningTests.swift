@@ -171,22 +171,41 @@ struct ProvisioningTests {
         }
     }
 
+    /// A provisioner that takes the request (2xx) but never registers a node: after the timeout the request fails
+    /// with "timeout" and the on-demand fallback is asked. Not before the timeout.
     @Test func webhookTimeoutFailsAndFallsBack() async throws {
-        let env = try TestEnv {
-            $0.provider = .webhook
-            $0.provisionWebhookURL = URL(string: "http://127.0.0.1:9/unreachable")
-            $0.provisionTimeoutSeconds = 30
+        let router = Router()
+        let calls = Mutex(0)
+        router.post("/provision") { _, _ -> HTTPResponse.Status in
+            calls.withLock { $0 += 1 }
+            return .accepted
         }
-        try await env.app().test(.router) { client in
-            try await Seed.standardPools(client)
-            try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
-            try await client.expect(.accepted, .post, "/v1/interruptions", #"{"node_id":"s1","kind":"termination","notice_seconds":30}"#)
-            try await env.step()
-            try await env.step()
-            let items = try await client.call(.get, "/v1/provisioning-requests")["items"]!.array
-            #expect(items.first?["state"] == .string("failed"))
-            #expect(items.first?["error"]?.string?.contains("webhook") == true)
-            #expect(items.last?["pool"] == .string("od"))
+        try await withLoopbackProvisioner(router) { port in
+            let env = try TestEnv {
+                $0.provider = .webhook
+                $0.provisionWebhookURL = URL(string: "http://127.0.0.1:\(port)/provision")
+                $0.provisionTimeoutSeconds = 30
+            }
+            try await env.app().test(.router) { client in
+                try await Seed.standardPools(client)
+                try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
+                try await client.expect(
+                    .accepted, .post, "/v1/interruptions", #"{"node_id":"s1","kind":"termination","notice_seconds":60}"#)
+                try await env.step()
+                try await env.step()
+                #expect(calls.withLock { $0 } == 1)
+                let pending = try await client.call(.get, "/v1/provisioning-requests")["items"]!.array
+                #expect(pending.count == 1 && pending.first?["state"] == .string("pending"))
+                try await env.advance(29)
+                #expect(try await client.call(.get, "/v1/provisioning-requests?state=pending")["items"]!.array.count == 1)
+                try await env.advance(2)
+                let items = try await client.call(.get, "/v1/provisioning-requests")["items"]!.array
+                #expect(items.first?["state"] == .string("failed"))
+                #expect(items.first?["error"]?.string?.hasPrefix("timeout") == true, "\(items)")
+                #expect(items.count == 2)
+                #expect(items.last?["pool"] == .string("od"))
+                #expect(items.last?["reason"] == .string("fallback"))
+            }
         }
     }
 }

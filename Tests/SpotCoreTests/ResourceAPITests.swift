@@ -231,7 +231,7 @@ struct RawConnectionTests {
                 "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tier\"")
             try await Task.sleep(for: .milliseconds(2500))
             // The server has closed the connection: reading reaches end of file within the timeout.
-            #expect(socket.readUntilClosed(timeoutSeconds: 3), "the idle connection should have been closed")
+            #expect(await socket.readUntilClosed(timeoutSeconds: 3), "the idle connection should have been closed")
             #expect(try env.snapshot() == before)
         }
     }
@@ -242,15 +242,15 @@ struct RawConnectionTests {
         try await env.app().test(.live) { client in
             let socket = try RawSocket(port: try #require(client.port))
             socket.send("GET /v1/events/stream HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
-            #expect(socket.read(until: ": spotd event stream", timeoutSeconds: 5).contains("text/event-stream"))
+            #expect(await socket.read(until: ": spotd event stream", timeoutSeconds: 5).contains("text/event-stream"))
             try await client.expect(.created, .post, "/v1/pools", Seed.pool("live", "spot"))
-            let received = socket.read(until: "event: pool.created", timeoutSeconds: 5)
+            let received = await socket.read(until: "event: pool.created", timeoutSeconds: 5)
             #expect(received.contains("event: pool.created"))
             #expect(received.contains("\"subject\":\"pools/live\""))
             // Resuming after an event id replays what came after it; a malformed id is refused.
             let resumed = try RawSocket(port: try #require(client.port))
             resumed.send("GET /v1/events/stream HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: 0\r\n\r\n")
-            #expect(resumed.read(until: "event: pool.created", timeoutSeconds: 5).contains("event: pool.created"))
+            #expect(await resumed.read(until: "event: pool.created", timeoutSeconds: 5).contains("event: pool.created"))
             try await client.expectProblem(
                 .badRequest, .get, "/v1/events/stream", headers: [HTTPField.Name("Last-Event-ID")!: "yesterday"],
                 field: "header.Last-Event-ID")
@@ -274,38 +274,50 @@ final class RawSocket {
         guard fd >= 0, connected == 0 else { throw CocoaError(.fileReadUnknown) }
     }
 
-    deinit { close(fd) }
+    private var closed = false
+
+    /// Hangs up (once).
+    func close() {
+        guard !closed else { return }
+        closed = true
+        Glibc.close(fd)
+    }
+
+    deinit { close() }
 
     func send(_ text: String) {
         _ = text.withCString { Glibc.send(fd, $0, strlen($0), 0) }
     }
 
-    private func setTimeout(_ seconds: Int) {
-        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    }
-
-    /// Reads until `marker` arrives or the time is up; returns all that was read.
-    func read(until marker: String, timeoutSeconds: Int) -> String {
-        setTimeout(1)
+    /// Reads until `marker` arrives or the time is up; returns all that was read. Never blocks a thread: the server
+    /// under test runs on the same cooperative threads as the test.
+    func read(until marker: String, timeoutSeconds: Int) async -> String {
         var text = ""
         let deadline = Date().addingTimeInterval(Double(timeoutSeconds))
         var buffer = [UInt8](repeating: 0, count: 4096)
         while Date() < deadline && !text.contains(marker) {
-            let count = recv(fd, &buffer, buffer.count, 0)
-            if count > 0 { text += String(decoding: buffer[0..<count], as: UTF8.self) } else if count == 0 { break }
+            let count = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+            if count > 0 {
+                text += String(decoding: buffer[0..<count], as: UTF8.self)
+            } else if count == 0 {
+                break
+            } else {
+                try? await Task.sleep(for: .milliseconds(10))
+            }
         }
         return text
     }
 
     /// Whether the peer closes the connection within the time.
-    func readUntilClosed(timeoutSeconds: Int) -> Bool {
-        setTimeout(timeoutSeconds)
+    func readUntilClosed(timeoutSeconds: Int) async -> Bool {
+        let deadline = Date().addingTimeInterval(Double(timeoutSeconds))
         var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = recv(fd, &buffer, buffer.count, 0)
+        while Date() < deadline {
+            let count = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
             if count == 0 { return true }
-            if count < 0 { return false }
+            if count < 0 && errno != EAGAIN && errno != EWOULDBLOCK { return true }
+            if count < 0 { try? await Task.sleep(for: .milliseconds(10)) }
         }
+        return false
     }
 }

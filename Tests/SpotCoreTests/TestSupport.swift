@@ -58,7 +58,9 @@ struct TestEnv {
     /// Row counts of every table that a request could change.
     func snapshot() throws -> [String: Int] {
         var counts: [String: Int] = [:]
-        for table in ["pools", "nodes", "jobs", "interruptions", "interruption_steps", "provisioning_requests", "events", "tokens"] {
+        for table in [
+            "pools", "nodes", "jobs", "interruptions", "interruption_steps", "provisioning_requests", "events", "tokens", "notice_replays",
+        ] {
             counts[table] = try count(table)
         }
         return counts

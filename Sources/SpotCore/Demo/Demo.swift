@@ -13,13 +13,16 @@ public enum Demo {
     public struct Options: Sendable {
         public var stockout = false
         public var bootSeconds = 3.0
+        /// Keep the store in this folder (for a test to check the outcome itself); by default a throwaway folder.
+        public var directory: URL?
         public init() {}
     }
 
     public static func run(_ options: Options, print write: @escaping @Sendable (String) -> Void) async throws -> Bool {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("spotd-demo-\(UUID().uuidString)")
+        let directory =
+            options.directory ?? FileManager.default.temporaryDirectory.appendingPathComponent("spotd-demo-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
+        defer { if options.directory == nil { try? FileManager.default.removeItem(at: directory) } }
         var config = SpotConfig()
         config.dbPath = directory.appendingPathComponent("demo.sqlite").path
         config.port = Int.random(in: 30_000..<60_000)
