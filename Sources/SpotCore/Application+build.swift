@@ -83,10 +83,10 @@ func registeredRoutes(_ runtime: SpotRuntime) -> [RouteTable.Route] {
 }
 
 /// Builds the application: the HTTP server plus the worker, under one service group. `onServerRunning` is called
-/// once the server listens.
+/// with the port once the server listens (the kernel's choice when the configured port is 0).
 public func buildApplication(
     _ runtime: SpotRuntime, logger: Logger = Logger(label: "spotd"), withWorker: Bool = true,
-    onServerRunning: @escaping @Sendable () -> Void = {}
+    onServerRunning: @escaping @Sendable (Int?) -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let config = runtime.config
     let bodyDeadline = TimeAmount.seconds(config.bodyTimeoutSeconds + 1)
@@ -101,7 +101,7 @@ public func buildApplication(
         // A deep accept queue: a mass reclaim can deliver a thousand webhooks at once, and a full queue drops SYNs,
         // which the sender retries only after a second.
         configuration: .init(address: .hostname(config.host, port: config.port), serverName: "spotd", backlog: 4096),
-        onServerRunning: { _ in onServerRunning() },
+        onServerRunning: { channel in onServerRunning(channel.localAddress?.port) },
         logger: logger)
     if withWorker {
         app.addServices(runtime.worker(logger: logger), Checkpointer(path: config.dbPath, interval: .milliseconds(200), logger: logger))

@@ -139,7 +139,7 @@ struct Serve: AsyncParsableCommand {
                 "signed_webhooks": "\(config.webhookSecret != nil)",
             ])
         let listening = Atomic(false)
-        let app = buildApplication(runtime, logger: logger) { listening.store(true, ordering: .relaxed) }
+        let app = buildApplication(runtime, logger: logger) { _ in listening.store(true, ordering: .relaxed) }
         do {
             try await app.runService()
         } catch  where !listening.load(ordering: .relaxed) {

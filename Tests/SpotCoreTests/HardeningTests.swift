@@ -57,6 +57,28 @@ struct InputHardeningTests {
         #expect(StrictInteger.parse("-12") == nil)
     }
 
+    /// With signatures off the headers are not needed, but when sent they must be well formed: a malformed one is
+    /// bad input (400), not silently ignored.
+    @Test func signatureHeadersAreCheckedEvenWhenSignaturesAreOff() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            let body = #"{"node_id":"ghost","kind":"rebalance"}"#
+            let before = try env.snapshot()
+            for timestamp in ["", "-1", "01", "abc"] {
+                try await client.expectProblem(
+                    .badRequest, .post, "/v1/interruptions", body, headers: [HTTPField.Name("X-Spotd-Timestamp")!: timestamp],
+                    field: "header.X-Spotd-Timestamp")
+            }
+            try await client.expectProblem(
+                .badRequest, .post, "/v1/interruptions/gcp", #"{"instance_name":"g","preempted":true}"#,
+                headers: [HTTPField.Name("X-Spotd-Signature")!: "sha256=zz"], field: "header.X-Spotd-Signature")
+            #expect(try env.snapshot() == before)
+            try await client.expect(
+                .accepted, .post, "/v1/interruptions", body,
+                headers: signedHeaders(body, secret: "any", timestamp: "\(env.clock.now() / 1000)"))
+        }
+    }
+
     /// A signed notice counts once: the same (timestamp, signature) again records nothing and answers 200 with the
     /// first record, even for a generic notice without an event id (which used to make a new record each time).
     @Test func signedNoticeReplayCountsOnce() async throws {

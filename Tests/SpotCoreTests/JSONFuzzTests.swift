@@ -43,8 +43,9 @@ struct JSONFuzzTests {
                 case 1: text += String(format: "\\u%04x", int(0x20...0xD7FF))
                 case 2: text += "\\ud83d\\ude00"
                 case 3: text += ["é", "日本", "😀", "ß"][int(0...3)]
-                default: text += String(UnicodeScalar(UInt8(int(0x20...0x7E)))).replacingOccurrences(of: "\\", with: "x")
-                    .replacingOccurrences(of: "\"", with: "y")
+                default:
+                    text += String(UnicodeScalar(UInt8(int(0x20...0x7E)))).replacingOccurrences(of: "\\", with: "x")
+                        .replacingOccurrences(of: "\"", with: "y")
                 }
             }
             return text + "\""

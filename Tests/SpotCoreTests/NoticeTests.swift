@@ -163,7 +163,7 @@ struct NoticeParserTests {
     }
 
     @Test func gcpPreemptedMustBeABooleanOrTrueFalse() throws {
-        for value in [#""yes""#, "1", #""""#, "[]"] {
+        for value in [#""yes""#, "1", #""""#, "[]", #""True""#] {
             let problem = try #require(throws: Problem.self) {
                 try NoticeParser.gcp(object(#"{"instance_name":"gpu-1","preempted":\#(value)}"#), now: now)
             }

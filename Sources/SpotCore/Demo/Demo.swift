@@ -25,19 +25,26 @@ public enum Demo {
         defer { if options.directory == nil { try? FileManager.default.removeItem(at: directory) } }
         var config = SpotConfig()
         config.dbPath = directory.appendingPathComponent("demo.sqlite").path
-        config.port = Int.random(in: 30_000..<60_000)
+        // Port 0: the kernel picks a free one, and the server says which once it listens.
+        config.port = 0
         config.simBootSeconds = options.bootSeconds
         config.workerIntervalSeconds = 0.1
         var logger = Logger(label: "spotd-demo")
         logger.logLevel = .error
         let runtime = try SpotRuntime(config: config, logger: logger)
-        let app = buildApplication(runtime, logger: logger)
+        let (ports, listening) = AsyncStream<Int?>.makeStream()
+        let app = buildApplication(runtime, logger: logger) { port in
+            listening.yield(port)
+            listening.finish()
+        }
         let group = ServiceGroup(services: [app], gracefulShutdownSignals: [], logger: logger)
         let server = Task { try await group.run() }
         defer {
             server.cancel()
         }
-        let client = DemoClient(base: "http://127.0.0.1:\(config.port)")
+        var iterator = ports.makeAsyncIterator()
+        guard let port = await iterator.next() ?? nil else { throw DemoError.serverDidNotStart }
+        let client = DemoClient(base: "http://127.0.0.1:\(port)")
         try await client.waitUntilUp()
         let scenario = Scenario(client: client, write: write, options: options)
         let passed = try await scenario.play()

@@ -112,12 +112,12 @@ enum NoticeParser {
             throw Problem.invalidField(body.path + "instance_name", "or instance_id is required")
         }
         _ = try body.string("zone", maxLength: 256)
-        // As the metadata server says it: `TRUE` or `FALSE` (any case), or a JSON boolean. Anything else is malformed.
+        // As the metadata server says it (`TRUE`, `FALSE`), in lower case, or a JSON boolean. Anything else is malformed.
         let preempted: Bool
         switch body.fields["preempted"] {
         case .bool(let flag)?: preempted = flag
-        case .string(let text)? where text.lowercased() == "true": preempted = true
-        case .string(let text)? where text.lowercased() == "false": preempted = false
+        case .string("TRUE")?, .string("true")?: preempted = true
+        case .string("FALSE")?, .string("false")?: preempted = false
         case nil, .null?: throw Problem.invalidField(body.path + "preempted", "is required")
         default: throw Problem.invalidField(body.path + "preempted", "must be true, false, \"TRUE\" or \"FALSE\"")
         }

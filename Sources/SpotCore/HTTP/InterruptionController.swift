@@ -31,13 +31,20 @@ struct InterruptionController {
         _ = try Query(request, allowed: [])
         let data = try await request.collectLimited(context)
         var replayKey: String?
+        let timestamp = request.headers[HTTPField.Name("X-Spotd-Timestamp")!]
+        let signature = request.headers[HTTPField.Name("X-Spotd-Signature")!]
         if let secret = webhookSecret {
-            switch Signature.verify(
-                secret: secret, timestamp: request.headers[HTTPField.Name("X-Spotd-Timestamp")!],
-                signature: request.headers[HTTPField.Name("X-Spotd-Signature")!], body: data, now: store.clock.now())
-            {
+            switch Signature.verify(secret: secret, timestamp: timestamp, signature: signature, body: data, now: store.clock.now()) {
             case .refused(let failure): throw Problem.unauthorized("webhook signature refused: \(failure)")
             case .valid(let digest): replayKey = digest
+            }
+        } else {
+            // Signatures are off, so the headers are not needed; when sent anyway they must still be well formed.
+            if let timestamp, StrictInteger.parse(timestamp) == nil {
+                throw Problem.invalidField("header.X-Spotd-Timestamp", "must be unix seconds (decimal digits, no sign, no leading zero)")
+            }
+            if let signature, !Signature.wellFormed(signature) {
+                throw Problem.invalidField("header.X-Spotd-Signature", "must be sha256= and 64 hex digits")
             }
         }
         return SignedBody(object: try JSONObject(JSONValue.parse(data)), replayKey: replayKey)

@@ -17,6 +17,11 @@ enum Signature {
         return HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: Data(secret.utf8)))
     }
 
+    /// Whether a signature header has the right shape: `sha256=` and 64 hex digits.
+    static func wellFormed(_ signature: String) -> Bool {
+        signature.hasPrefix("sha256=") && Data(hexString: String(signature.dropFirst(7)))?.count == 32
+    }
+
     enum Verdict: Equatable {
         /// Valid; `digest` is the signature in lowercase hex, which identifies this exact signed request (replays).
         case valid(digest: String)
@@ -29,12 +34,11 @@ enum Signature {
         guard let timestamp, let seconds = StrictInteger.parse(timestamp) else {
             return .refused("X-Spotd-Timestamp is missing or not unix seconds (decimal digits, no sign, no leading zero)")
         }
-        guard let signature, signature.hasPrefix("sha256=") else { return .refused("X-Spotd-Signature is missing or not sha256=<hex>") }
+        guard let signature, wellFormed(signature), let given = Data(hexString: String(signature.dropFirst(7))) else {
+            return .refused("X-Spotd-Signature is missing or not sha256= and 64 hex digits")
+        }
         // `seconds` is below 10^18 and `now / 1000` near 2 * 10^9: the difference cannot overflow.
         guard abs(now / 1000 - seconds) <= maxSkewSeconds else { return .refused("X-Spotd-Timestamp is more than 5 minutes from now") }
-        guard let given = Data(hexString: String(signature.dropFirst(7))), given.count == 32 else {
-            return .refused("X-Spotd-Signature is not 64 hex digits")
-        }
         var message = Data(timestamp.utf8)
         message.append(0x2E)
         message.append(body)
