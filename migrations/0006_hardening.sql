@@ -1,9 +1,9 @@
 -- Hardening (issue 11): unique token names, replay protection for signed notices, indexes for retention.
 
--- Token names are actors in the event log: unique among all tokens, revoked ones included. Older stores may hold
--- repeats; every repeat but the first gets its sequence number appended.
-UPDATE tokens SET name = name || '-' || seq WHERE seq NOT IN (SELECT MIN(seq) FROM tokens GROUP BY name);
-CREATE UNIQUE INDEX tokens_name ON tokens(name);
+-- Token names are actors in the event log: unique among all tokens, revoked ones included, whatever their case.
+-- Older stores may hold repeats; every repeat but the first gets its sequence number appended.
+UPDATE tokens SET name = name || '-' || seq WHERE seq NOT IN (SELECT MIN(seq) FROM tokens GROUP BY lower(name));
+CREATE UNIQUE INDEX tokens_name ON tokens(name COLLATE NOCASE);
 
 -- Signed notices already answered, by their signature: a replay of the same (timestamp, signature) records nothing
 -- new and is answered with the first records. Kept a little longer than the 5-minute signature window.

@@ -15,6 +15,8 @@ public struct SpotRuntime: Sendable {
     let feed: EventFeed
     /// Request-body bytes held at once, over all requests.
     let bodyBudget: BodyBudget
+    /// Connections open at once.
+    let connections: ConnectionLimiter
 
     /// Checks the settings, opens the store (applying migrations) and seeds the default policies.
     public init(config: SpotConfig, clock: any SpotClock = SystemClock(), logger: Logger = Logger(label: "spotd")) throws {
@@ -33,7 +35,9 @@ public struct SpotRuntime: Sendable {
         }
         let metrics = SpotMetrics()
         self.metrics = metrics
-        let feed = EventFeed(store: store, capacity: config.maxEventStreams, logger: logger) { metrics.eventStreams($0) }
+        let feed = EventFeed(
+            store: store, capacity: config.maxEventStreams, stallTimeout: .seconds(config.streamStallSeconds), logger: logger
+        ) { metrics.eventStreams($0) }
         self.feed = feed
         // What each commit wrote: counted by type (the requeue count among them) and announced to the event streams.
         store.batcher.observeCommits { events in
@@ -41,6 +45,7 @@ public struct SpotRuntime: Sendable {
             feed.poke()
         }
         self.bodyBudget = BodyBudget(capacity: config.maxBufferedBodyMiB << 20, deadline: .seconds(config.bodyTimeoutSeconds))
+        self.connections = ConnectionLimiter(limit: config.maxConnections, logger: logger)
     }
 
     /// The background worker service.
@@ -96,7 +101,9 @@ public func buildApplication(
             configuration: .init(
                 // Backstop for the body deadline: a request whose body has not ended a second after the deadline is
                 // closed at the connection, whether or not its handler reads the body.
-                additionalChannelHandlers: [RequestDeadlineHandler(deadline: bodyDeadline)],
+                additionalChannelHandlers: [
+                    ConnectionLimitHandler(limiter: runtime.connections), RequestDeadlineHandler(deadline: bodyDeadline),
+                ],
                 idleTimeout: .seconds(config.idleTimeoutSeconds))),
         // A deep accept queue: a mass reclaim can deliver a thousand webhooks at once, and a full queue drops SYNs,
         // which the sender retries only after a second.

@@ -27,18 +27,25 @@ public struct SpotConfig: Sendable {
     public var bodyTimeoutSeconds: Int64 = 30
     /// Most request-body bytes held in memory at once, over all requests.
     public var maxBufferedBodyMiB = 64
+    /// Most connections open at once; past it a new connection is closed (default: 10,000, or below the file limit).
+    public var maxConnections = ConnectionLimiter.defaultLimit()
     /// How often the worker looks for due work when nothing wakes it.
     public var workerIntervalSeconds: Double = 0.2
     /// A folder of migrations to use instead of the built-in ones.
     public var migrationsDirectory: String?
     /// A connection that sends nothing for this long is closed (slow or stuck clients).
     public var idleTimeoutSeconds: Int64 = 60
+    /// An event stream whose client takes no write for this long is closed (it does not read).
+    public var streamStallSeconds: Int64 = 30
 
     public init() {}
 
-    /// Whether `host` is a loopback address.
+    /// Whether `host` is a loopback address: `localhost`, `::1`, or an IPv4 literal in 127.0.0.0/8 (a name that
+    /// merely starts with "127." is not).
     public var isLoopback: Bool {
-        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        if host == "localhost" || host == "::1" { return true }
+        var address = in_addr()
+        return inet_pton(AF_INET, host, &address) == 1 && UInt32(bigEndian: address.s_addr) >> 24 == 127
     }
 
     /// Checks every setting, each against its range, before anything uses one: a value from a flag or a variable
@@ -59,11 +66,20 @@ public struct SpotConfig: Sendable {
                 name: "--host (SPOTD_HOST)",
                 detail: "\(host) is not loopback, and auth is off: set --admin-token (SPOTD_ADMIN_TOKEN), or listen on 127.0.0.1")
         }
-        if let token = adminToken, token.utf8.count < 16 {
-            return .setting(name: "--admin-token (SPOTD_ADMIN_TOKEN)", detail: "must be at least 16 characters")
+        if let token = adminToken {
+            // A token read from a file often ends in a newline; clients send it without one and would never match.
+            if token.trimmingCharacters(in: .whitespacesAndNewlines) != token {
+                return .setting(name: "--admin-token (SPOTD_ADMIN_TOKEN)", detail: "must not begin or end with spaces or a newline")
+            }
+            if token.utf8.count < 16 {
+                return .setting(name: "--admin-token (SPOTD_ADMIN_TOKEN)", detail: "must be at least 16 characters")
+            }
         }
-        if let secret = webhookSecret, secret.isEmpty {
-            return .setting(name: "--webhook-secret (SPOTD_WEBHOOK_SECRET)", detail: "must not be empty")
+        if let secret = webhookSecret {
+            if secret.isEmpty { return .setting(name: "--webhook-secret (SPOTD_WEBHOOK_SECRET)", detail: "must not be empty") }
+            if secret.trimmingCharacters(in: .whitespacesAndNewlines) != secret {
+                return .setting(name: "--webhook-secret (SPOTD_WEBHOOK_SECRET)", detail: "must not begin or end with spaces or a newline")
+            }
         }
         if provider == .webhook && provisionWebhookURL == nil {
             return .setting(name: "--provider webhook", detail: "needs --provision-webhook-url (or SPOTD_PROVISION_WEBHOOK_URL)")
@@ -79,8 +95,10 @@ public struct SpotConfig: Sendable {
             outside(maxEventStreams, 0...100_000, "--max-event-streams (SPOTD_MAX_EVENT_STREAMS)"),
             outside(bodyTimeoutSeconds, 1...3600, "--body-timeout-seconds (SPOTD_BODY_TIMEOUT_SECONDS)"),
             outside(maxBufferedBodyMiB, 1...65_536, "--max-buffered-body-mib (SPOTD_MAX_BUFFERED_BODY_MIB)"),
+            outside(maxConnections, 1...1_000_000, "--max-connections (SPOTD_MAX_CONNECTIONS)"),
             finite(workerIntervalSeconds, 0.01...60, "worker interval"),
             outside(idleTimeoutSeconds, 1...86_400, "idle timeout"),
+            outside(streamStallSeconds, 1...3600, "stream stall timeout"),
         ]
         return checks.compactMap { $0 }.first
     }

@@ -79,6 +79,8 @@ struct Serve: AsyncParsableCommand {
     var bodyTimeoutSeconds: Int64?
     @Option(help: "MiB of request bodies held in memory at once, over all requests (env SPOTD_MAX_BUFFERED_BODY_MIB; default 64).")
     var maxBufferedBodyMib: Int?
+    @Option(help: "Most connections open at once (env SPOTD_MAX_CONNECTIONS; default 10000, or less below the file limit).")
+    var maxConnections: Int?
 
     func config() -> SpotConfig {
         var config = SpotConfig()
@@ -117,10 +119,13 @@ struct Serve: AsyncParsableCommand {
             bodyTimeoutSeconds ?? parsed("SPOTD_BODY_TIMEOUT_SECONDS", env("SPOTD_BODY_TIMEOUT_SECONDS")) ?? config.bodyTimeoutSeconds
         config.maxBufferedBodyMiB =
             maxBufferedBodyMib ?? parsed("SPOTD_MAX_BUFFERED_BODY_MIB", env("SPOTD_MAX_BUFFERED_BODY_MIB")) ?? config.maxBufferedBodyMiB
+        config.maxConnections =
+            maxConnections ?? parsed("SPOTD_MAX_CONNECTIONS", env("SPOTD_MAX_CONNECTIONS")) ?? config.maxConnections
         return config
     }
 
     func run() async throws {
+        ConnectionLimiter.raiseFileLimit()
         let config = config()
         if let problem = config.validate() { fail(problem.description) }
         var logger = Logger(label: "spotd")

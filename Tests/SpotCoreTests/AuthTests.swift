@@ -194,5 +194,14 @@ struct AuthTests {
         config.host = "127.0.0.1"
         config.adminToken = nil
         #expect(config.validate() == nil)
+        // Loopback means a loopback address, not a name that starts like one.
+        for host in ["127.example.com", "127.0.0.1.nip.io", "0.0.0.0", "10.0.0.1"] {
+            config.host = host
+            #expect(config.validate() != nil, "\(host)")
+        }
+        for host in ["127.0.0.1", "127.1.2.3", "localhost", "::1"] {
+            config.host = host
+            #expect(config.validate() == nil, "\(host)")
+        }
     }
 }

@@ -31,6 +31,10 @@ struct JSONCodingTests {
         #expect(try read("1e19") == .double(1e19))
         #expect(try read("-9223372036854775808.0") == .int(Int64.min))
         #expect(try read("9223372036854775808.0") == .double(9_223_372_036_854_775_808))
+        // A number longer than any client needs is refused before it costs time (a 1 MiB one took seconds).
+        let long = "0." + String(repeating: "0", count: 300_000) + "1e300001"
+        #expect(throws: JSONReader.Failure.numberOutOfRange(offset: 5)) { try read(#"{"x":\#(long)}"#) }
+        #expect(try read("1." + String(repeating: "0", count: 200)) == .int(1))
         #expect(try read("\"\"") == .string(""))
         #expect(try read("[]") == .array([]))
         #expect(try read("{}") == .object([:]))

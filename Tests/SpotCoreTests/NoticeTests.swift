@@ -79,6 +79,14 @@ struct NoticeParserTests {
         #expect(try NoticeParser.gcp(object(envelope), now: now) == notice)
     }
 
+    @Test func gcpAuditLogResourceNameMustNameAnInstance() throws {
+        for name in ["projects/p/zones/z/instances/", "x/instances/gpu-1", "projects//zones/z/instances/gpu-1", "gpu-1"] {
+            let entry = #"{"protoPayload":{"methodName":"compute.instances.preempted","resourceName":"\#(name)"}}"#
+            let problem = try #require(throws: Problem.self) { try NoticeParser.gcp(object(entry), now: now) }
+            #expect(problem.field == "protoPayload.resourceName", "\(name)")
+        }
+    }
+
     @Test func gcpRefusesNotPreemptedAndOtherMethods() throws {
         let notPreempted = #"{"instance_name":"a","preempted":false}"#
         #expect(throws: Problem.self) { try NoticeParser.gcp(object(notPreempted), now: now) }
@@ -155,6 +163,16 @@ struct NoticeParserTests {
         #expect(TimeFormat.parseRFC1123(text) == expected, "\(text)")
     }
 
+    @Test func rfc1123MalformedAndImpossibleAreTold() {
+        #expect(TimeFormat.readRFC1123("Mon, 30 Nov 2026 10:00:00 GMT") == .time(1_796_032_800_000))
+        #expect(TimeFormat.readRFC1123("Mon, 31 Feb 2026 10:00:00 GMT") == .malformed)
+        #expect(TimeFormat.readRFC1123("Mon, 31 Nov 2026 10:00:00 GMT") == .malformed)
+        #expect(TimeFormat.readRFC1123("Mon, 30 Nov 2026 -1:-1:-1 GMT") == .malformed)
+        #expect(TimeFormat.readRFC1123("Sun, 29 Feb 2026 10:00:00 GMT") == .impossible)
+        #expect(TimeFormat.readRFC1123("Tue, 30 Nov 2026 10:00:00 GMT") == .impossible)
+        #expect(TimeFormat.readRFC1123("Tue, 29 Feb 2000 12:34:56 GMT") == .time(951_827_696_000))
+    }
+
     @Test func rfc3339FormattingIsExact() {
         #expect(TimeFormat.rfc3339(1_474_309_787_250) == "2016-09-19T18:29:47.250Z")
         #expect(TimeFormat.rfc3339(1_800_000_051_035) == "2027-01-15T08:00:51.035Z")
@@ -185,7 +203,10 @@ struct NoticeParserTests {
             return #"{"DocumentIncarnation":1,"Events":[\#(list.joined(separator: ","))]}"#
         }
         #expect(try NoticeParser.azure(object(document(events: 10, vms: 100)), now: now).notices.count == 1000)
-        for text in [document(events: 100, vms: 1000), document(events: 11, vms: 100), document(events: 2, vms: 1000, type: "Freeze")] {
+        for text in [
+            document(events: 100, vms: 1000), document(events: 11, vms: 100), document(events: 2, vms: 1000, type: "Freeze"),
+            document(events: 1, vms: 1001),
+        ] {
             let problem = try #require(throws: Problem.self) { try NoticeParser.azure(object(text), now: now) }
             #expect(problem.status == .contentTooLarge)
         }

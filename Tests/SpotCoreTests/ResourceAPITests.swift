@@ -262,8 +262,12 @@ struct RawConnectionTests {
 final class RawSocket {
     let fd: Int32
 
-    init(port: Int) throws {
+    /// Connects to the port on loopback; `receiveBuffer` shrinks the kernel's buffer (a client that reads slowly).
+    init(port: Int, receiveBuffer: Int32? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        if var size = receiveBuffer {
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -308,16 +312,22 @@ final class RawSocket {
         return text
     }
 
-    /// Whether the peer closes the connection within the time.
-    func readUntilClosed(timeoutSeconds: Int) async -> Bool {
-        let deadline = Date().addingTimeInterval(Double(timeoutSeconds))
-        var buffer = [UInt8](repeating: 0, count: 4096)
+    /// Whether the peer closes the connection within the time (what it still sends meanwhile is read and dropped).
+    func readUntilClosed(timeoutSeconds: Double) async -> Bool {
+        await readUntilClosedCounting(timeoutSeconds: timeoutSeconds).closed
+    }
+
+    /// Reads until the peer closes or the time is up: whether it closed, and how many bytes came first.
+    func readUntilClosedCounting(timeoutSeconds: Double) async -> (closed: Bool, bytes: Int) {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        var total = 0
         while Date() < deadline {
             let count = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
-            if count == 0 { return true }
-            if count < 0 && errno != EAGAIN && errno != EWOULDBLOCK { return true }
-            if count < 0 { try? await Task.sleep(for: .milliseconds(10)) }
+            if count == 0 { return (true, total) }
+            if count < 0 && errno != EAGAIN && errno != EWOULDBLOCK { return (true, total) }
+            if count > 0 { total += count } else { try? await Task.sleep(for: .milliseconds(10)) }
         }
-        return false
+        return (false, total)
     }
 }

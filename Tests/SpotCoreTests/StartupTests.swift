@@ -72,6 +72,9 @@ struct StartupTests {
             ([], ["SPOTD_SCALE_DOWN_IDLE_SECONDS": "9223372036854775807"], "--scale-down-idle-seconds"),
             ([], ["SPOTD_SIM_BOOT_SECONDS": "nan"], "--sim-boot-seconds"),
             (["--host", "0.0.0.0"], [:], "--host"),
+            ([], ["SPOTD_ADMIN_TOKEN": "admin-token-from-a-file-0123\n"], "--admin-token"),
+            ([], ["SPOTD_WEBHOOK_SECRET": " secret"], "--webhook-secret"),
+            (["--max-connections", "0"], [:], "--max-connections"),
         ] as [([String], [String: String], String)])
     func badSettingsAreRefusedByName(arguments: [String], environment: [String: String], named: String) async throws {
         let directory = try tempDirectory()
@@ -120,6 +123,21 @@ struct StartupTests {
         ])
         #expect(result.status == 2)
         #expect(result.stderr.contains("/no/such/dir"), "\(result.stderr)")
+    }
+
+    @Test func brokenMigrationIsNamed() async throws {
+        let directory = try tempDirectory()
+        let folder = directory.appendingPathComponent("migrations")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        for migration in Migration.embedded {
+            try Data(migration.sql.utf8).write(to: folder.appendingPathComponent(migration.name))
+        }
+        try Data("CREATE TABLE broken (".utf8).write(to: folder.appendingPathComponent("0099_broken.sql"))
+        let result = try await runSpotd([
+            "serve", "--port", "\(freePort())", "--db", directory.appendingPathComponent("x.sqlite").path, "--migrations", folder.path,
+        ])
+        #expect(result.status == 2)
+        #expect(result.stderr.contains("0099_broken.sql"), "\(result.stderr)")
     }
 
     /// A store that a newer spotd migrated is refused, naming the path and the versions, and left as it was.

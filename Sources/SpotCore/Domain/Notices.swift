@@ -142,7 +142,13 @@ enum NoticeParser {
                 field: payload.path + "methodName")
         }
         let resourceName = try payload.string("resourceName", required: true, maxLength: 1024)!
-        let name = resourceName.split(separator: "/").last.map(String.init)
+        // projects/PROJECT/zones/ZONE/instances/NAME, as the audit log writes it.
+        let parts = resourceName.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 6, parts[0] == "projects", parts[2] == "zones", parts[4] == "instances", !parts[1].isEmpty, !parts[3].isEmpty
+        else {
+            throw Problem.invalidField(payload.path + "resourceName", "must name the instance (projects/P/zones/Z/instances/NAME)")
+        }
+        let name: String? = String(parts[5])
         let labels = try body.object("resource")?.object("labels")
         let numericId = try labels?.string("instance_id", maxLength: 128, pattern: .identifier)
         guard let primary = name ?? numericId, NamePattern.identifier.matches(primary) else {
@@ -164,7 +170,8 @@ enum NoticeParser {
             let event = try JSONObject(value, path: "Events[\(index)].")
             let eventId = try event.string("EventId", required: true, maxLength: 256)!
             let eventType = try event.string("EventType", required: true, maxLength: 64)!
-            let resources = try event.array("Resources", required: true, maxCount: 1000)!.enumerated().map { offset, item in
+            // No count limit here: the records limit below refuses a larger document whole (413).
+            let resources = try event.array("Resources", required: true, maxCount: Int.max)!.enumerated().map { offset, item in
                 guard case .string(let name) = item, NamePattern.identifier.matches(name) else {
                     throw Problem.invalidField(
                         "Events[\(index)].Resources[\(offset)]", "must be a VM name matching \(NamePattern.identifier.description)")
@@ -176,11 +183,15 @@ enum NoticeParser {
             case nil, .string("")?:
                 break
             case .string(let text)? where text.unicodeScalars.count <= 64:
-                guard let parsed = TimeFormat.parseRFC1123(text) else {
+                switch TimeFormat.readRFC1123(text) {
+                case .time(let parsed): notBefore = parsed
+                case .malformed:
                     throw Problem.invalidField(
                         "Events[\(index)].NotBefore", "must be an RFC 1123 time such as Mon, 19 Sep 2016 18:29:47 GMT")
+                case .impossible:
+                    throw Problem.unprocessable(
+                        "Events[\(index)].NotBefore", "names a day that does not exist, or a weekday that date does not fall on")
                 }
-                notBefore = parsed
             default:
                 throw Problem.invalidField("Events[\(index)].NotBefore", "must be an RFC 1123 time of at most 64 characters, or empty")
             }

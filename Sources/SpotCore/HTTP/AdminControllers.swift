@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import NIOCore
 import ServiceLifecycle
+import Synchronization
 
 /// `/v1/provisioning-requests`: replacement capacity asked of the provider.
 struct ProvisioningController {
@@ -23,7 +24,7 @@ struct ProvisioningController {
 
     @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let id = try context.parameters.require("id")
+        let id = try context.pathParameter("id")
         guard let value = try await store.provisioningRequest(id) else { throw Problem.notFound("provisioning request", id) }
         return View.provisioning(value).response()
     }
@@ -46,7 +47,7 @@ struct PolicyController {
 
     @Sendable func put(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let tierName = try context.parameters.require("tier")
+        let tierName = try context.pathParameter("tier")
         guard let tier = Tier(rawValue: tierName) else {
             throw Problem.notFound("tier", tierName)
         }
@@ -114,28 +115,45 @@ struct EventController {
         }
         let from: Int64
         if let start { from = start } else { from = try await store.lastEventId() }
-        let subscription: EventFeed.Subscription
-        do {
-            subscription = try feed.subscribe(from: from, type: type, tokenId: context.caller.tokenId)
-        } catch {
+        guard let subscription = try? feed.subscribe(from: from, type: type, tokenId: context.caller.tokenId) else {
             throw Problem.busy("at most \(feed.capacity) event streams may be open at once")
         }
+        let channel = context.channel
+        let stallTimeout = feed.stallTimeout
         let body = ResponseBody { writer in
             // Ends the stream as soon as the client goes away, not at the next write.
             try await request.body.consumeWithCancellationOnInboundClose { _ in
-                try await writer.write(ByteBuffer(string: ": spotd event stream\n\n"))
+                // The guard cuts the connection when the server ends the stream (token revoked) while a write is
+                // blocked, or when the client has not taken a write for `stallTimeout` (it does not read).
+                let watch = WriteWatch()
+                let guardTask = Task {
+                    while !Task.isCancelled {
+                        let ended = await subscription.waitForEnd(timeout: .seconds(1))
+                        if ended || watch.stalled(longerThan: stallTimeout) {
+                            channel.close(promise: nil)
+                            return
+                        }
+                    }
+                }
+                defer { guardTask.cancel() }
+                func send(_ text: String) async throws {
+                    watch.started()
+                    try await writer.write(ByteBuffer(string: text))
+                    watch.finished()
+                }
+                try await send(": spotd event stream\n\n")
                 // A server shutting down ends its streams, so that it need not wait for their clients.
                 try await withGracefulShutdownHandler {
-                    for await item in subscription.items {
+                    while let item = try await subscription.next() {
                         switch item {
                         case .keepAlive:
-                            try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                            try await send(": keep-alive\n\n")
                         case .events(let events):
                             var chunk = ""
                             for event in events {
                                 chunk += "id: \(event.id)\nevent: \(event.type)\ndata: \(View.event(event).jsonText)\n\n"
                             }
-                            try await writer.write(ByteBuffer(string: chunk))
+                            try await send(chunk)
                         }
                     }
                 } onGracefulShutdown: {
@@ -178,7 +196,7 @@ struct TokenController {
 
     @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let id = try context.parameters.require("id")
+        let id = try context.pathParameter("id")
         try await store.revokeToken(id, actor: context.caller.name)
         // Its open event streams end now, not at their next event.
         feed.revoke(tokenId: id)

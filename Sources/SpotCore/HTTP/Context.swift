@@ -28,12 +28,23 @@ public struct AppRequestContext: RequestContext {
     public var caller: Caller = .anonymous
     /// Body bytes this request holds against the server-wide budget; set by `BodyBudgetMiddleware`.
     var bodyAccount: BodyAccount?
+    /// Whether the route takes interruption notices: their bodies may use the budget's reserve.
+    var takesNotices = false
+    /// The connection, so that a long response (an event stream) can be cut off.
+    let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
+        self.channel = source.channel
     }
 
     public var maxUploadSize: Int { RequestLimits.maxBody }
+
+    /// A path parameter, percent-decoded (`a%3Ab` is `a:b`, as `encodeURIComponent` writes it).
+    func pathParameter(_ name: String) throws -> String {
+        let raw = try parameters.require(name)
+        return raw.removingPercentEncoding ?? raw
+    }
 }
 
 enum RequestLimits {
@@ -54,11 +65,13 @@ final class BodyBudget: Sendable {
         self.deadline = deadline
     }
 
-    /// Takes `bytes` from the budget; false (and nothing taken) when they do not fit.
-    func reserve(_ bytes: Int) -> Bool {
+    /// Takes `bytes` from the budget; false (and nothing taken) when they do not fit. The last quarter of the budget
+    /// is kept for interruption notices: clients of other routes holding bodies cannot keep a notice out.
+    func reserve(_ bytes: Int, notice: Bool = false) -> Bool {
+        let limit = notice ? capacity : capacity - capacity / 4
         var current = used.load(ordering: .relaxed)
         while true {
-            guard bytes <= capacity - current else { return false }
+            guard bytes <= limit - current else { return false }
             let (exchanged, original) = used.compareExchange(
                 expected: current, desired: current + bytes, successOrdering: .acquiring, failureOrdering: .relaxed)
             if exchanged { return true }
@@ -81,8 +94,8 @@ final class BodyAccount: Sendable {
 
     init(budget: BodyBudget) { self.budget = budget }
 
-    func reserve(_ bytes: Int) -> Bool {
-        guard budget.reserve(bytes) else { return false }
+    func reserve(_ bytes: Int, notice: Bool) -> Bool {
+        guard budget.reserve(bytes, notice: notice) else { return false }
         held.withLock { $0 += bytes }
         return true
     }
@@ -125,7 +138,9 @@ extension Request {
             guard chunk.readableBytes <= RequestLimits.maxBody - buffer.readableBytes else { throw Problem.tooLarge }
             if let account = context.bodyAccount {
                 guard ContinuousClock.now - started <= account.budget.deadline else { throw Problem.bodyTimeout(account.budget.deadline) }
-                guard account.reserve(chunk.readableBytes) else { throw Problem.busy("too many request bodies are in flight") }
+                guard account.reserve(chunk.readableBytes, notice: context.takesNotices) else {
+                    throw Problem.busy("too many request bodies are in flight")
+                }
             }
             buffer.writeImmutableBuffer(chunk)
         }

@@ -2,211 +2,360 @@ import Foundation
 import Logging
 import Synchronization
 
-/// One reader of the event log feeding every open event stream. Each stream costs a queue, not a poller: the
-/// feed reads new events once (when a commit says there are some, else every `interval`) and hands each stream
-/// what it has not seen yet. A stream that starts in the past catches up from the store in pages, read by the
-/// feed for it. The feed runs only while a stream is open.
+/// One reader of the event log behind every open event stream.
+///
+/// The reader keeps the newest events in a ring; a stream that is caught up takes what it has not sent from the ring
+/// and costs no store read. A stream that starts further back (or falls behind the ring) reads its own pages from the
+/// store, one page per write, so a slow client paces its own reads. Nothing is queued per stream: memory is the ring
+/// plus one page per stream being written. The reader runs only while a stream is open.
 final class EventFeed: Sendable {
-    /// What a stream receives: events in order, or a keep-alive tick.
+    /// What a stream sends next: events in order, or a keep-alive after a quiet spell.
     enum Item: Sendable {
         case events([Event])
         case keepAlive
     }
 
-    enum SubscribeError: Error { case full }
+    struct Full: Error {}
 
-    private struct Subscriber {
-        var type: String?
+    private struct Entry {
         var tokenId: String?
-        var last: Int64
-        var continuation: AsyncStream<Item>.Continuation
+        var ended = false
+        /// The stream waiting for new events.
+        var waiter: CheckedContinuation<Void, Never>?
+        /// The stream's guard waiting for the end.
+        var endWaiter: CheckedContinuation<Void, Never>?
     }
 
     private struct State {
-        var subscribers: [Int: Subscriber] = [:]
+        /// The newest events read, in id order: complete for every id above `floor` up to `head`.
+        var ring: [Event] = []
+        var floor: Int64 = 0
+        var head: Int64 = 0
+        var primed = false
+        /// Bumped whenever the ring grows or a stream ends: a waiter that saw an older version wakes at once.
+        var version = 0
+        var entries: [Int: Entry] = [:]
         var nextId = 0
         var reader: Task<Void, Never>?
-        var wake: CheckedContinuation<Void, Never>?
+        var readerWake: CheckedContinuation<Void, Never>?
         var pending = false
+
+        /// Every stream's change waiter, taken out to be resumed.
+        mutating func takeWaiters() -> [CheckedContinuation<Void, Never>] {
+            var waiters: [CheckedContinuation<Void, Never>] = []
+            for id in entries.keys {
+                if let waiter = entries[id]?.waiter { waiters.append(waiter) }
+                entries[id]?.waiter = nil
+            }
+            return waiters
+        }
     }
 
     let store: AppDatabase
     let capacity: Int
     let interval: Duration
     let keepAliveEvery: Duration
-    /// How many undelivered items a stream may have before it is ended (its client reconnects with `Last-Event-ID`).
-    let backlog: Int
+    /// A stream whose client has not taken a write for this long is closed (it does not read).
+    let stallTimeout: Duration
+    let ringSize: Int
+    /// Most events one write carries; also the page a stream reads from the store when it is behind the ring.
+    let page = 200
     let onCountChange: @Sendable (Int) -> Void
     private let state = Mutex(State())
     private let logger: Logger
 
     init(
         store: AppDatabase, capacity: Int, interval: Duration = .milliseconds(250), keepAliveEvery: Duration = .seconds(15),
-        backlog: Int = 256, logger: Logger, onCountChange: @escaping @Sendable (Int) -> Void = { _ in }
+        stallTimeout: Duration = .seconds(30), ringSize: Int = 4096, logger: Logger,
+        onCountChange: @escaping @Sendable (Int) -> Void = { _ in }
     ) {
         self.store = store
         self.capacity = capacity
         self.interval = interval
         self.keepAliveEvery = keepAliveEvery
-        self.backlog = backlog
+        self.stallTimeout = stallTimeout
+        self.ringSize = ringSize
         self.logger = logger
         self.onCountChange = onCountChange
     }
 
-    /// Open streams now.
-    var count: Int { state.withLock { $0.subscribers.count } }
+    /// Open streams now: each holds its slot until its response is over, whatever ended it.
+    var count: Int { state.withLock { $0.entries.count } }
 
-    /// An open stream. It closes when it is released, whether or not its response was ever written (a client that
-    /// hangs up before the answer must not keep a slot).
+    /// One open stream. Its slot is given back when it is released (its response is over, or was never written).
     final class Subscription: Sendable {
-        let items: AsyncStream<Item>
-        private let close: @Sendable () -> Void
+        let id: Int
+        let type: String?
+        private let feed: EventFeed
+        private let last: Mutex<Int64>
 
-        fileprivate init(items: AsyncStream<Item>, close: @escaping @Sendable () -> Void) {
-            self.items = items
-            self.close = close
+        fileprivate init(id: Int, type: String?, from: Int64, feed: EventFeed) {
+            self.id = id
+            self.type = type
+            self.feed = feed
+            self.last = Mutex(from)
         }
 
-        /// Ends the stream (its response finishes).
-        func end() { close() }
+        /// The next thing to send; nil once the stream has ended (token revoked, server stopping).
+        func next() async throws -> Item? {
+            while true {
+                let after = last.withLock { $0 }
+                switch feed.take(id, after: after, type: type) {
+                case .ended:
+                    return nil
+                case .events(let events, let reached, let version):
+                    last.withLock { $0 = reached }
+                    if !events.isEmpty { return .events(events) }
+                    if !(await feed.waitForChange(id, seen: version)) { return .keepAlive }
+                case .behind(let head):
+                    // Further back than the ring: this stream reads its own page from the store.
+                    let events = try await feed.store.events(since: after, type: type, limit: feed.page)
+                    let reached = events.count == feed.page ? events.last!.id : max(head, events.last?.id ?? after)
+                    last.withLock { $0 = reached }
+                    if !events.isEmpty { return .events(events) }
+                }
+            }
+        }
 
-        deinit { close() }
+        /// Returns once the stream is ended by the server (token revoked, shutdown), or after `timeout`; true if ended.
+        func waitForEnd(timeout: Duration) async -> Bool { await feed.waitForEnd(id, timeout: timeout) }
+
+        /// Ends the stream.
+        func end() { feed.end(id) }
+
+        deinit { feed.remove(id) }
     }
 
     /// Opens a stream of events after `from`, optionally of one type; `tokenId` ends it when that token is revoked.
-    func subscribe(from: Int64, type: String?, tokenId: String?) throws(SubscribeError) -> Subscription {
-        let (stream, continuation) = AsyncStream<Item>.makeStream(bufferingPolicy: .bufferingOldest(backlog))
-        let result: (id: Int, count: Int, start: Bool)? = state.withLock { state in
-            guard state.subscribers.count < capacity else { return nil }
+    func subscribe(from: Int64, type: String?, tokenId: String?) throws(Full) -> Subscription {
+        let opened: (id: Int, count: Int)? = state.withLock { state in
+            guard state.entries.count < capacity else { return nil }
             let id = state.nextId
             state.nextId += 1
-            state.subscribers[id] = Subscriber(type: type, tokenId: tokenId, last: from, continuation: continuation)
-            state.pending = true
-            let start = state.reader == nil
-            if start { state.reader = Task { await self.run() } }
-            return (id, state.subscribers.count, start)
+            state.entries[id] = Entry(tokenId: tokenId)
+            if state.reader == nil { state.reader = Task { await self.run() } }
+            return (id, state.entries.count)
         }
-        guard let result else { throw .full }
-        continuation.onTermination = { [weak self] _ in self?.remove(result.id) }
-        onCountChange(result.count)
-        poke()
-        return Subscription(items: stream) { continuation.finish() }
+        guard let opened else { throw Full() }
+        onCountChange(opened.count)
+        return Subscription(id: opened.id, type: type, from: from, feed: self)
     }
 
     /// Something was committed: read it now rather than at the next interval.
     func poke() {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
             state.pending = true
-            defer { state.wake = nil }
-            return state.wake
+            defer { state.readerWake = nil }
+            return state.readerWake
         }
         waiter?.resume()
     }
 
     /// Ends every stream opened with this token, at once.
     func revoke(tokenId: String) {
-        let ended = state.withLock { state in state.subscribers.values.filter { $0.tokenId == tokenId }.map(\.continuation) }
-        for continuation in ended { continuation.finish() }
+        let ids = state.withLock { state in state.entries.filter { $0.value.tokenId == tokenId }.map(\.key) }
+        for id in ids { end(id) }
+    }
+
+    // MARK: - Streams' side
+
+    private enum Take {
+        case ended
+        case events([Event], reached: Int64, version: Int)
+        case behind(head: Int64)
+    }
+
+    private func take(_ id: Int, after: Int64, type: String?) -> Take {
+        state.withLock { state in
+            guard let entry = state.entries[id], !entry.ended else { return .ended }
+            // Until the reader has read the head once, wait for it (it bumps the version).
+            guard state.primed else { return .events([], reached: after, version: state.version) }
+            guard after >= state.floor else { return .behind(head: state.head) }
+            guard after < state.head else { return .events([], reached: after, version: state.version) }
+            // The ring is in id order: find the first event past `after` by bisection.
+            var low = 0
+            var high = state.ring.count
+            while low < high {
+                let middle = (low + high) / 2
+                if state.ring[middle].id <= after { low = middle + 1 } else { high = middle }
+            }
+            let events = state.ring[low...].prefix(page).filter { type == nil || $0.type == type }
+            let reached = low + page < state.ring.count ? state.ring[low + page - 1].id : state.head
+            return .events(Array(events), reached: reached, version: state.version)
+        }
+    }
+
+    /// Which continuation a parked task sits in.
+    private enum Slot {
+        case change(Int, seen: Int)
+        case end(Int)
+        case reader
+    }
+
+    /// Parks the task until someone resumes its slot, or the task is cancelled; resumes at once when what it would
+    /// wait for has already happened.
+    private func park(_ slot: Slot) async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { state -> Bool in
+                    if Task.isCancelled { return true }
+                    switch slot {
+                    case .change(let id, let seen):
+                        guard state.version == seen, state.entries[id]?.ended == false else { return true }
+                        state.entries[id]?.waiter = continuation
+                    case .end(let id):
+                        guard state.entries[id]?.ended == false else { return true }
+                        state.entries[id]?.endWaiter = continuation
+                    case .reader:
+                        if state.pending { return true }
+                        state.readerWake = continuation
+                    }
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+                switch slot {
+                case .change(let id, _):
+                    defer { state.entries[id]?.waiter = nil }
+                    return state.entries[id]?.waiter
+                case .end(let id):
+                    defer { state.entries[id]?.endWaiter = nil }
+                    return state.entries[id]?.endWaiter
+                case .reader:
+                    defer { state.readerWake = nil }
+                    return state.readerWake
+                }
+            }
+            waiter?.resume()
+        }
+    }
+
+    /// Parks in `slot` for at most `timeout`; true when woken, false when the time ran out.
+    private func park(_ slot: Slot, timeout: Duration) async -> Bool {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await self.park(slot)
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return false
+            }
+            let woken = await group.next() ?? false
+            group.cancelAll()
+            return woken
+        }
+    }
+
+    /// Waits for the ring to change (or the stream to end) after `seen`; false after `keepAliveEvery` of quiet.
+    private func waitForChange(_ id: Int, seen: Int) async -> Bool {
+        await park(.change(id, seen: seen), timeout: keepAliveEvery)
+    }
+
+    private func waitForEnd(_ id: Int, timeout: Duration) async -> Bool {
+        _ = await park(.end(id), timeout: timeout)
+        return state.withLock { $0.entries[id]?.ended ?? true }
+    }
+
+    private func end(_ id: Int) {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            guard var entry = state.entries[id], !entry.ended else { return [] }
+            entry.ended = true
+            let waiters = [entry.waiter, entry.endWaiter].compactMap { $0 }
+            entry.waiter = nil
+            entry.endWaiter = nil
+            state.entries[id] = entry
+            return waiters
+        }
+        for waiter in waiters { waiter.resume() }
     }
 
     private func remove(_ id: Int) {
-        let count = state.withLock { state -> Int? in
-            guard state.subscribers.removeValue(forKey: id) != nil else { return nil }
-            return state.subscribers.count
+        let (count, waiters) = state.withLock { state -> (Int?, [CheckedContinuation<Void, Never>]) in
+            guard let entry = state.entries.removeValue(forKey: id) else { return (nil, []) }
+            return (state.entries.count, [entry.waiter, entry.endWaiter].compactMap { $0 })
         }
+        for waiter in waiters { waiter.resume() }
         if let count { onCountChange(count) }
     }
 
-    /// The reader: runs until the last stream closes.
+    // MARK: - The reader
+
     private func run() async {
-        var lastKeepAlive = ContinuousClock.now
         while true {
-            let subscribers = state.withLock { state -> [Int: Subscriber]? in
-                if state.subscribers.isEmpty {
+            let keepGoing = state.withLock { state -> Bool in
+                if state.entries.isEmpty {
                     state.reader = nil
-                    return nil
+                    return false
                 }
                 state.pending = false
-                return state.subscribers
+                return true
             }
-            guard let subscribers else { return }
-            var behind = false
+            guard keepGoing else { return }
+            var more = false
             do {
-                behind = try await deliver(to: subscribers)
+                more = try await readNew()
             } catch {
                 logger.warning("event feed read failed", metadata: ["error": "\(error)"])
             }
-            if ContinuousClock.now - lastKeepAlive >= keepAliveEvery {
-                lastKeepAlive = ContinuousClock.now
-                for subscriber in subscribers.values { subscriber.continuation.yield(.keepAlive) }
-            }
-            if !behind { await sleep() }
+            if !more { await sleep() }
         }
     }
 
-    /// Reads what each stream has not seen and hands it over; true when some stream is still behind.
-    private func deliver(to subscribers: [Int: Subscriber]) async throws -> Bool {
-        let page = 500
-        // One read of everything new serves every stream that is caught up.
-        let oldest = subscribers.values.map(\.last).min() ?? 0
-        let head = try await store.lastEventId()
-        var shared: [Event] = []
-        var sharedFrom = head
-        if head > oldest {
-            sharedFrom = max(oldest, head - Int64(page) * 2)
-            shared = try await store.events(since: sharedFrom, type: nil, limit: page * 2)
-        }
-        var behind = false
-        var advanced: [Int: Int64] = [:]
-        var tokensRevoked: [String] = []
-        for event in shared where event.type == "token.revoked" {
-            tokensRevoked.append(String(event.subject.dropFirst("tokens/".count)))
-        }
-        for (id, subscriber) in subscribers where subscriber.last < head {
-            var events: [Event]
-            var reached: Int64
-            if subscriber.last >= sharedFrom {
-                events = shared.filter { $0.id > subscriber.last && (subscriber.type == nil || $0.type == subscriber.type) }
-                reached = max(head, shared.last?.id ?? head)
-            } else {
-                // Far behind (a stream started in the past): catch up from the store, a page at a time.
-                events = try await store.events(since: subscriber.last, type: subscriber.type, limit: page)
-                reached = events.count == page ? events.last!.id : max(head, events.last?.id ?? head)
-                behind = behind || events.count == page
+    /// Reads the events after the head into the ring and wakes the streams; true when a full page came back.
+    private func readNew() async throws -> Bool {
+        let (primed, head) = state.withLock { ($0.primed, $0.head) }
+        guard primed else {
+            let last = try await store.lastEventId()
+            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.head = last
+                state.floor = last
+                state.primed = true
+                state.version += 1
+                return state.takeWaiters()
             }
-            if reached < head { behind = true }
-            advanced[id] = reached
-            guard !events.isEmpty else { continue }
-            if case .dropped = subscriber.continuation.yield(.events(events)) {
-                // Its client reads too slowly: end the stream rather than hold its backlog.
-                subscriber.continuation.finish()
+            for waiter in waiters { waiter.resume() }
+            return true
+        }
+        let events = try await store.events(since: head, type: nil, limit: 1000)
+        guard !events.isEmpty else { return false }
+        let revoked = events.filter { $0.type == "token.revoked" }.map { String($0.subject.dropFirst("tokens/".count)) }
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.ring.append(contentsOf: events)
+            state.head = events.last!.id
+            if state.ring.count > ringSize {
+                let drop = state.ring.count - ringSize
+                state.floor = state.ring[drop - 1].id
+                state.ring.removeFirst(drop)
             }
+            state.version += 1
+            return state.takeWaiters()
         }
-        state.withLock { state in
-            for (id, last) in advanced where state.subscribers[id] != nil { state.subscribers[id]!.last = last }
-        }
-        for tokenId in tokensRevoked { revoke(tokenId: tokenId) }
-        return behind
+        for waiter in waiters { waiter.resume() }
+        // Another replica (or `spotd token`) may have revoked a token: its streams end here too.
+        for tokenId in revoked { revoke(tokenId: tokenId) }
+        return events.count == 1000
     }
 
     private func sleep() async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { [interval] in try? await Task.sleep(for: interval) }
-            group.addTask {
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let resumeNow = self.state.withLock { state -> Bool in
-                        if state.pending { return true }
-                        state.wake = continuation
-                        return false
-                    }
-                    if resumeNow { continuation.resume() }
-                }
-            }
-            await group.next()
-            group.cancelAll()
-            // The other child may be parked on `wake`: release it.
-            poke()
-            await group.next()
-        }
+        _ = await park(.reader, timeout: interval)
+    }
+}
+
+/// When the write in progress began, if one is: a stream whose client stops reading is found by it.
+final class WriteWatch: Sendable {
+    private let since = Atomic<UInt64>(0)
+
+    func started() { since.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed) }
+    func finished() { since.store(0, ordering: .relaxed) }
+
+    /// Whether a write has been waiting on the client for longer than `limit`.
+    func stalled(longerThan limit: Duration) -> Bool {
+        let started = since.load(ordering: .relaxed)
+        guard started != 0 else { return false }
+        let nanoseconds = limit.components.seconds * 1_000_000_000 + limit.components.attoseconds / 1_000_000_000
+        return DispatchTime.now().uptimeNanoseconds &- started > UInt64(max(nanoseconds, 0))
     }
 }

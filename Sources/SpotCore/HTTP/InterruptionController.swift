@@ -38,14 +38,6 @@ struct InterruptionController {
             case .refused(let failure): throw Problem.unauthorized("webhook signature refused: \(failure)")
             case .valid(let digest): replayKey = digest
             }
-        } else {
-            // Signatures are off, so the headers are not needed; when sent anyway they must still be well formed.
-            if let timestamp, StrictInteger.parse(timestamp) == nil {
-                throw Problem.invalidField("header.X-Spotd-Timestamp", "must be unix seconds (decimal digits, no sign, no leading zero)")
-            }
-            if let signature, !Signature.wellFormed(signature) {
-                throw Problem.invalidField("header.X-Spotd-Signature", "must be sha256= and 64 hex digits")
-            }
         }
         return SignedBody(object: try JSONObject(JSONValue.parse(data)), replayKey: replayKey)
     }
@@ -122,7 +114,7 @@ struct InterruptionController {
 
     @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let id = try context.parameters.require("id")
+        let id = try context.pathParameter("id")
         guard let detail = try await store.interruption(id) else { throw Problem.notFound("interruption", id) }
         return View.interruption(detail).response()
     }

@@ -46,7 +46,7 @@ struct JobController {
 
     @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let id = try context.parameters.require("id")
+        let id = try context.pathParameter("id")
         guard let (job, history) = try await store.job(id) else { throw Problem.notFound("job", id) }
         return View.job(job, history: history).response()
     }
@@ -56,7 +56,7 @@ struct JobController {
         let body = try await request.jsonObject(context)
         try body.rejectUnknown(["uri", "step", "attempt"])
         let job = try await store.reportCheckpoint(
-            jobId: try context.parameters.require("id"), uri: try body.string("uri", required: true, maxLength: 2048)!,
+            jobId: try context.pathParameter("id"), uri: try body.string("uri", required: true, maxLength: 2048)!,
             step: try body.int("step", required: true, range: 0...Int64(1) << 53)!,
             attempt: try body.int("attempt", range: 0...1_000_000_000), actor: context.caller.name)
         signal.poke()
@@ -80,7 +80,7 @@ struct JobController {
         let body = try await request.optionalJSONObject(context)
         try body.rejectUnknown(["attempt", "reason"])
         let job = try await store.finishJob(
-            try context.parameters.require("id"), outcome: outcome, attempt: try body.int("attempt", range: 0...1_000_000_000),
+            try context.pathParameter("id"), outcome: outcome, attempt: try body.int("attempt", range: 0...1_000_000_000),
             reason: try body.string("reason", maxLength: 1024), actor: context.caller.name)
         signal.poke()
         return View.job(job).response()

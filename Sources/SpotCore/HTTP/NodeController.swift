@@ -41,7 +41,7 @@ struct NodeController {
 
     @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let id = try context.parameters.require("id")
+        let id = try context.pathParameter("id")
         guard let detail = try await store.node(id) else { throw Problem.notFound("node", id) }
         return View.node(detail).response()
     }
@@ -49,13 +49,13 @@ struct NodeController {
     @Sendable func cordon(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         try (try await request.optionalJSONObject(context)).rejectUnknown([])
-        return await View.node(try store.cordon(try context.parameters.require("id"), actor: context.caller.name)).response()
+        return await View.node(try store.cordon(try context.pathParameter("id"), actor: context.caller.name)).response()
     }
 
     @Sendable func uncordon(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         try (try await request.optionalJSONObject(context)).rejectUnknown([])
-        let detail = try await store.uncordon(try context.parameters.require("id"), actor: context.caller.name)
+        let detail = try await store.uncordon(try context.pathParameter("id"), actor: context.caller.name)
         signal.poke()
         return View.node(detail).response()
     }
@@ -82,14 +82,14 @@ struct NodeController {
             deadline = now + seconds * 1000
         }
         let (detail, created) = try await store.drain(
-            nodeId: try context.parameters.require("id"), deadline: deadline, actor: context.caller.name)
+            nodeId: try context.pathParameter("id"), deadline: deadline, actor: context.caller.name)
         signal.poke()
         return View.interruption(detail).response(created ? .accepted : .ok)
     }
 
     @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let detail = try await store.deleteNode(try context.parameters.require("id"), actor: context.caller.name)
+        let detail = try await store.deleteNode(try context.pathParameter("id"), actor: context.caller.name)
         signal.poke()
         return View.node(detail).response()
     }

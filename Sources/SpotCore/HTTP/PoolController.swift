@@ -49,14 +49,14 @@ struct PoolController {
 
     @Sendable func get(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let name = try context.parameters.require("name")
+        let name = try context.pathParameter("name")
         guard let pool = try await store.pool(name) else { throw Problem.notFound("pool", name) }
         return await View.pool(pool, try store.poolStats()[name] ?? PoolStats()).response()
     }
 
     @Sendable func patch(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let name = try context.parameters.require("name")
+        let name = try context.pathParameter("name")
         let body = try await request.jsonObject(context)
         for immutable in ["name", "capacity_type", "gpu_type", "gpus_per_node"] where body.fields[immutable] != nil {
             throw Problem.invalidField(immutable, "cannot be changed; create a new pool instead")
@@ -76,7 +76,7 @@ struct PoolController {
 
     @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        try await store.deletePool(try context.parameters.require("name"), actor: context.caller.name)
+        try await store.deletePool(try context.pathParameter("name"), actor: context.caller.name)
         return Response(status: .noContent)
     }
 }

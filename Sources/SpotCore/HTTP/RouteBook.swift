@@ -20,6 +20,7 @@ struct RouteBook {
         router.on(RouterPath(path), method: method) { request, context in
             var context = context
             context.caller = try await authorizer.caller(for: request, access: access)
+            context.takesNotices = access == .notify
             return try await handler(request, context)
         }
         table.record(method, path, access)

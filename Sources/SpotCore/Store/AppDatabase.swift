@@ -162,7 +162,11 @@ struct Migrator {
                         guard existing == migration.checksum else { throw MigrationError.edited(migration.name) }
                         return .commit
                     }
-                    try db.execute(sql: migration.sql)
+                    do {
+                        try db.execute(sql: migration.sql)
+                    } catch let error as DatabaseError {
+                        throw MigrationError.failed(migration.name, error.message ?? "\(error.resultCode)")
+                    }
                     try db.execute(
                         sql: "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
                         arguments: [migration.version, migration.name, migration.checksum, SystemClock().now()])
@@ -178,11 +182,13 @@ enum MigrationError: Error, CustomStringConvertible {
     case edited(String)
     case none
     case newer(version: Int, name: String, newest: Int)
+    case failed(String, String)
 
     var description: String {
         switch self {
         case .edited(let name): "migration \(name) was changed after it was applied; add a new migration instead"
         case .none: "no migrations to apply"
+        case .failed(let name, let message): "migration \(name) failed: \(message)"
         case .newer(let version, let name, let newest):
             "it was written by a newer spotd (it has migration \(version) \(name); this spotd knows up to \(newest)): "
                 + "run the newer spotd, or point --db at another file"

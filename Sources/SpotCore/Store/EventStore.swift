@@ -38,8 +38,9 @@ extension AppDatabase {
         let token = Token(id: AppDatabase.newId("tok"), name: name, role: role, createdAt: clock.now())
         try await write { db in
             // Names are unique among all tokens, revoked ones too: the event log names actors by token name.
-            if try String.fetchOne(db.cachedStatement(sql: "SELECT id FROM tokens WHERE name = ?"), arguments: [name]) != nil {
-                throw Problem.conflict("a token named '\(name)' exists (or existed); token names are never reused")
+            if try String.fetchOne(db.cachedStatement(sql: "SELECT id FROM tokens WHERE name = ? COLLATE NOCASE"), arguments: [name]) != nil
+            {
+                throw Problem.conflict("a token named '\(name)' (in some case) exists or existed; token names are never reused")
             }
             try db.cachedStatement(sql: "INSERT INTO tokens (id, name, role, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)").execute(
                 arguments: [token.id, name, role.rawValue, Self.hashSecret(secret), token.createdAt])

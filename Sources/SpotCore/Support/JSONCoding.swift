@@ -13,6 +13,8 @@ struct JSONReader {
     }
 
     static let maxDepth = 512
+    /// Longest number token read, in bytes.
+    static let maxNumberLength = 256
 
     private let bytes: UnsafeRawBufferPointer
     private var at = 0
@@ -235,6 +237,8 @@ struct JSONReader {
             if peek == UInt8(ascii: "+") || peek == UInt8(ascii: "-") { at += 1 }
             guard try digitsFollow() else { throw .syntax(offset: at, expected: "a digit in the exponent") }
         }
+        // No number a client has reason to send is this long; a longer one costs time to read for nothing.
+        guard at - start <= Self.maxNumberLength else { throw .numberOutOfRange(offset: start) }
         let token = UnsafeRawBufferPointer(rebasing: bytes[start..<at])
         if integral, let int = Int64(String(decoding: token, as: UTF8.self)) { return .int(int) }
         // JSON has one number type: `1.0`, `1e3` and `9007199254740992.0` are integers too, read exactly here (a
@@ -290,8 +294,9 @@ struct JSONReader {
             scale += 1
         }
         guard scale >= 0 else { return nil }
-        while let first = digits.first, first == UInt8(ascii: "0") { digits.removeFirst() }
-        guard digits.count + scale <= 19 else { return nil }
+        let significant = digits.drop { $0 == UInt8(ascii: "0") }
+        guard significant.count + scale <= 19 else { return nil }
+        digits = Array(significant)
         digits.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: scale))
         return Int64((negative ? "-" : "") + String(decoding: digits, as: UTF8.self))
     }
@@ -315,7 +320,8 @@ extension JSONReader.Failure {
         case .tooDeep: "request body nests deeper than \(JSONReader.maxDepth) levels"
         case .duplicateKey(let key): "request body has the key '\(key.prefix(64))' twice in one object"
         case .invalidUTF8(let offset): "request body is not valid UTF-8 (string at byte \(offset))"
-        case .numberOutOfRange(let offset): "request body has a number out of range at byte \(offset)"
+        case .numberOutOfRange(let offset):
+            "request body has a number out of range (or longer than \(JSONReader.maxNumberLength) characters) at byte \(offset)"
         }
     }
 }

@@ -91,26 +91,43 @@ enum TimeFormat {
     private static let weekdays = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
     private static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
-    /// Parses an RFC 1123 time exactly as RFC 9110's IMF-fixdate writes it (`Mon, 19 Sep 2016 18:29:47 GMT`), as
-    /// Azure sends `NotBefore`: two-digit day, the weekday that date falls on, `GMT`. Nil for anything else.
-    static func parseRFC1123(_ text: String) -> Millis? {
+    /// What reading an RFC 1123 time found.
+    enum RFC1123: Equatable {
+        case time(Millis)
+        /// Not the IMF-fixdate shape (`Mon, 19 Sep 2016 18:29:47 GMT`), or a day past the month's longest (31 Feb).
+        case malformed
+        /// The right shape, but no such day: 29 Feb of a common year, or a weekday the date does not fall on.
+        case impossible
+    }
+
+    /// Reads an RFC 1123 time exactly as RFC 9110's IMF-fixdate writes it (`Mon, 19 Sep 2016 18:29:47 GMT`), as
+    /// Azure sends `NotBefore`: two-digit day, `GMT`, and the weekday that date falls on.
+    static func readRFC1123(_ text: String) -> RFC1123 {
         let bytes = Array(text.utf8)
         // "Www, DD Mmm YYYY HH:MM:SS GMT" is exactly 29 bytes.
         guard bytes.count == 29, bytes[3] == 0x2C, bytes[4] == 0x20, bytes[7] == 0x20, bytes[11] == 0x20, bytes[16] == 0x20,
             bytes[19] == 0x3A, bytes[22] == 0x3A, bytes[25] == 0x20, bytes[26...28].elementsEqual("GMT".utf8),
             let day = digits(bytes, 5, 2), let year = digits(bytes, 12, 4), let hour = digits(bytes, 17, 2),
             let minute = digits(bytes, 20, 2), let second = digits(bytes, 23, 2),
-            let monthIndex = months.firstIndex(where: { bytes[8...10].elementsEqual($0.utf8) })
-        else { return nil }
+            let monthIndex = months.firstIndex(where: { bytes[8...10].elementsEqual($0.utf8) }),
+            let weekdayIndex = weekdays.firstIndex(where: { bytes[0...2].elementsEqual($0.utf8) })
+        else { return .malformed }
         let month = monthIndex + 1
-        guard year >= 1, day >= 1, day <= daysInMonth(year: year, month: month), hour < 24, minute < 60, second <= 60 else {
-            return nil
+        // The longest the month can be (29 for February): the shape a pattern can check.
+        guard day >= 1, day <= (month == 2 ? 29 : daysInMonth(year: 2000, month: month)), hour < 24, minute < 60, second <= 60 else {
+            return .malformed
         }
+        guard year >= 1, day <= daysInMonth(year: year, month: month) else { return .impossible }
         let days = daysFromCivil(year: year, month: month, day: day)
         // 1970-01-01 was a Thursday.
-        let weekday = weekdays[((days % 7) + 7) % 7]
-        guard bytes[0...2].elementsEqual(weekday.utf8) else { return nil }
-        return Millis(days * 86_400 + hour * 3600 + minute * 60 + min(second, 59)) * 1000 + (second == 60 ? 999 : 0)
+        guard weekdayIndex == ((days % 7) + 7) % 7 else { return .impossible }
+        return .time(Millis(days * 86_400 + hour * 3600 + minute * 60 + min(second, 59)) * 1000 + (second == 60 ? 999 : 0))
+    }
+
+    /// The time of an RFC 1123 text, or nil when it is malformed or impossible.
+    static func parseRFC1123(_ text: String) -> Millis? {
+        if case .time(let millis) = readRFC1123(text) { return millis }
+        return nil
     }
 
     /// The number made of `count` ASCII digits at `from`; nil when any is not a digit or the text is too short.

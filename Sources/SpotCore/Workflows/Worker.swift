@@ -83,6 +83,8 @@ public struct WorkflowWorker: Service {
             }
             guard state.holdsLease else { return }
             try await runOnce(&state)
+        } catch is CancellationError {
+            // Shutting down.
         } catch {
             logger.error("worker pass failed", metadata: ["error": "\(String(reflecting: error))"])
         }
