@@ -9,11 +9,9 @@ COPY Package.swift ./
 RUN swift package resolve
 COPY Sources ./Sources
 COPY Tests ./Tests
-COPY migrations ./migrations
+# The migrations are compiled into the binary (Sources/SpotCore/Store/EmbeddedMigrations.swift).
 RUN swift build -c release --product spotd --static-swift-stdlib \
-    && install -D "$(swift build -c release --show-bin-path)/spotd" /out/usr/local/bin/spotd \
-    && install -d /out/usr/share/spotd/migrations \
-    && cp migrations/*.sql /out/usr/share/spotd/migrations/
+    && install -D "$(swift build -c release --show-bin-path)/spotd" /out/usr/local/bin/spotd
 
 # ---- run ----
 FROM debian:bookworm-slim
@@ -26,7 +24,7 @@ USER spotd
 WORKDIR /var/lib/spotd
 VOLUME ["/var/lib/spotd"]
 # Listening beyond loopback needs auth: pass SPOTD_ADMIN_TOKEN at run time.
-ENV SPOTD_HOST=0.0.0.0 SPOTD_PORT=8080 SPOTD_DB=/var/lib/spotd/spotd.sqlite SPOTD_MIGRATIONS=/usr/share/spotd/migrations
+ENV SPOTD_HOST=0.0.0.0 SPOTD_PORT=8080 SPOTD_DB=/var/lib/spotd/spotd.sqlite
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s CMD ["/usr/bin/env", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q 200 <&3"]
 ENTRYPOINT ["spotd"]
