@@ -84,12 +84,18 @@ struct AuthTests {
                         #expect(try env.snapshot() == before, "\(role) \(route.method) \(path) changed the store")
                         let canonical = try await client.call(route.method, path, body, headers: bearer(token))
                         #expect(canonical.status == .forbidden, "\(role) \(route.method) \(path): \(canonical.status.code)")
-                    } else if route.path != "/v1/events/stream" && route.method != .delete {
-                        // (The stream never ends in this mode: it is tested live. Deletes would remove the fixture.)
-                        let reply = try await client.call(route.method, path, body, headers: bearer(token))
+                    } else if route.path != "/v1/events/stream" {
+                        // (The stream never ends in this mode: it is tested live. Deletes go to an id that does not
+                        // exist, so that the fixture stays.)
+                        let target =
+                            route.method == .delete
+                            ? path.replacingOccurrences(of: "o1", with: "nope")
+                                .replacingOccurrences(of: tokenId, with: "tok-nope").replacingOccurrences(of: "/od", with: "/nope") : path
+                        let reply = try await client.call(route.method, target, body, headers: bearer(token))
                         #expect(
                             reply.status != .unauthorized && reply.status != .forbidden && reply.status.code < 500,
-                            "\(role) \(route.method) \(path) answered \(reply.status.code): \(reply.text)")
+                            "\(role) \(route.method) \(target) answered \(reply.status.code): \(reply.text)")
+                        if route.method == .delete { #expect(reply.status == .notFound, "\(role) \(route.method) \(target)") }
                     }
                 }
                 let anonymous = try await client.call(route.method, path, body)

@@ -90,6 +90,23 @@ struct InputHardeningTests {
         }
     }
 
+    /// The same signed body sent to another endpoint is not a replay of the first: each endpoint reads it as its own
+    /// (a body can be a valid Azure document and a valid GCP notice at once), and nothing traps.
+    @Test func aSignedBodyReplayedToAnotherEndpointIsReadThere() async throws {
+        let env = try TestEnv { $0.webhookSecret = Self.secret }
+        try await env.app().test(.router) { client in
+            let body = #"{"DocumentIncarnation":1,"Events":[],"instance_name":"gpu-x","preempted":true}"#
+            let headers = signedHeaders(body, secret: Self.secret, timestamp: "\(env.clock.now() / 1000)")
+            let azure = try await client.expect(.ok, .post, "/v1/interruptions/azure", body, headers: headers)
+            #expect(azure["items"]?.array.isEmpty == true)
+            let gcp = try await client.expect(.accepted, .post, "/v1/interruptions/gcp", body, headers: headers)
+            #expect(gcp["node_id"] == .string("gpu-x"))
+            try await client.expect(.ok, .post, "/v1/interruptions/gcp", body, headers: headers)
+            try await client.expect(.ok, .post, "/v1/interruptions/azure", body, headers: headers)
+            #expect(try env.count("interruptions") == 1)
+        }
+    }
+
     /// Ids that go into paths can always be addressed again; no string holds a control character.
     @Test func idsStayAddressableAndStringsHoldNoControlCharacters() async throws {
         let env = try TestEnv()
@@ -287,7 +304,27 @@ struct RetentionTests {
         }
     }
 
-    /// Replay records outlive the 5-minute signature window twice over, then go.
+    /// An interruption whose replacement request still exists goes after that request (the foreign key), not before.
+    @Test func interruptionsGoAfterTheirProvisioningRequests() async throws {
+        let env = try TestEnv { $0.simBootSeconds = 1 }
+        try await env.app().test(.router) { client in
+            try await Seed.standardPools(client)
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
+            try await client.expect(.accepted, .post, "/v1/interruptions", #"{"node_id":"s1","kind":"termination","notice_seconds":5}"#)
+            try await env.step()
+            try await env.advance(2)
+            try await env.advance(10)
+            #expect(try await client.call(.get, "/v1/interruptions?state=completed")["items"]?.array.count == 1)
+            #expect(try env.count("provisioning_requests") == 1)
+            env.clock.advance(seconds: 31 * 86_400)
+            let removed = try await Retention(store: env.store, days: 30).run(now: env.clock.now(), logger: .init(label: "test"))
+            #expect(removed.provisioningRequests == 1 && removed.interruptions == 1, "\(removed)")
+            #expect(try env.count("interruptions") == 0)
+            #expect(try env.count("interruption_steps") == 0)
+        }
+    }
+
+    /// Replay records outlive the longest time a replay could still be taken (10 minutes), then go.
     @Test func replayRecordsGoAfterTenMinutes() async throws {
         let env = try TestEnv { $0.webhookSecret = InputHardeningTests.secret }
         try await env.app().test(.router) { client in
@@ -296,7 +333,7 @@ struct RetentionTests {
                 .accepted, .post, "/v1/interruptions", body,
                 headers: signedHeaders(body, secret: InputHardeningTests.secret, timestamp: "\(env.clock.now() / 1000)"))
             let retention = Retention(store: env.store, days: 30)
-            env.clock.advance(seconds: 599)
+            env.clock.advance(seconds: 659)
             #expect(try await retention.run(now: env.clock.now(), logger: .init(label: "test")).replays == 0)
             env.clock.advance(seconds: 2)
             #expect(try await retention.run(now: env.clock.now(), logger: .init(label: "test")).replays == 1)
@@ -364,7 +401,8 @@ struct ClientIsolationTests {
             let trickle = try RawSocket(port: port)
             trickle.send(
                 "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{\"tier\"")
-            try await Task.sleep(for: .milliseconds(1300))
+            // Half a second past the deadline, half a second before the connection-level backstop.
+            try await Task.sleep(for: .milliseconds(1500))
             trickle.send(":\"premium\"")
             let answer = await trickle.read(until: "}", timeoutSeconds: 5)
             #expect(answer.hasPrefix("HTTP/1.1 408"), "\(answer)")
@@ -513,6 +551,26 @@ struct ClientIsolationTests {
         }
     }
 
+    /// A stream of one event type is not held up by a burst of other types ahead of its next event.
+    @Test func aTypedStreamLooksPastOtherTypes() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.live) { client in
+            let port = try #require(client.port)
+            let stream = try RawSocket(port: port)
+            stream.send("GET /v1/events/stream?type=pool.created HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            #expect(await stream.read(until: ": spotd event stream", timeoutSeconds: 5).hasPrefix("HTTP/1.1 200"))
+            try await seedEvents(env, count: 3000)
+            env.runtime.feed.poke()
+            try await client.expect(.created, .post, "/v1/pools", Seed.pool("after-burst", "spot"))
+            let started = Date()
+            let received = await stream.read(until: "pools/after-burst", timeoutSeconds: 10)
+            #expect(received.contains("pools/after-burst"))
+            #expect(!received.contains("test.filler"))
+            // Well before a keep-alive interval (15 s) would have let it look at the next page.
+            #expect(Date().timeIntervalSince(started) < 5)
+        }
+    }
+
     /// Revoking a token ends its open streams at once.
     @Test func revokedTokensStreamEndsAtOnce() async throws {
         let env = try TestEnv { $0.adminToken = AuthTests.admin }
@@ -532,7 +590,7 @@ struct ClientIsolationTests {
             try await client.expect(.noContent, .delete, "/v1/tokens/\(created["id"]!.string!)", headers: admin)
             #expect(await stream.readUntilClosed(timeoutSeconds: 3), "the revoked token's stream is still open")
             #expect(Date().timeIntervalSince(started) < 1.5)
-            #expect(env.runtime.feed.count == 1)
+            #expect(try await eventually { env.runtime.feed.count == 1 })
         }
     }
 }

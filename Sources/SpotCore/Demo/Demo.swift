@@ -39,19 +39,22 @@ public enum Demo {
         }
         let group = ServiceGroup(services: [app], gracefulShutdownSignals: [], logger: logger)
         let server = Task { try await group.run() }
-        defer {
-            server.cancel()
+        // However the scenario ends, the server and its worker stop before the store is closed (and, for a test,
+        // read): nothing writes after this returns.
+        let outcome: Result<Bool, any Error>
+        do {
+            var iterator = ports.makeAsyncIterator()
+            guard let port = await iterator.next() ?? nil else { throw DemoError.serverDidNotStart }
+            let client = DemoClient(base: "http://127.0.0.1:\(port)")
+            try await client.waitUntilUp()
+            outcome = .success(try await Scenario(client: client, write: write, options: options).play())
+        } catch {
+            outcome = .failure(error)
         }
-        var iterator = ports.makeAsyncIterator()
-        guard let port = await iterator.next() ?? nil else { throw DemoError.serverDidNotStart }
-        let client = DemoClient(base: "http://127.0.0.1:\(port)")
-        try await client.waitUntilUp()
-        let scenario = Scenario(client: client, write: write, options: options)
-        let passed = try await scenario.play()
         await group.triggerGracefulShutdown()
         _ = try? await server.value
         try? runtime.store.close()
-        return passed
+        return try outcome.get()
     }
 }
 

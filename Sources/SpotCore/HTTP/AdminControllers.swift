@@ -115,31 +115,17 @@ struct EventController {
         }
         let from: Int64
         if let start { from = start } else { from = try await store.lastEventId() }
-        guard let subscription = try? feed.subscribe(from: from, type: type, tokenId: context.caller.tokenId) else {
+        guard let subscription = try? feed.subscribe(from: from, type: type, tokenId: context.caller.tokenId, channel: context.channel)
+        else {
             throw Problem.busy("at most \(feed.capacity) event streams may be open at once")
         }
-        let channel = context.channel
-        let stallTimeout = feed.stallTimeout
         let body = ResponseBody { writer in
             // Ends the stream as soon as the client goes away, not at the next write.
             try await request.body.consumeWithCancellationOnInboundClose { _ in
-                // The guard cuts the connection when the server ends the stream (token revoked) while a write is
-                // blocked, or when the client has not taken a write for `stallTimeout` (it does not read).
-                let watch = WriteWatch()
-                let guardTask = Task {
-                    while !Task.isCancelled {
-                        let ended = await subscription.waitForEnd(timeout: .seconds(1))
-                        if ended || watch.stalled(longerThan: stallTimeout) {
-                            channel.close(promise: nil)
-                            return
-                        }
-                    }
-                }
-                defer { guardTask.cancel() }
                 func send(_ text: String) async throws {
-                    watch.started()
+                    subscription.watch.started()
+                    defer { subscription.watch.finished() }
                     try await writer.write(ByteBuffer(string: text))
-                    watch.finished()
                 }
                 try await send(": spotd event stream\n\n")
                 // A server shutting down ends its streams, so that it need not wait for their clients.

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOCore
 import Synchronization
 
 /// One reader of the event log behind every open event stream.
@@ -19,11 +20,12 @@ final class EventFeed: Sendable {
 
     private struct Entry {
         var tokenId: String?
+        /// The stream's connection: cut when the stream must end while a write waits on its client.
+        var channel: (any Channel)?
+        let watch: WriteWatch
         var ended = false
         /// The stream waiting for new events.
         var waiter: CheckedContinuation<Void, Never>?
-        /// The stream's guard waiting for the end.
-        var endWaiter: CheckedContinuation<Void, Never>?
     }
 
     private struct State {
@@ -86,27 +88,37 @@ final class EventFeed: Sendable {
     final class Subscription: Sendable {
         let id: Int
         let type: String?
+        /// Marks each write to the client, so that a client that stops reading is found.
+        let watch: WriteWatch
         private let feed: EventFeed
         private let last: Mutex<Int64>
 
-        fileprivate init(id: Int, type: String?, from: Int64, feed: EventFeed) {
+        fileprivate init(id: Int, type: String?, from: Int64, watch: WriteWatch, feed: EventFeed) {
             self.id = id
             self.type = type
+            self.watch = watch
             self.feed = feed
             self.last = Mutex(from)
         }
 
-        /// The next thing to send; nil once the stream has ended (token revoked, server stopping).
+        /// The next thing to send; nil once the stream has ended (token revoked, server stopping). Throws when the
+        /// task is cancelled (its client hung up).
         func next() async throws -> Item? {
             while true {
+                try Task.checkCancellation()
                 let after = last.withLock { $0 }
                 switch feed.take(id, after: after, type: type) {
                 case .ended:
                     return nil
-                case .events(let events, let reached, let version):
+                case .events(let events, let reached, let version, let caughtUp):
                     last.withLock { $0 = reached }
                     if !events.isEmpty { return .events(events) }
-                    if !(await feed.waitForChange(id, seen: version)) { return .keepAlive }
+                    // A page of other types' events: look at the next page at once.
+                    if !caughtUp { continue }
+                    if !(await feed.waitForChange(id, seen: version)) {
+                        try Task.checkCancellation()
+                        return .keepAlive
+                    }
                 case .behind(let head):
                     // Further back than the ring: this stream reads its own page from the store.
                     let events = try await feed.store.events(since: after, type: type, limit: feed.page)
@@ -117,9 +129,6 @@ final class EventFeed: Sendable {
             }
         }
 
-        /// Returns once the stream is ended by the server (token revoked, shutdown), or after `timeout`; true if ended.
-        func waitForEnd(timeout: Duration) async -> Bool { await feed.waitForEnd(id, timeout: timeout) }
-
         /// Ends the stream.
         func end() { feed.end(id) }
 
@@ -127,18 +136,21 @@ final class EventFeed: Sendable {
     }
 
     /// Opens a stream of events after `from`, optionally of one type; `tokenId` ends it when that token is revoked.
-    func subscribe(from: Int64, type: String?, tokenId: String?) throws(Full) -> Subscription {
-        let opened: (id: Int, count: Int)? = state.withLock { state in
+    /// `channel` is cut when the stream must end while a write waits on its client (or has waited `stallTimeout`).
+    func subscribe(from: Int64, type: String?, tokenId: String?, channel: (any Channel)?) throws(Full) -> Subscription {
+        let watch = WriteWatch()
+        let opened: Int? = state.withLock { state in
             guard state.entries.count < capacity else { return nil }
             let id = state.nextId
             state.nextId += 1
-            state.entries[id] = Entry(tokenId: tokenId)
+            state.entries[id] = Entry(tokenId: tokenId, channel: channel, watch: watch)
             if state.reader == nil { state.reader = Task { await self.run() } }
-            return (id, state.entries.count)
+            // Under the lock, so that concurrent changes are reported in order.
+            onCountChange(state.entries.count)
+            return id
         }
         guard let opened else { throw Full() }
-        onCountChange(opened.count)
-        return Subscription(id: opened.id, type: type, from: from, feed: self)
+        return Subscription(id: opened, type: type, from: from, watch: watch, feed: self)
     }
 
     /// Something was committed: read it now rather than at the next interval.
@@ -161,7 +173,9 @@ final class EventFeed: Sendable {
 
     private enum Take {
         case ended
-        case events([Event], reached: Int64, version: Int)
+        /// Events after the stream's position (of its type, if it has one), how far they reach, and whether that is
+        /// the head of the ring.
+        case events([Event], reached: Int64, version: Int, caughtUp: Bool)
         case behind(head: Int64)
     }
 
@@ -169,9 +183,9 @@ final class EventFeed: Sendable {
         state.withLock { state in
             guard let entry = state.entries[id], !entry.ended else { return .ended }
             // Until the reader has read the head once, wait for it (it bumps the version).
-            guard state.primed else { return .events([], reached: after, version: state.version) }
+            guard state.primed else { return .events([], reached: after, version: state.version, caughtUp: true) }
             guard after >= state.floor else { return .behind(head: state.head) }
-            guard after < state.head else { return .events([], reached: after, version: state.version) }
+            guard after < state.head else { return .events([], reached: after, version: state.version, caughtUp: true) }
             // The ring is in id order: find the first event past `after` by bisection.
             var low = 0
             var high = state.ring.count
@@ -180,15 +194,15 @@ final class EventFeed: Sendable {
                 if state.ring[middle].id <= after { low = middle + 1 } else { high = middle }
             }
             let events = state.ring[low...].prefix(page).filter { type == nil || $0.type == type }
-            let reached = low + page < state.ring.count ? state.ring[low + page - 1].id : state.head
-            return .events(Array(events), reached: reached, version: state.version)
+            let more = low + page < state.ring.count
+            let reached = more ? state.ring[low + page - 1].id : state.head
+            return .events(Array(events), reached: reached, version: state.version, caughtUp: !more)
         }
     }
 
     /// Which continuation a parked task sits in.
     private enum Slot {
         case change(Int, seen: Int)
-        case end(Int)
         case reader
     }
 
@@ -203,9 +217,6 @@ final class EventFeed: Sendable {
                     case .change(let id, let seen):
                         guard state.version == seen, state.entries[id]?.ended == false else { return true }
                         state.entries[id]?.waiter = continuation
-                    case .end(let id):
-                        guard state.entries[id]?.ended == false else { return true }
-                        state.entries[id]?.endWaiter = continuation
                     case .reader:
                         if state.pending { return true }
                         state.readerWake = continuation
@@ -220,9 +231,6 @@ final class EventFeed: Sendable {
                 case .change(let id, _):
                     defer { state.entries[id]?.waiter = nil }
                     return state.entries[id]?.waiter
-                case .end(let id):
-                    defer { state.entries[id]?.endWaiter = nil }
-                    return state.entries[id]?.endWaiter
                 case .reader:
                     defer { state.readerWake = nil }
                     return state.readerWake
@@ -232,7 +240,7 @@ final class EventFeed: Sendable {
         }
     }
 
-    /// Parks in `slot` for at most `timeout`; true when woken, false when the time ran out.
+    /// Parks in `slot` for at most `timeout`; true when woken, false when the time ran out or the task was cancelled.
     private func park(_ slot: Slot, timeout: Duration) async -> Bool {
         await withTaskGroup(of: Bool.self) { group in
             group.addTask {
@@ -245,7 +253,7 @@ final class EventFeed: Sendable {
             }
             let woken = await group.next() ?? false
             group.cancelAll()
-            return woken
+            return woken && !Task.isCancelled
         }
     }
 
@@ -254,31 +262,27 @@ final class EventFeed: Sendable {
         await park(.change(id, seen: seen), timeout: keepAliveEvery)
     }
 
-    private func waitForEnd(_ id: Int, timeout: Duration) async -> Bool {
-        _ = await park(.end(id), timeout: timeout)
-        return state.withLock { $0.entries[id]?.ended ?? true }
-    }
-
+    /// Ends a stream: its next `next()` is nil, and a write that waits on its client is cut at the connection.
     private func end(_ id: Int) {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            guard var entry = state.entries[id], !entry.ended else { return [] }
+        let (waiter, cut) = state.withLock { state -> (CheckedContinuation<Void, Never>?, (any Channel)?) in
+            guard var entry = state.entries[id], !entry.ended else { return (nil, nil) }
             entry.ended = true
-            let waiters = [entry.waiter, entry.endWaiter].compactMap { $0 }
+            let waiter = entry.waiter
             entry.waiter = nil
-            entry.endWaiter = nil
             state.entries[id] = entry
-            return waiters
+            return (waiter, entry.watch.writing ? entry.channel : nil)
         }
-        for waiter in waiters { waiter.resume() }
+        waiter?.resume()
+        cut?.close(promise: nil)
     }
 
     private func remove(_ id: Int) {
-        let (count, waiters) = state.withLock { state -> (Int?, [CheckedContinuation<Void, Never>]) in
-            guard let entry = state.entries.removeValue(forKey: id) else { return (nil, []) }
-            return (state.entries.count, [entry.waiter, entry.endWaiter].compactMap { $0 })
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard let entry = state.entries.removeValue(forKey: id) else { return nil }
+            onCountChange(state.entries.count)
+            return entry.waiter
         }
-        for waiter in waiters { waiter.resume() }
-        if let count { onCountChange(count) }
+        waiter?.resume()
     }
 
     // MARK: - The reader
@@ -287,7 +291,10 @@ final class EventFeed: Sendable {
         while true {
             let keepGoing = state.withLock { state -> Bool in
                 if state.entries.isEmpty {
+                    // Stop, and forget the ring: the next reader starts from the head of the log, not from here.
                     state.reader = nil
+                    state.primed = false
+                    state.ring = []
                     return false
                 }
                 state.pending = false
@@ -300,6 +307,7 @@ final class EventFeed: Sendable {
             } catch {
                 logger.warning("event feed read failed", metadata: ["error": "\(error)"])
             }
+            cutStalled()
             if !more { await sleep() }
         }
     }
@@ -339,6 +347,15 @@ final class EventFeed: Sendable {
         return events.count == 1000
     }
 
+    /// Cuts the connection of every stream whose client has not taken a write for `stallTimeout` (it does not read):
+    /// its slot comes back once its response unwinds.
+    private func cutStalled() {
+        let stalled = state.withLock { state in
+            state.entries.values.filter { $0.watch.stalled(longerThan: stallTimeout) }.compactMap(\.channel)
+        }
+        for channel in stalled { channel.close(promise: nil) }
+    }
+
     private func sleep() async {
         _ = await park(.reader, timeout: interval)
     }
@@ -350,6 +367,7 @@ final class WriteWatch: Sendable {
 
     func started() { since.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed) }
     func finished() { since.store(0, ordering: .relaxed) }
+    var writing: Bool { since.load(ordering: .relaxed) != 0 }
 
     /// Whether a write has been waiting on the client for longer than `limit`.
     func stalled(longerThan limit: Duration) -> Bool {

@@ -26,8 +26,9 @@ struct InterruptionController {
         var replayKey: String?
     }
 
-    /// Reads the body and checks its signature when a webhook secret is set: nothing is parsed before that.
-    private func signedBody(_ request: Request, _ context: AppRequestContext) async throws -> SignedBody {
+    /// Reads the body and checks its signature when a webhook secret is set: nothing is parsed before that. The
+    /// replay key names the endpoint too: the same signed body sent to another endpoint is not a replay of it.
+    private func signedBody(_ request: Request, _ context: AppRequestContext, endpoint: String) async throws -> SignedBody {
         _ = try Query(request, allowed: [])
         let data = try await request.collectLimited(context)
         var replayKey: String?
@@ -36,7 +37,7 @@ struct InterruptionController {
         if let secret = webhookSecret {
             switch Signature.verify(secret: secret, timestamp: timestamp, signature: signature, body: data, now: store.clock.now()) {
             case .refused(let failure): throw Problem.unauthorized("webhook signature refused: \(failure)")
-            case .valid(let digest): replayKey = digest
+            case .valid(let digest): replayKey = "\(endpoint):\(digest)"
             }
         }
         return SignedBody(object: try JSONObject(JSONValue.parse(data)), replayKey: replayKey)
@@ -61,27 +62,30 @@ struct InterruptionController {
     private func single(_ notice: Notice, replayKey: String?, context: AppRequestContext, started: ContinuousClock.Instant)
         async throws -> Response
     {
-        let (detail, created) = try await record([notice], replayKey: replayKey, context: context, started: started).results[0]
+        guard let (detail, created) = try await record([notice], replayKey: replayKey, context: context, started: started).results.first
+        else {
+            throw Problem.conflict("this signed request was answered before, and its record is gone")
+        }
         return View.interruption(detail).response(created ? .accepted : .ok)
     }
 
     @Sendable func generic(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
-        let body = try await signedBody(request, context)
+        let body = try await signedBody(request, context, endpoint: "generic")
         let notice = try NoticeParser.generic(body.object, now: store.clock.now())
         return try await single(notice, replayKey: body.replayKey, context: context, started: started)
     }
 
     @Sendable func aws(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
-        let body = try await signedBody(request, context)
+        let body = try await signedBody(request, context, endpoint: "aws")
         let notice = try NoticeParser.aws(body.object, now: store.clock.now())
         return try await single(notice, replayKey: body.replayKey, context: context, started: started)
     }
 
     @Sendable func gcp(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
-        let body = try await signedBody(request, context)
+        let body = try await signedBody(request, context, endpoint: "gcp")
         let notice = try NoticeParser.gcp(body.object, now: store.clock.now())
         return try await single(notice, replayKey: body.replayKey, context: context, started: started)
     }
@@ -90,7 +94,7 @@ struct InterruptionController {
     /// (at most `NoticeParser.maxRecordsPerRequest`).
     @Sendable func azure(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
-        let body = try await signedBody(request, context)
+        let body = try await signedBody(request, context, endpoint: "azure")
         let (notices, ignored) = try NoticeParser.azure(body.object, now: store.clock.now())
         let outcome = try await record(notices, ignored: ignored, replayKey: body.replayKey, context: context, started: started)
         let anyNew = !outcome.replayed && (outcome.results.contains { $0.1 } || !ignored.isEmpty)

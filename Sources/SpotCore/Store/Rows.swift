@@ -150,7 +150,6 @@ extension Database {
         try self.cachedStatement(sql: "INSERT INTO events (at, type, subject, actor, data) VALUES (?, ?, ?, ?, ?)").execute(arguments: [
             at, type, subject, actor, JSONValue.object(data).jsonText,
         ])
-        EventTally.note(self, type)
     }
 
     /// Appends a step to an interruption's timeline.

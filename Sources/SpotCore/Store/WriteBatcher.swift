@@ -66,14 +66,11 @@ final class WriteBatcher: Sendable {
     /// (SQLite aborts it on I/O errors, for one) fails the batch, so no later write can run outside it.
     private static func inSavepoint<T>(_ db: Database, _ updates: (Database) throws -> T) throws -> T {
         try db.cachedStatement(sql: "SAVEPOINT request").execute()
-        EventTally.begin(db)
         do {
             let value = try updates(db)
             try db.cachedStatement(sql: "RELEASE SAVEPOINT request").execute()
-            EventTally.keep(db)
             return value
         } catch {
-            EventTally.discard(db)
             // The batch loop sees the ended transaction and fails every write of the batch.
             guard db.isInsideTransaction else { throw error }
             try db.cachedStatement(sql: "ROLLBACK TRANSACTION TO SAVEPOINT request").execute()
@@ -93,14 +90,16 @@ final class WriteBatcher: Sendable {
             }
             guard !batch.isEmpty else { return }
             do {
+                let observed = !observers.withLock { $0.isEmpty }
                 let tally = try await writer.write { db in
-                    EventTally.open(db)
-                    defer { EventTally.close(db) }
+                    // Events are numbered in commit order: what this batch wrote is what lies past the newest id now
+                    // (a write that rolled back its savepoint took its events with it).
+                    let newest = observed ? try Self.newestEventId(db) : 0
                     for pending in batch {
                         pending.run(db)
                         guard db.isInsideTransaction else { throw DatabaseError(resultCode: .SQLITE_ABORT) }
                     }
-                    return EventTally.kept(db)
+                    return observed ? try Self.eventTypes(db, after: newest) : [:]
                 }
                 for pending in batch { pending.finish(nil) }
                 if !tally.isEmpty {
@@ -111,42 +110,19 @@ final class WriteBatcher: Sendable {
             }
         }
     }
-}
 
-/// The events each write of a batch appends, by type, kept only for writes whose savepoint is released: so that what
-/// a commit wrote can be observed after it (metrics, the event feed) without reading it back.
-/// Keyed by connection, since the writer runs one batch at a time per connection.
-enum EventTally {
-    private struct Tally {
-        var kept: [String: Int] = [:]
-        var current: [String: Int]?
+    private static func newestEventId(_ db: Database) throws -> Int64 {
+        try Int64.fetchOne(db.cachedStatement(sql: "SELECT COALESCE(MAX(id), 0) FROM events")) ?? 0
     }
 
-    private static let tallies = Mutex<[ObjectIdentifier: Tally]>([:])
-
-    static func open(_ db: Database) { tallies.withLock { $0[ObjectIdentifier(db)] = Tally() } }
-    static func close(_ db: Database) { _ = tallies.withLock { $0.removeValue(forKey: ObjectIdentifier(db)) } }
-    static func kept(_ db: Database) -> [String: Int] { tallies.withLock { $0[ObjectIdentifier(db)]?.kept ?? [:] } }
-
-    static func begin(_ db: Database) { tallies.withLock { $0[ObjectIdentifier(db)]?.current = [:] } }
-
-    static func keep(_ db: Database) {
-        tallies.withLock { tallies in
-            guard var tally = tallies[ObjectIdentifier(db)], let current = tally.current else { return }
-            tally.kept.merge(current, uniquingKeysWith: +)
-            tally.current = nil
-            tallies[ObjectIdentifier(db)] = tally
+    /// Events written after `id`, counted by type.
+    private static func eventTypes(_ db: Database, after id: Int64) throws -> [String: Int] {
+        var counts: [String: Int] = [:]
+        for row in try Row.fetchAll(
+            db.cachedStatement(sql: "SELECT type, COUNT(*) FROM events WHERE id > ? GROUP BY type"), arguments: [id])
+        {
+            counts[row[0]] = row[1]
         }
-    }
-
-    static func discard(_ db: Database) { tallies.withLock { $0[ObjectIdentifier(db)]?.current = nil } }
-
-    /// Counts one appended event, when a batch is open on this connection.
-    static func note(_ db: Database, _ type: String) {
-        tallies.withLock { tallies in
-            let key = ObjectIdentifier(db)
-            guard tallies[key]?.current != nil else { return }
-            tallies[key]!.current![type, default: 0] += 1
-        }
+        return counts
     }
 }

@@ -9,13 +9,16 @@ struct Retention: Sendable {
     var batch = 2000
     /// Most transactions per run; the next run (a minute later) goes on.
     var maxBatches = 50
+    /// How long to leave the writer to others between two batches.
+    var pause: Duration = .milliseconds(20)
 
     /// Removes what is due; returns how much went.
     func run(now: Millis, logger: Logger) async throws -> PruneReport {
         // `days` is validated to 1...3650 at start: the product fits easily.
         let cutoff = now - days * 86_400_000
-        // A replayed signed notice is refused as stale after 5 minutes; its record is kept twice that long.
-        let replayCutoff = now - 2 * Signature.maxSkewSeconds * 1000
+        // A signed notice is taken while its timestamp is within 5 minutes of now, so the same request can arrive up
+        // to 10 minutes after the first; its record is kept a minute longer than that.
+        let replayCutoff = now - (2 * Signature.maxSkewSeconds + 60) * 1000
         var total = PruneReport()
         for _ in 0..<maxBatches {
             let report = try await store.pruneExpired(before: cutoff, replaysBefore: replayCutoff, batch: batch)
@@ -28,7 +31,7 @@ struct Retention: Sendable {
             let full = [report.events, report.jobs, report.interruptions, report.provisioningRequests, report.nodes, report.replays]
                 .contains(batch)
             if !full { break }
-            await Task.yield()
+            try await Task.sleep(for: pause)
         }
         if total.total > 0 {
             logger.info(

@@ -33,6 +33,8 @@ public struct WorkflowWorker: Service {
             // Provider calls (an HTTP round trip for the webhook provider) run in their own loop, so that a slow
             // provisioner never delays a drain.
             group.addTask { await provisioningLoop() }
+            // Retention deletes in batches, with pauses: it must not hold up a pass, nor fail one.
+            group.addTask { await retentionLoop() }
             var state = PassState()
             state.inlineProvisioning = false
             while !Task.isShuttingDownGracefully && !Task.isCancelled {
@@ -53,7 +55,6 @@ public struct WorkflowWorker: Service {
         var holdsLease = false
         var lastPlacementEvent: Int64 = -1
         var lastHousekeeping: Millis = 0
-        var lastRetention: Millis = 0
         /// Tests step provisioning inside the pass; the service runs it in its own loop.
         var inlineProvisioning = true
     }
@@ -69,6 +70,25 @@ public struct WorkflowWorker: Service {
                 }
             }
             try? await Task.sleep(for: .milliseconds(Int(config.workerIntervalSeconds * 1000)))
+        }
+    }
+
+    /// Removes expired records once a minute while this process holds the lease.
+    func retentionLoop() async {
+        let retention = Retention(store: store, days: config.retentionDays)
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            guard holdsLease.value else {
+                try? await Task.sleep(for: .seconds(1))
+                continue
+            }
+            do {
+                _ = try await retention.run(now: store.clock.now(), logger: logger)
+            } catch is CancellationError {
+                return
+            } catch {
+                logger.error("retention pass failed", metadata: ["error": "\(String(reflecting: error))"])
+            }
+            try? await Task.sleep(for: .seconds(60))
         }
     }
 
@@ -113,10 +133,7 @@ public struct WorkflowWorker: Service {
             let released = try await store.scaleDown(idleSeconds: config.scaleDownIdleSeconds, actor: "autoscaler")
             if released > 0 { logger.info("scaled down idle fallback nodes", metadata: ["count": "\(released)"]) }
         }
-        if now - state.lastRetention >= 60_000 {
-            state.lastRetention = now
-            _ = try await Retention(store: store, days: config.retentionDays).run(now: now, logger: logger)
-        }
+
         if config.autoPlace {
             let lastEvent = try await store.lastEventId()
             if lastEvent != state.lastPlacementEvent {
