@@ -27,8 +27,8 @@ run_pass() {
         shift
         target=$((port + 10))
         python3 scripts/sign-proxy.py "$target" "$port" "$SECRET" &
-        local proxy=$!
-        trap 'kill "$proxy" 2>/dev/null || true' EXIT
+        PROXY_PID=$!
+        trap 'kill "${PROXY_PID:-0}" 2>/dev/null || true' EXIT
     fi
     local work=.build/schemathesis/$name
     rm -rf "$work" && mkdir -p "$work"
