@@ -9,6 +9,23 @@ import Foundation
 /// a heavy client (an NIO client per connection, as HummingbirdTesting's) would measure itself as much as spotd.
 /// It understands exactly what spotd sends: responses with `Content-Length`.
 enum LoadClient {
+    /// A port the kernel says is free now (bound to port 0, then released); a random one could be some client's
+    /// ephemeral port, or a previous run's still closing.
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        return withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw -> Int in
+                guard bind(fd, raw, length) == 0, getsockname(fd, raw, &length) == 0 else { return Int.random(in: 20_000..<30_000) }
+                return Int(UInt16(bigEndian: pointer.pointee.sin_port))
+            }
+        }
+    }
+
     struct Failure: Error, CustomStringConvertible {
         var description: String
     }

@@ -194,7 +194,7 @@ guard FileManager.default.isExecutableFile(atPath: Server.binary.path) else {
 let directory = FileManager.default.temporaryDirectory.appendingPathComponent("spotd-bench-\(UUID().uuidString)")
 try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
 defer { try? FileManager.default.removeItem(at: directory) }
-let server = Server(port: Int.random(in: 20_000..<60_000), db: directory.appendingPathComponent("bench.sqlite").path)
+let server = Server(port: LoadClient.freePort(), db: directory.appendingPathComponent("bench.sqlite").path)
 let port = server.port
 nonisolated(unsafe) var figures: [(String, String, Any)] = []
 @MainActor func record(_ key: String, _ label: String, _ value: Any) {

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Synchronization
 import Testing
 
 @testable import SpotCore
@@ -55,5 +56,40 @@ struct CatalogTests {
         _ = try await store.putPolicy(policy, actor: "test")
         let stored = try await store.read { db in try store.catalog.current(db) }.policies.first { $0.tier == .bestEffort }
         #expect(stored?.capacityTypes == [.onDemand])
+    }
+}
+
+@Suite("Commit observation")
+struct CommitObservationTests {
+    /// Counting a batch's events must read only that batch's rows: a `GROUP BY type` once made SQLite walk every
+    /// event ever written on every commit (placements fell from 12,000/s to 3,000/s at 16 connections).
+    @Test func batchEventsAreReadByRowidRange() async throws {
+        let env = try TestEnv()
+        let plan = try await env.store.read { db in
+            try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + WriteBatcher.batchEventTypesSQL, arguments: [0]).map {
+                $0["detail"] as String
+            }
+        }
+        #expect(plan.count == 1 && plan[0].contains("INTEGER PRIMARY KEY"), "\(plan)")
+    }
+
+    /// Observers hear, after each commit, how many events of each type it wrote; a write that rolled back its
+    /// savepoint counts for nothing.
+    @Test func observersCountCommittedEventsOnly() async throws {
+        let env = try TestEnv()
+        final class Seen: Sendable { let counts = Mutex<[String: Int]>([:]) }
+        let seen = Seen()
+        env.store.batcher.observeCommits { events in seen.counts.withLock { $0.merge(events, uniquingKeysWith: +) } }
+        try await env.store.write { db in
+            try db.appendEvent("test.kept", subject: "x", actor: "test", at: 0)
+            try db.appendEvent("test.kept", subject: "y", actor: "test", at: 0)
+        }
+        await #expect(throws: Problem.self) {
+            try await env.store.write { db in
+                try db.appendEvent("test.rolled-back", subject: "z", actor: "test", at: 0)
+                throw Problem.badRequest("no")
+            }
+        }
+        #expect(seen.counts.withLock { $0 } == ["test.kept": 2])
     }
 }
