@@ -97,23 +97,16 @@ func freePort(_ purpose: String = #function) -> Int {
 /// The random choices of a test, from `SPOTD_TEST_SEED` when set (to replay a failure), else a fresh seed; the seed
 /// is printed either way.
 struct TestRandom: RandomNumberGenerator {
-    private var state: UInt64
+    private var generator: SeededRandom
     let seed: UInt64
 
     init(_ purpose: String = #function) {
         seed = ProcessInfo.processInfo.environment["SPOTD_TEST_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 1...UInt64.max)
-        state = seed
+        generator = SeededRandom(seed: seed)
         print("[\(purpose)] SPOTD_TEST_SEED=\(seed)")
     }
 
-    /// SplitMix64.
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    mutating func next() -> UInt64 { generator.next() }
 }
 
 @Suite("Crash safety with a real process", .serialized)
