@@ -26,7 +26,7 @@ run_pass() {
         # schemathesis cannot sign; a small proxy signs the notices that carry no signature of their own.
         shift
         target=$((port + 10))
-        python3 scripts/sign-proxy.py "$target" "$port" "$SECRET" &
+        python3 scripts/sign-proxy.py "$target" "$port" "$SECRET" >".build/schemathesis-proxy-$name.log" 2>&1 &
         PROXY_PID=$!
         trap 'kill "${PROXY_PID:-0}" 2>/dev/null || true' EXIT
     fi
@@ -38,12 +38,17 @@ run_pass() {
     trap 'kill "$pid" 2>/dev/null || true' RETURN
     local up=0
     for _ in $(seq 1 100); do
-        if curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then up=1; break; fi
+        # Through the proxy when there is one: both must answer.
+        if curl -fsS "http://127.0.0.1:$target/healthz" >/dev/null 2>&1; then up=1; break; fi
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
+    if [ "$target" != "$port" ] && ! kill -0 "${PROXY_PID:-0}" 2>/dev/null; then
+        up=0
+        cat ".build/schemathesis-proxy-$name.log"
+    fi
     if [ "$up" -ne 1 ]; then
-        echo "schemathesis[$name]: spotd did not come up on port $port; its log:"
+        echo "schemathesis[$name]: spotd (port $port) or the signing proxy (port $target) did not come up; spotd's log:"
         cat "$work/server.log"
         return 1
     fi
