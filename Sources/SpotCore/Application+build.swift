@@ -48,6 +48,12 @@ public struct SpotRuntime: Sendable {
         self.connections = ConnectionLimiter(limit: config.maxConnections, logger: logger)
     }
 
+    /// Creates a token for `spotd token create`, with the CLI as the actor; the secret is returned once.
+    public func createToken(name: String, role: Role) async throws -> (id: String, secret: String) {
+        let (token, secret) = try await store.createToken(name: name, role: role, actor: "cli")
+        return (token.id, secret)
+    }
+
     /// The background worker service.
     public func worker(logger: Logger) -> WorkflowWorker {
         WorkflowWorker(store: store, config: config, provider: provider, signal: signal, metrics: metrics, logger: logger)

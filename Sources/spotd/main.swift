@@ -181,10 +181,16 @@ struct TokenCommand: AsyncParsableCommand {
 
         func run() async throws {
             guard let role = Role(rawValue: role) else { fail("role must be one of admin, operator, scheduler, notifier, viewer") }
+            if let problem = TokenName.check(name) { fail("--name: \(problem)") }
             var config = SpotConfig()
             store.apply(to: &config)
             let runtime = openRuntime(config)
-            let created = try await runtime.store.createTokenForCLI(name: name, role: role)
+            let created: (id: String, secret: String)
+            do {
+                created = try await runtime.createToken(name: name, role: role)
+            } catch let error as StoreError {
+                fail("--name: \(error)")
+            }
             try runtime.store.close()
             print("id:    \(created.id)\nname:  \(name)\nrole:  \(role.rawValue)\ntoken: \(created.secret)")
         }

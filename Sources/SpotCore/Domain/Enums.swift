@@ -60,7 +60,7 @@ public enum Role: String, Sendable, CaseIterable, Codable {
 }
 
 /// Rules for API token names, which appear as the actor of every event the token causes.
-enum TokenName {
+public enum TokenName {
     /// Names spotd itself writes as actors: a token may not pass for one of them.
     static let reserved: Set<String> = [
         "admin", "anonymous", "worker", "autoscaler", "provisioner", "drill", "cli", "scheduler-loop", "operator", "system",
@@ -69,5 +69,13 @@ enum TokenName {
     /// Why a name cannot be used, or nil when it can (uniqueness is the store's to check).
     static func refusal(_ name: String) -> String? {
         reserved.contains(name.lowercased()) ? "'\(name)' is reserved for spotd's own actors; choose another name" : nil
+    }
+
+    /// Every rule at once (the shape as the API checks it, then the reserved names), for `spotd token create`.
+    public static func check(_ name: String) -> String? {
+        guard NamePattern.identifier.matches(name), name.utf8.count <= 64 else {
+            return "the name must match \(NamePattern.identifier.description) and be at most 64 characters"
+        }
+        return refusal(name)
     }
 }

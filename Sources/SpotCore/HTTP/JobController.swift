@@ -22,7 +22,7 @@ struct JobController {
         let body = try await request.jsonObject(context)
         try body.rejectUnknown(["id", "tier", "gpus", "gpu_type", "checkpointable", "expected_duration_seconds", "priority"])
         let submission = JobSubmission(
-            id: try body.string("id", maxLength: 128, pattern: .identifier) ?? AppDatabase.newId("job"),
+            id: try body.string("id", maxLength: 128, pattern: .identifier) ?? Ids.new("job"),
             tier: try body.enumeration("tier", Tier.self, required: true)!,
             gpus: Int(try body.int("gpus", required: true, range: 1...64)!),
             gpuType: try body.string("gpu_type", maxLength: 64, pattern: .identifier),
@@ -100,10 +100,12 @@ struct JobController {
                 "capacity_type": .string(result.capacityType.rawValue), "attempt": .int(result.attempt),
                 "reasons": .array(result.reasons.map(JSONValue.string)), "dry_run": .bool(dryRun),
             ]).response(dryRun ? .ok : .created)
-        } catch let problem as Problem where problem.type == "urn:spotd:problem:no-capacity" {
-            metrics.placement("no_capacity")
-            signal.poke()
-            throw problem
+        } catch let error as StoreError {
+            if case .noCapacity = error {
+                metrics.placement("no_capacity")
+                signal.poke()
+            }
+            throw error
         }
     }
 }

@@ -94,6 +94,24 @@ public struct Problem: Error, HTTPResponseError, Sendable, Equatable {
         return problem
     }
 
+    /// The problem for a store's refusal.
+    init(_ error: StoreError) {
+        switch error {
+        case .notFound(let what, let id): self = .notFound(what, id)
+        case .conflict(let detail): self = .conflict(detail)
+        case .staleAttempt(let detail): self = .conflict(detail, type: "urn:spotd:problem:stale-attempt")
+        case .unknownReference(let field, let what, let id): self = .unknownReference(field, what, id)
+        case .unprocessable(let field, let detail): self = .unprocessable(field, detail)
+        case .noCapacity(let detail, let reasons):
+            self = .conflict(detail, type: "urn:spotd:problem:no-capacity")
+            extra["pools"] = .object(reasons.mapValues(JSONValue.string))
+        case .fenced:
+            self = Problem(
+                status: .serviceUnavailable, type: "urn:spotd:problem:not-leader", title: "Not the leader",
+                detail: "this replica no longer holds the worker lease")
+        }
+    }
+
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var body: [String: JSONValue] = extra
         body["type"] = .string(type)
@@ -149,6 +167,8 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             }
         case is NIOTooManyBytesError:
             return .tooLarge
+        case let error as StoreError:
+            return Problem(error)
         case let error as HTTPParserError:
             // A malformed request body (a bad chunk size, say) is the client's fault, and the connection cannot be reused.
             var problem = Problem.badRequest("the request is not valid HTTP/1.1: \(error)")

@@ -79,13 +79,6 @@ public final class AppDatabase: Sendable {
         try writer.close()
     }
 
-    /// A fresh opaque id with a prefix.
-    static func newId(_ prefix: String) -> String {
-        var bytes = [UInt8](repeating: 0, count: 8)
-        var generator = SystemRandomNumberGenerator()
-        for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255, using: &generator) }
-        return prefix + "-" + Hex.encode(bytes)
-    }
 }
 
 /// One schema change: `NNNN_name.sql`, applied once, in order, and recorded with its checksum.

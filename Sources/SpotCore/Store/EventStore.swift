@@ -35,12 +35,12 @@ extension AppDatabase {
         var generator = SystemRandomNumberGenerator()
         for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255, using: &generator) }
         let secret = "spotd_" + Hex.encode(bytes)
-        let token = Token(id: AppDatabase.newId("tok"), name: name, role: role, createdAt: clock.now())
+        let token = Token(id: Ids.new("tok"), name: name, role: role, createdAt: clock.now())
         try await write { db in
             // Names are unique among all tokens, revoked ones too: the event log names actors by token name.
             if try String.fetchOne(db.cachedStatement(sql: "SELECT id FROM tokens WHERE name = ? COLLATE NOCASE"), arguments: [name]) != nil
             {
-                throw Problem.conflict("a token named '\(name)' (in some case) exists or existed; token names are never reused")
+                throw StoreError.conflict("a token named '\(name)' (in some case) exists or existed; token names are never reused")
             }
             try db.cachedStatement(sql: "INSERT INTO tokens (id, name, role, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)").execute(
                 arguments: [token.id, name, role.rawValue, Self.hashSecret(secret), token.createdAt])
@@ -68,7 +68,7 @@ extension AppDatabase {
             try db.cachedStatement(sql: "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").execute(arguments: [
                 now, id,
             ])
-            guard db.changesCount == 1 else { throw Problem.notFound("token", id) }
+            guard db.changesCount == 1 else { throw StoreError.notFound(what: "token", id: id) }
             try db.appendEvent("token.revoked", subject: "tokens/\(id)", actor: actor, at: now)
         }
     }
@@ -134,17 +134,5 @@ extension AppDatabase {
         try await write { db in
             try db.cachedStatement(sql: "DELETE FROM leases WHERE name = ? AND owner = ?").execute(arguments: [name, owner])
         }
-    }
-}
-
-extension AppDatabase {
-    /// `spotd token create`: validates like the API, and records the CLI as the actor.
-    public func createTokenForCLI(name: String, role: Role) async throws -> (id: String, secret: String) {
-        guard NamePattern.identifier.matches(name), name.utf8.count <= 64 else {
-            throw Problem.invalidField("name", "must match \(NamePattern.identifier.description)")
-        }
-        if let reason = TokenName.refusal(name) { throw Problem.unprocessable("name", reason) }
-        let (token, secret) = try await createToken(name: name, role: role, actor: "cli")
-        return (token.id, secret)
     }
 }

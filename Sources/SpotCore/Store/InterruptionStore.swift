@@ -74,7 +74,7 @@ extension AppDatabase {
                 arguments: [nodeId])
             if let sameKind { return (sameKind, false) }
         }
-        let id = AppDatabase.newId("int")
+        let id = Ids.new("int")
         let state: InterruptionState = node == nil ? .unmatched : .received
         try db.cachedStatement(
             sql: """
@@ -133,9 +133,9 @@ extension AppDatabase {
 
     /// An operator's drain: the interruption workflow with an operator-given deadline.
     func drain(nodeId: String, deadline: Millis, actor: String) async throws -> (InterruptionDetail, Bool) {
-        guard let node = try await node(nodeId) else { throw Problem.notFound("node", nodeId) }
-        guard node.node.state != .terminated else { throw Problem.conflict("node '\(nodeId)' is terminated") }
-        let notice = Notice(nodeId: nodeId, kind: .termination, deadline: deadline, source: "operator", eventId: AppDatabase.newId("drain"))
+        guard let node = try await node(nodeId) else { throw StoreError.notFound(what: "node", id: nodeId) }
+        guard node.node.state != .terminated else { throw StoreError.conflict("node '\(nodeId)' is terminated") }
+        let notice = Notice(nodeId: nodeId, kind: .termination, deadline: deadline, source: "operator", eventId: Ids.new("drain"))
         return try await recordNotices([notice], actor: actor).results[0]
     }
 }

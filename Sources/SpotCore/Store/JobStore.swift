@@ -26,7 +26,7 @@ extension AppDatabase {
     func submitJob(_ submission: JobSubmission, actor: String) async throws -> Job {
         try await write { [self] db in
             let now = clock.now()
-            if try db.fetchJob(submission.id) != nil { throw Problem.conflict("job '\(submission.id)' already exists") }
+            if try db.fetchJob(submission.id) != nil { throw StoreError.conflict("job '\(submission.id)' already exists") }
             try db.cachedStatement(
                 sql: """
                     INSERT INTO jobs (id, tier, gpus, gpu_type, checkpointable, expected_duration_seconds, priority, state,
@@ -66,14 +66,13 @@ extension AppDatabase {
 
     /// Loads a job that a report is about, fencing out stale attempts.
     private static func reportable(_ db: Database, id: String, attempt: Int64?, action: String) throws -> Job {
-        guard let job = try db.fetchJob(id) else { throw Problem.notFound("job", id) }
+        guard let job = try db.fetchJob(id) else { throw StoreError.notFound(what: "job", id: id) }
         if let attempt, attempt != job.attempt {
-            throw Problem.conflict(
-                "job '\(id)' is on attempt \(job.attempt); a report for attempt \(attempt) is stale and was refused",
-                type: "urn:spotd:problem:stale-attempt")
+            throw StoreError.staleAttempt(
+                "job '\(id)' is on attempt \(job.attempt); a report for attempt \(attempt) is stale and was refused")
         }
         guard job.state.onNode else {
-            throw Problem.conflict("job '\(id)' is \(job.state.rawValue); only a running job can be \(action)")
+            throw StoreError.conflict("job '\(id)' is \(job.state.rawValue); only a running job can be \(action)")
         }
         return job
     }
@@ -84,7 +83,7 @@ extension AppDatabase {
             let now = clock.now()
             var job = try Self.reportable(db, id: jobId, attempt: attempt, action: "checkpointed")
             if let last = job.lastCheckpoint, step < last.step {
-                throw Problem.conflict("job '\(jobId)' already has a checkpoint at step \(last.step); step \(step) is older")
+                throw StoreError.conflict("job '\(jobId)' already has a checkpoint at step \(last.step); step \(step) is older")
             }
             try db.cachedStatement(
                 sql:
@@ -112,13 +111,12 @@ extension AppDatabase {
             let now = clock.now()
             let job: Job
             if outcome == .cancelled {
-                guard let found = try db.fetchJob(jobId) else { throw Problem.notFound("job", jobId) }
+                guard let found = try db.fetchJob(jobId) else { throw StoreError.notFound(what: "job", id: jobId) }
                 if let attempt, attempt != found.attempt {
-                    throw Problem.conflict(
-                        "job '\(jobId)' is on attempt \(found.attempt); a request for attempt \(attempt) is stale",
-                        type: "urn:spotd:problem:stale-attempt")
+                    throw StoreError.staleAttempt(
+                        "job '\(jobId)' is on attempt \(found.attempt); a request for attempt \(attempt) is stale")
                 }
-                guard !found.state.finished else { throw Problem.conflict("job '\(jobId)' is already \(found.state.rawValue)") }
+                guard !found.state.finished else { throw StoreError.conflict("job '\(jobId)' is already \(found.state.rawValue)") }
                 job = found
             } else {
                 job = try Self.reportable(db, id: jobId, attempt: attempt, action: outcome.rawValue)

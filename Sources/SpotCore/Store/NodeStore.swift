@@ -22,8 +22,10 @@ extension AppDatabase {
     {
         try await write { [self] db in
             let now = clock.now()
-            guard let pool = try db.fetchPool(poolName) else { throw Problem.unknownReference("pool", "pool", poolName) }
-            if try db.fetchNode(id) != nil { throw Problem.conflict("node '\(id)' is already registered") }
+            guard let pool = try db.fetchPool(poolName) else {
+                throw StoreError.unknownReference(field: "pool", what: "pool", id: poolName)
+            }
+            if try db.fetchNode(id) != nil { throw StoreError.conflict("node '\(id)' is already registered") }
             let gpuCount = gpus ?? pool.gpusPerNode
             if let requestId = provisioningRequestId {
                 guard
@@ -32,13 +34,13 @@ extension AppDatabase {
                         arguments: [requestId]
                     )
                 else {
-                    throw Problem.unknownReference("provisioning_request_id", "provisioning request", requestId)
+                    throw StoreError.unknownReference(field: "provisioning_request_id", what: "provisioning request", id: requestId)
                 }
                 guard request.state == .pending else {
-                    throw Problem.conflict("provisioning request '\(requestId)' is already \(request.state.rawValue)")
+                    throw StoreError.conflict("provisioning request '\(requestId)' is already \(request.state.rawValue)")
                 }
                 guard request.pool == poolName else {
-                    throw Problem.conflict("provisioning request '\(requestId)' asked for pool '\(request.pool)', not '\(poolName)'")
+                    throw StoreError.conflict("provisioning request '\(requestId)' asked for pool '\(request.pool)', not '\(poolName)'")
                 }
             }
             try db.cachedStatement(
@@ -108,10 +110,10 @@ extension AppDatabase {
 
     func cordon(_ id: String, actor: String) async throws -> NodeDetail {
         try await write { [self] db in
-            guard let node = try db.fetchNode(id) else { throw Problem.notFound("node", id) }
+            guard let node = try db.fetchNode(id) else { throw StoreError.notFound(what: "node", id: id) }
             switch node.state {
             case .terminated:
-                throw Problem.conflict("node '\(id)' is terminated")
+                throw StoreError.conflict("node '\(id)' is terminated")
             case .ready, .provisioning:
                 try Self.cordon(db, node: node, at: clock.now(), actor: actor, reason: "operator")
             case .cordoned, .draining, .drained:
@@ -130,13 +132,13 @@ extension AppDatabase {
 
     func uncordon(_ id: String, actor: String) async throws -> NodeDetail {
         try await write { [self] db in
-            guard let node = try db.fetchNode(id) else { throw Problem.notFound("node", id) }
+            guard let node = try db.fetchNode(id) else { throw StoreError.notFound(what: "node", id: id) }
             switch node.state {
             case .ready:
                 break
             case .cordoned:
                 if let active = try db.activeTermination(nodeId: id) {
-                    throw Problem.conflict("node '\(id)' has an active termination notice '\(active.id)'; it cannot be uncordoned")
+                    throw StoreError.conflict("node '\(id)' has an active termination notice '\(active.id)'; it cannot be uncordoned")
                 }
                 let now = clock.now()
                 try db.cachedStatement(sql: "UPDATE nodes SET state = 'ready', updated_at = ? WHERE id = ?").execute(arguments: [now, id])
@@ -148,7 +150,7 @@ extension AppDatabase {
                 ).execute(arguments: [now, id])
                 try db.appendEvent("node.uncordoned", subject: "nodes/\(id)", actor: actor, at: now)
             case .provisioning, .draining, .drained, .terminated:
-                throw Problem.conflict("node '\(id)' is \(node.state.rawValue); only a cordoned node can be uncordoned")
+                throw StoreError.conflict("node '\(id)' is \(node.state.rawValue); only a cordoned node can be uncordoned")
             }
             return try Self.nodeDetail(db, id: id)!
         }
@@ -157,7 +159,7 @@ extension AppDatabase {
     /// The node is gone: requeue its jobs and mark it terminated.
     func deleteNode(_ id: String, actor: String) async throws -> NodeDetail {
         try await write { [self] db in
-            guard let node = try db.fetchNode(id) else { throw Problem.notFound("node", id) }
+            guard let node = try db.fetchNode(id) else { throw StoreError.notFound(what: "node", id: id) }
             if node.state != .terminated {
                 try Self.terminate(db, node: node, at: clock.now(), actor: actor, reason: "deleted")
             }

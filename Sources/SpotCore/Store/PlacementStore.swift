@@ -72,11 +72,11 @@ extension AppDatabase {
     /// Places one queued job (or answers what would happen, for a dry run), in one transaction.
     func place(jobId: String, dryRun: Bool, actor: String) async throws -> PlacementResult {
         let hints = try await placementHints.current(self, now: clock.now())
-        let outcome: Result<PlacementResult, Problem> = try await write { [self] db in
+        let outcome: Result<PlacementResult, StoreError> = try await write { [self] db in
             let now = clock.now()
-            guard let job = try db.fetchJob(jobId) else { throw Problem.notFound("job", jobId) }
+            guard let job = try db.fetchJob(jobId) else { throw StoreError.notFound(what: "job", id: jobId) }
             guard job.state == .queued else {
-                throw Problem.conflict("job '\(jobId)' is \(job.state.rawValue); only a queued job can be placed")
+                throw StoreError.conflict("job '\(jobId)' is \(job.state.rawValue); only a queued job can be placed")
             }
             let catalog = try catalog.current(db)
             let policy = Self.withDefaults(catalog.policies, admissionLimit: 3600, now: now).first { $0.tier == job.tier }!
@@ -107,15 +107,13 @@ extension AppDatabase {
             }
             switch decision {
             case .refuse(let reasons):
-                var problem = Problem.conflict(
+                var detail =
                     "no eligible capacity for job '\(jobId)': "
-                        + reasons.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; "),
-                    type: "urn:spotd:problem:no-capacity")
-                problem.extra["pools"] = .object(reasons.mapValues(JSONValue.string))
+                    + reasons.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ")
                 if !dryRun, job.tier == .premium, let note = try Self.preemptFor(db, job: job, policy: policy, now: now, actor: actor) {
-                    problem.detail += "; \(note)"
+                    detail += "; \(note)"
                 }
-                return .failure(problem)
+                return .failure(.noCapacity(detail, reasons: reasons))
             case .place(let nodeId, let pool, let capacityType, let reasons):
                 let attempt = max(job.attempt, 1)
                 if !dryRun {
@@ -140,12 +138,12 @@ extension AppDatabase {
                 WHERE id = ? AND state = 'ready' AND gpus - gpus_allocated >= ?
                 """
         ).execute(arguments: [job.gpus, now, nodeId, job.gpus])
-        guard db.changesCount == 1 else { throw Problem.conflict("node '\(nodeId)' no longer has room for job '\(job.id)'") }
+        guard db.changesCount == 1 else { throw StoreError.conflict("node '\(nodeId)' no longer has room for job '\(job.id)'") }
         try db.cachedStatement(
             sql:
                 "UPDATE jobs SET state = 'running', node_id = ?, attempt = ?, started_at = ?, updated_at = ? WHERE id = ? AND state = 'queued'"
         ).execute(arguments: [nodeId, attempt, now, now, job.id])
-        guard db.changesCount == 1 else { throw Problem.conflict("job '\(job.id)' is no longer queued") }
+        guard db.changesCount == 1 else { throw StoreError.conflict("job '\(job.id)' is no longer queued") }
         try db.appendEvent(
             "job.placed", subject: "jobs/\(job.id)", actor: actor, at: now,
             data: [

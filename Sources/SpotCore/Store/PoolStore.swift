@@ -43,7 +43,7 @@ struct PoolPatch: Sendable {
 extension AppDatabase {
     func createPool(_ pool: Pool, actor: String) async throws -> Pool {
         try await write { db in
-            if try db.fetchPool(pool.name) != nil { throw Problem.conflict("pool '\(pool.name)' already exists") }
+            if try db.fetchPool(pool.name) != nil { throw StoreError.conflict("pool '\(pool.name)' already exists") }
             try db.cachedStatement(
                 sql: """
                     INSERT INTO pools (name, capacity_type, gpu_type, gpus_per_node, zone, instance_type, hourly_price,
@@ -76,7 +76,7 @@ extension AppDatabase {
 
     func updatePool(_ name: String, _ patch: PoolPatch, actor: String) async throws -> Pool {
         try await write { [self] db in
-            guard var pool = try db.fetchPool(name) else { throw Problem.notFound("pool", name) }
+            guard var pool = try db.fetchPool(name) else { throw StoreError.notFound(what: "pool", id: name) }
             if let value = patch.hourlyPrice { pool.hourlyPrice = value }
             if let value = patch.minNodes { pool.minNodes = value }
             if let value = patch.maxNodes { pool.maxNodes = value }
@@ -84,8 +84,8 @@ extension AppDatabase {
             if let value = patch.zone { pool.zone = value }
             if let value = patch.instanceType { pool.instanceType = value }
             guard pool.minNodes <= pool.maxNodes else {
-                throw Problem.unprocessable(
-                    patch.minNodes != nil ? "min_nodes" : "max_nodes",
+                throw StoreError.unprocessable(
+                    field: patch.minNodes != nil ? "min_nodes" : "max_nodes",
                     "would put min_nodes (\(pool.minNodes)) above max_nodes (\(pool.maxNodes))")
             }
             pool.updatedAt = clock.now()
@@ -107,19 +107,19 @@ extension AppDatabase {
 
     func deletePool(_ name: String, actor: String) async throws {
         try await write { [self] db in
-            guard try db.fetchPool(name) != nil else { throw Problem.notFound("pool", name) }
+            guard try db.fetchPool(name) != nil else { throw StoreError.notFound(what: "pool", id: name) }
             let live =
                 try Int.fetchOne(
                     db.cachedStatement(sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND state <> 'terminated'"), arguments: [name]) ?? 0
             guard live == 0 else {
-                throw Problem.conflict("pool '\(name)' still has \(live) live node(s); delete or terminate them first")
+                throw StoreError.conflict("pool '\(name)' still has \(live) live node(s); delete or terminate them first")
             }
             let pending =
                 try Int.fetchOne(
                     db.cachedStatement(sql: "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND state = 'pending'"),
                     arguments: [name]) ?? 0
             guard pending == 0 else {
-                throw Problem.conflict("pool '\(name)' has \(pending) pending provisioning request(s)")
+                throw StoreError.conflict("pool '\(name)' has \(pending) pending provisioning request(s)")
             }
             try db.cachedStatement(sql: "DELETE FROM pools WHERE name = ?").execute(arguments: [name])
             try db.appendEvent("pool.deleted", subject: "pools/\(name)", actor: actor, at: clock.now())

@@ -128,7 +128,7 @@ extension AppDatabase {
                 let batch = min(missing, Self.maxPendingFloorRequests - pending)
                 guard batch > 0 else { continue }
                 for _ in 0..<batch {
-                    let id = AppDatabase.newId("prov")
+                    let id = Ids.new("prov")
                     try db.cachedStatement(
                         sql:
                             "INSERT INTO provisioning_requests (id, pool, reason, state, created_at) VALUES (?, ?, 'min_nodes', 'pending', ?)"

@@ -122,7 +122,7 @@ extension AppDatabase {
                 data: ["gpu_type": .string(lostPool.gpuType)])
             return 0
         }
-        let id = AppDatabase.newId("prov")
+        let id = Ids.new("prov")
         let reason = attemptNumber == 1 ? "replacement" : "fallback"
         try db.cachedStatement(
             sql: """

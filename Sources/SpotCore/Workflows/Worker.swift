@@ -24,7 +24,7 @@ public struct WorkflowWorker: Service {
         self.signal = signal
         self.metrics = metrics
         self.logger = logger
-        self.owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(AppDatabase.newId("w"))"
+        self.owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(Ids.new("w"))"
     }
 
     public func run() async throws {

@@ -1,23 +1,5 @@
 import Foundation
 
-/// An interruption notice in spotd's own terms, whatever cloud format it came in.
-struct Notice: Sendable, Equatable {
-    var nodeId: String
-    var kind: InterruptionKind
-    var deadline: Millis?
-    var source: String
-    var eventId: String
-    /// Other names the node may be registered under (GCP: instance name and numeric id).
-    var aliases: [String] = []
-}
-
-/// An event a cloud sent that spotd records but does not act on (Azure Freeze, Reboot, Redeploy).
-struct IgnoredNotice: Sendable, Equatable {
-    var eventId: String
-    var eventType: String
-    var resources: [String]
-}
-
 /// Maps each cloud's own payload to notices; pure, with the clock passed in.
 enum NoticeParser {
     /// Deadlines further than this from now are refused as nonsense.
@@ -39,7 +21,7 @@ enum NoticeParser {
         let nodeId = try body.string("node_id", required: true, maxLength: 128, pattern: .identifier)!
         let kind = try body.enumeration("kind", InterruptionKind.self, required: true)!
         let source = try body.string("source", maxLength: 64, pattern: .identifier) ?? "generic"
-        let eventId = try body.string("event_id", maxLength: 256) ?? AppDatabase.newId("evt")
+        let eventId = try body.string("event_id", maxLength: 256) ?? Ids.new("evt")
         let deadlineText = try body.string("deadline", maxLength: 64)
         let noticeSeconds = try body.int("notice_seconds", range: 0...86_400)
         if deadlineText != nil && noticeSeconds != nil {
