@@ -7,7 +7,9 @@ import ServiceLifecycle
 /// Everything a running spotd holds: the store, the worker's wake-up signal, the settings, the shared limits.
 public struct SpotRuntime: Sendable {
     public let config: SpotConfig
-    public let store: AppDatabase
+    /// The store: SQLite, the embedded default (the one place that names it).
+    let store: SQLiteStore
+    public let clock: any SpotClock
     public let signal: WorkerSignal
     public let provider: any Provider
     public let metrics: SpotMetrics
@@ -22,8 +24,9 @@ public struct SpotRuntime: Sendable {
     public init(config: SpotConfig, clock: any SpotClock = SystemClock(), logger: Logger = Logger(label: "spotd")) throws {
         if let problem = config.validate() { throw problem }
         self.config = config
+        self.clock = clock
         let migrations = try config.migrationsDirectory.map(Migration.load(from:)) ?? Migration.embedded
-        self.store = try AppDatabase(path: config.dbPath, migrations: migrations, clock: clock, logger: logger)
+        self.store = try SQLiteStore(path: config.dbPath, migrations: migrations, clock: clock, logger: logger)
         try store.seedPolicies(admissionLimit: config.admissionLimitSeconds)
         self.signal = WorkerSignal()
         switch config.provider {
@@ -54,9 +57,15 @@ public struct SpotRuntime: Sendable {
         return (token.id, secret)
     }
 
+    /// Flushes the store's log into its file and closes it; after the application has stopped.
+    public func close() throws {
+        try store.close()
+    }
+
     /// The background worker service.
     public func worker(logger: Logger) -> WorkflowWorker {
-        WorkflowWorker(store: store, config: config, provider: provider, signal: signal, metrics: metrics, logger: logger)
+        WorkflowWorker(
+            store: store, clock: clock, config: config, provider: provider, signal: signal, metrics: metrics, logger: logger)
     }
 }
 
@@ -74,13 +83,16 @@ public func buildRouter(_ runtime: SpotRuntime) -> Router<AppRequestContext> {
 /// Every controller's routes.
 func registerRoutes(_ runtime: SpotRuntime, on routes: RouteBook) {
     let store = runtime.store
-    PoolController(store: store, signal: runtime.signal).register(on: routes)
-    NodeController(store: store, signal: runtime.signal).register(on: routes)
-    JobController(store: store, signal: runtime.signal, metrics: runtime.metrics).register(on: routes)
-    InterruptionController(store: store, signal: runtime.signal, metrics: runtime.metrics, webhookSecret: runtime.config.webhookSecret)
-        .register(on: routes)
+    let clock = runtime.clock
+    let signal = runtime.signal
+    PoolController(store: store, clock: clock, signal: signal).register(on: routes)
+    NodeController(store: store, clock: clock, signal: signal).register(on: routes)
+    JobController(store: store, clock: clock, signal: signal, metrics: runtime.metrics).register(on: routes)
+    InterruptionController(
+        store: store, clock: clock, signal: signal, metrics: runtime.metrics, webhookSecret: runtime.config.webhookSecret
+    ).register(on: routes)
     ProvisioningController(store: store).register(on: routes)
-    PolicyController(store: store, signal: runtime.signal).register(on: routes)
+    PolicyController(store: store, clock: clock, signal: signal).register(on: routes)
     EventController(store: store, feed: runtime.feed).register(on: routes)
     TokenController(store: store, feed: runtime.feed).register(on: routes)
     OpsController(store: store, metrics: runtime.metrics).register(on: routes)

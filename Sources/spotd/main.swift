@@ -151,7 +151,7 @@ struct Serve: AsyncParsableCommand {
             // Nothing listens yet: the address is the problem (in use, not ours, not resolvable).
             fail(StartupError.listen(address: "\(config.host):\(config.port)", detail: listenFailure(error)).description)
         }
-        try runtime.store.close()
+        try runtime.close()
         logger.info("spotd stopped; store closed")
     }
 }
@@ -164,7 +164,7 @@ struct Migrate: AsyncParsableCommand {
         var config = SpotConfig()
         store.apply(to: &config)
         let runtime = openRuntime(config)
-        try runtime.store.close()
+        try runtime.close()
         print("migrations applied to \(config.dbPath)")
     }
 }
@@ -191,7 +191,7 @@ struct TokenCommand: AsyncParsableCommand {
             } catch let error as StoreError {
                 fail("--name: \(error)")
             }
-            try runtime.store.close()
+            try runtime.close()
             print("id:    \(created.id)\nname:  \(name)\nrole:  \(role.rawValue)\ntoken: \(created.secret)")
         }
     }

@@ -29,7 +29,7 @@ struct TestEnv {
         runtime = try SpotRuntime(config: config, clock: clock, logger: logger)
     }
 
-    var store: AppDatabase { runtime.store }
+    var store: SQLiteStore { runtime.store }
 
     /// The app without its background worker: tests step the worker themselves.
     func app() -> some ApplicationProtocol {

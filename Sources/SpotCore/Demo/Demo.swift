@@ -53,7 +53,7 @@ public enum Demo {
         }
         await group.triggerGracefulShutdown()
         _ = try? await server.value
-        try? runtime.store.close()
+        try? runtime.close()
         return try outcome.get()
     }
 }

@@ -32,11 +32,11 @@ public enum Access: String, Sendable, CaseIterable {
 
 /// Bearer-token authentication and the per-route role check; on when an admin token is configured.
 struct Authorizer: Sendable {
-    let store: AppDatabase
+    let store: any AccessStore
     /// SHA-256 of the configured admin token; nil means auth is off.
     let adminTokenHash: [UInt8]?
 
-    init(store: AppDatabase, adminToken: String?) {
+    init(store: any AccessStore, adminToken: String?) {
         self.store = store
         self.adminTokenHash = adminToken.map { Array(SHA256.hash(data: Data($0.utf8))) }
     }

@@ -7,7 +7,7 @@ import Synchronization
 
 /// `/v1/provisioning-requests`: replacement capacity asked of the provider.
 struct ProvisioningController {
-    let store: AppDatabase
+    let store: any ResourceStore
 
     func register(on routes: RouteBook) {
         routes.add(.get, "/v1/provisioning-requests", .read, use: list)
@@ -32,7 +32,8 @@ struct ProvisioningController {
 
 /// `/v1/policies`: per-tier capacity preferences and admission.
 struct PolicyController {
-    let store: AppDatabase
+    let store: any ResourceStore
+    let clock: any SpotClock
     let signal: WorkerSignal
 
     func register(on routes: RouteBook) {
@@ -72,7 +73,7 @@ struct PolicyController {
             maxUncheckpointableSpotSeconds: try body.int("max_uncheckpointable_spot_seconds", range: 0...31_536_000)
                 ?? current.maxUncheckpointableSpotSeconds,
             spotRequiresCheckpointable: try body.bool("spot_requires_checkpointable") ?? current.spotRequiresCheckpointable,
-            updatedAt: store.clock.now())
+            updatedAt: clock.now())
         let saved = try await store.putPolicy(policy, actor: context.caller.name)
         signal.poke()
         return View.policy(saved).response()
@@ -81,7 +82,7 @@ struct PolicyController {
 
 /// `/v1/events`: the audit log, as pages and as a live stream.
 struct EventController {
-    let store: AppDatabase
+    let store: any EventLog
     let feed: EventFeed
 
     func register(on routes: RouteBook) {
@@ -155,7 +156,7 @@ struct EventController {
 
 /// `/v1/tokens`: API tokens with roles (admin only).
 struct TokenController {
-    let store: AppDatabase
+    let store: any AccessStore
     let feed: EventFeed
 
     func register(on routes: RouteBook) {
@@ -192,7 +193,7 @@ struct TokenController {
 
 /// Health, readiness, metrics and the summary.
 struct OpsController {
-    let store: AppDatabase
+    let store: any ResourceStore
     let metrics: SpotMetrics
 
     func register(on routes: RouteBook) {

@@ -53,7 +53,7 @@ final class EventFeed: Sendable {
         }
     }
 
-    let store: AppDatabase
+    let store: any EventLog
     let capacity: Int
     let interval: Duration
     let keepAliveEvery: Duration
@@ -67,7 +67,7 @@ final class EventFeed: Sendable {
     private let logger: Logger
 
     init(
-        store: AppDatabase, capacity: Int, interval: Duration = .milliseconds(250), keepAliveEvery: Duration = .seconds(15),
+        store: any EventLog, capacity: Int, interval: Duration = .milliseconds(250), keepAliveEvery: Duration = .seconds(15),
         stallTimeout: Duration = .seconds(30), ringSize: Int = 4096, logger: Logger,
         onCountChange: @escaping @Sendable (Int) -> Void = { _ in }
     ) {

@@ -5,7 +5,8 @@ import NIOCore
 
 /// `/v1/interruptions`: notices from clouds and node agents, and their workflows.
 struct InterruptionController {
-    let store: AppDatabase
+    let store: any ResourceStore
+    let clock: any SpotClock
     let signal: WorkerSignal
     let metrics: SpotMetrics
     let webhookSecret: String?
@@ -35,7 +36,7 @@ struct InterruptionController {
         let timestamp = request.headers[HTTPField.Name("X-Spotd-Timestamp")!]
         let signature = request.headers[HTTPField.Name("X-Spotd-Signature")!]
         if let secret = webhookSecret {
-            switch Signature.verify(secret: secret, timestamp: timestamp, signature: signature, body: data, now: store.clock.now()) {
+            switch Signature.verify(secret: secret, timestamp: timestamp, signature: signature, body: data, now: clock.now()) {
             case .refused(let failure): throw Problem.unauthorized("webhook signature refused: \(failure)")
             case .valid(let digest): replayKey = "\(endpoint):\(digest)"
             }
@@ -72,21 +73,21 @@ struct InterruptionController {
     @Sendable func generic(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
         let body = try await signedBody(request, context, endpoint: "generic")
-        let notice = try NoticeParser.generic(body.object, now: store.clock.now())
+        let notice = try NoticeParser.generic(body.object, now: clock.now())
         return try await single(notice, replayKey: body.replayKey, context: context, started: started)
     }
 
     @Sendable func aws(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
         let body = try await signedBody(request, context, endpoint: "aws")
-        let notice = try NoticeParser.aws(body.object, now: store.clock.now())
+        let notice = try NoticeParser.aws(body.object, now: clock.now())
         return try await single(notice, replayKey: body.replayKey, context: context, started: started)
     }
 
     @Sendable func gcp(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
         let body = try await signedBody(request, context, endpoint: "gcp")
-        let notice = try NoticeParser.gcp(body.object, now: store.clock.now())
+        let notice = try NoticeParser.gcp(body.object, now: clock.now())
         return try await single(notice, replayKey: body.replayKey, context: context, started: started)
     }
 
@@ -95,7 +96,7 @@ struct InterruptionController {
     @Sendable func azure(_ request: Request, context: AppRequestContext) async throws -> Response {
         let started = ContinuousClock.now
         let body = try await signedBody(request, context, endpoint: "azure")
-        let (notices, ignored) = try NoticeParser.azure(body.object, now: store.clock.now())
+        let (notices, ignored) = try NoticeParser.azure(body.object, now: clock.now())
         let outcome = try await record(notices, ignored: ignored, replayKey: body.replayKey, context: context, started: started)
         let anyNew = !outcome.replayed && (outcome.results.contains { $0.1 } || !ignored.isEmpty)
         return JSONValue.object([

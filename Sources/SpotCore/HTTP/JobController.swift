@@ -2,7 +2,8 @@ import Hummingbird
 
 /// `/v1/jobs` and `/v1/placements`: workloads and where they run.
 struct JobController {
-    let store: AppDatabase
+    let store: any ResourceStore
+    let clock: any SpotClock
     let signal: WorkerSignal
     let metrics: SpotMetrics
 

@@ -2,7 +2,8 @@ import Hummingbird
 
 /// `/v1/nodes`: machines, keyed by the cloud's instance id.
 struct NodeController {
-    let store: AppDatabase
+    let store: any ResourceStore
+    let clock: any SpotClock
     let signal: WorkerSignal
 
     func register(on routes: RouteBook) {
@@ -65,7 +66,7 @@ struct NodeController {
         _ = try Query(request, allowed: [])
         let body = try await request.optionalJSONObject(context)
         try body.rejectUnknown(["deadline", "notice_seconds"])
-        let now = store.clock.now()
+        let now = clock.now()
         var deadline = now + 120_000
         let text = try body.string("deadline", maxLength: 64)
         let seconds = try body.int("notice_seconds", range: 0...86_400)

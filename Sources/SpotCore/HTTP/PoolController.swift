@@ -2,7 +2,8 @@ import Hummingbird
 
 /// `/v1/pools`: classes of identical capacity.
 struct PoolController {
-    let store: AppDatabase
+    let store: any ResourceStore
+    let clock: any SpotClock
     let signal: WorkerSignal
 
     func register(on routes: RouteBook) {
@@ -20,7 +21,7 @@ struct PoolController {
             "name", "capacity_type", "gpu_type", "gpus_per_node", "zone", "instance_type", "hourly_price", "min_nodes", "max_nodes",
             "stockout",
         ])
-        let now = store.clock.now()
+        let now = clock.now()
         let minNodes = Int(try body.int("min_nodes", range: 0...10_000) ?? 0)
         let maxNodes = Int(try body.int("max_nodes", range: 0...10_000) ?? Int64(max(1000, minNodes)))
         guard minNodes <= maxNodes else { throw Problem.unprocessable("min_nodes", "must not exceed max_nodes (\(maxNodes))") }

@@ -2,7 +2,7 @@ import Crypto
 import Foundation
 import GRDB
 
-extension AppDatabase {
+extension SQLiteStore {
     /// Events after `since` (an event id), optionally of one type, oldest first.
     func events(since: Int64, type: String?, limit: Int) async throws -> [Event] {
         try await read { db in
@@ -83,16 +83,20 @@ extension AppDatabase {
         }
     }
 
+}
+
+/// Counts for `/v1/summary` and the metrics.
+struct StoreSummary: Sendable {
+    var pools: [(Pool, PoolStats)]
+    var jobs: [Tier: [JobState: Int]]
+    var activeInterruptions: Int
+    var pendingProvisioning: Int
+}
+
+extension SQLiteStore {
     // MARK: - Summary
 
-    struct Summary: Sendable {
-        var pools: [(Pool, PoolStats)]
-        var jobs: [Tier: [JobState: Int]]
-        var activeInterruptions: Int
-        var pendingProvisioning: Int
-    }
-
-    func summary() async throws -> Summary {
+    func summary() async throws -> StoreSummary {
         try await read { [self] db in
             let now = clock.now()
             let stats = try Self.poolStats(db, now: now)
@@ -107,7 +111,7 @@ extension AppDatabase {
                     db.cachedStatement(sql: "SELECT COUNT(*) FROM interruptions WHERE state IN ('received', 'draining', 'drained')")) ?? 0
             let pending =
                 try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM provisioning_requests WHERE state = 'pending'")) ?? 0
-            return Summary(
+            return StoreSummary(
                 pools: pools.map { ($0, stats[$0.name] ?? PoolStats()) }, jobs: jobs, activeInterruptions: active,
                 pendingProvisioning: pending)
         }

@@ -19,7 +19,7 @@ struct InterruptionFilter: Sendable {
     var node: String?
 }
 
-extension AppDatabase {
+extension SQLiteStore {
     /// Records notices and cordons their nodes, all in one transaction, before anything is answered.
     /// With a `replayKey` (a verified signature), a second request with the same key records nothing and gets the
     /// first request's records back. Returns each notice's record and whether it is new.
@@ -98,7 +98,7 @@ extension AppDatabase {
         try db.appendEvent("interruption.received", subject: "nodes/\(nodeId)", actor: actor, at: now, data: data)
         switch node.state {
         case .ready, .provisioning:
-            try AppDatabase.cordon(db, node: node, at: now, actor: actor, reason: "\(notice.kind.rawValue) notice \(id)")
+            try SQLiteStore.cordon(db, node: node, at: now, actor: actor, reason: "\(notice.kind.rawValue) notice \(id)")
             try db.appendStep(id, "cordoned", at: now)
         case .cordoned, .draining, .drained:
             try db.appendStep(id, "cordoned", at: now, detail: "already \(node.state.rawValue)")

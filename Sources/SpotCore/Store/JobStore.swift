@@ -22,7 +22,7 @@ enum JobOutcome: String, Sendable {
     case completed, failed, cancelled
 }
 
-extension AppDatabase {
+extension SQLiteStore {
     func submitJob(_ submission: JobSubmission, actor: String) async throws -> Job {
         try await write { [self] db in
             let now = clock.now()

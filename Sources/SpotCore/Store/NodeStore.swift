@@ -16,7 +16,7 @@ struct NodeFilter: Sendable {
     var capacityType: CapacityType?
 }
 
-extension AppDatabase {
+extension SQLiteStore {
     func registerNode(id: String, pool poolName: String, gpus: Int?, provisioningRequestId: String?, actor: String) async throws
         -> NodeDetail
     {

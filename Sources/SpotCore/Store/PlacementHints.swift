@@ -28,13 +28,13 @@ final class PlacementHints: Sendable {
 
     /// The current hints. A stale snapshot is recomputed once: the caller that finds it stale waits for the
     /// refresh, callers meanwhile keep using the previous snapshot (or, at the very start, wait for the same one).
-    func current(_ store: AppDatabase, now: Millis) async throws -> Snapshot {
+    func current(_ store: SQLiteStore, now: Millis) async throws -> Snapshot {
         let (cached, refresh) = state.withLock { state -> (Snapshot?, Task<Snapshot, any Error>?) in
             if let snapshot = state.snapshot, now >= snapshot.at, now - snapshot.at < maxAgeMillis { return (snapshot, nil) }
             if let running = state.refresh { return (state.snapshot, state.snapshot == nil ? running : nil) }
             let task = Task {
                 try await store.read { db in
-                    Snapshot(at: now, stats: try AppDatabase.poolStats(db, now: now), bestEffortJobs: try AppDatabase.bestEffortByPool(db))
+                    Snapshot(at: now, stats: try SQLiteStore.poolStats(db, now: now), bestEffortJobs: try SQLiteStore.bestEffortByPool(db))
                 }
             }
             state.refresh = task
@@ -57,7 +57,7 @@ final class PlacementHints: Sendable {
     }
 }
 
-extension AppDatabase {
+extension SQLiteStore {
     /// Running best-effort jobs per pool.
     static func bestEffortByPool(_ db: Database) throws -> [String: Int] {
         var counts: [String: Int] = [:]

@@ -10,7 +10,7 @@ struct PlacementResult: Sendable, Equatable {
     var reasons: [String]
 }
 
-extension AppDatabase {
+extension SQLiteStore {
     // MARK: - Policies
 
     func policies() async throws -> [Policy] {

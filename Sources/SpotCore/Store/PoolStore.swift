@@ -23,7 +23,7 @@ struct CapacitySnapshot: Sendable {
 
     init(_ db: Database, now: Millis) throws {
         pools = try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq"))
-        stats = try AppDatabase.poolStats(db, now: now)
+        stats = try SQLiteStore.poolStats(db, now: now)
     }
 }
 
@@ -40,7 +40,7 @@ struct PoolPatch: Sendable {
     var instanceType: String?
 }
 
-extension AppDatabase {
+extension SQLiteStore {
     func createPool(_ pool: Pool, actor: String) async throws -> Pool {
         try await write { db in
             if try db.fetchPool(pool.name) != nil { throw StoreError.conflict("pool '\(pool.name)' already exists") }

@@ -10,7 +10,7 @@ public enum ProviderStep: Sendable, Equatable {
     case failed(String)
 }
 
-extension AppDatabase {
+extension SQLiteStore {
     func listProvisioningRequests(state: ProvisioningState?, _ page: PageRequest) async throws -> Page<ProvisioningRequest> {
         try await read { db in
             var query = ListQuery("SELECT \(ProvisioningRequest.columns) FROM provisioning_requests", after: page)

@@ -12,7 +12,7 @@ struct PruneReport: Sendable, Equatable {
     var total: Int { events + jobs + interruptions + provisioningRequests + nodes + replays }
 }
 
-extension AppDatabase {
+extension SQLiteStore {
     /// Removes, in one transaction, at most `batch` rows of each kind that are finished and older than `cutoff`:
     /// events (whole, oldest first), finished jobs, completed or unmatched interruptions with their timelines,
     /// resolved provisioning requests, terminated nodes that nothing points at; and replay records older than

@@ -1,6 +1,6 @@
 import GRDB
 
-extension AppDatabase {
+extension SQLiteStore {
     /// One pass of the scheduling loop: places queued jobs in order of tier, priority and age, in one transaction.
     /// A pass places at most `maxPlacements` jobs, so the single writer is never held long (notices and API calls
     /// interleave between passes; `more` asks for the next pass at once). It reads the queue a page at a time, up

@@ -27,7 +27,7 @@ struct ReconcileReport: Sendable, Equatable {
     }
 }
 
-extension AppDatabase {
+extension SQLiteStore {
     /// How many new terminations one pass starts draining.
     static let drainsPerPass = 100
 

@@ -3,7 +3,7 @@ import Logging
 /// Keeps the store from growing forever: finished records and events older than `--retention-days` go, a bounded
 /// batch per transaction so that no write waits long behind it. Live records are never touched.
 struct Retention: Sendable {
-    let store: AppDatabase
+    let store: any WorkflowStore
     let days: Int64
     /// Rows of each kind per transaction.
     var batch = 2000

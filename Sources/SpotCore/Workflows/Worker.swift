@@ -6,7 +6,8 @@ import Synchronization
 /// The background worker: runs the durable interruption workflows, provisioning and the scheduling loop.
 /// Every pass reads the store, decides and writes, so it is safe to run after a crash at any point.
 public struct WorkflowWorker: Service {
-    let store: AppDatabase
+    let store: any WorkflowStore
+    let clock: any SpotClock
     let config: SpotConfig
     let provider: any Provider
     let signal: WorkerSignal
@@ -17,8 +18,12 @@ public struct WorkflowWorker: Service {
     /// Whether this process holds the lease now; read by the provisioning loop.
     let holdsLease = LeaseFlag()
 
-    init(store: AppDatabase, config: SpotConfig, provider: any Provider, signal: WorkerSignal, metrics: SpotMetrics, logger: Logger) {
+    init(
+        store: any WorkflowStore, clock: any SpotClock, config: SpotConfig, provider: any Provider, signal: WorkerSignal,
+        metrics: SpotMetrics, logger: Logger
+    ) {
         self.store = store
+        self.clock = clock
         self.config = config
         self.provider = provider
         self.signal = signal
@@ -82,7 +87,7 @@ public struct WorkflowWorker: Service {
                 continue
             }
             do {
-                _ = try await retention.run(now: store.clock.now(), logger: logger)
+                _ = try await retention.run(now: clock.now(), logger: logger)
             } catch is CancellationError {
                 return
             } catch {
@@ -95,7 +100,7 @@ public struct WorkflowWorker: Service {
     /// One pass; errors are logged and the next pass tries again.
     func pass(_ state: inout PassState) async {
         do {
-            let now = store.clock.now()
+            let now = clock.now()
             if !state.holdsLease || now - state.lastLeaseRenewal > 500 {
                 state.holdsLease = try await store.acquireLease("worker", owner: owner, ttlMillis: 2000)
                 state.lastLeaseRenewal = now
@@ -126,7 +131,7 @@ public struct WorkflowWorker: Service {
                 ])
         }
         if state.inlineProvisioning { try await advanceProvisioning() }
-        let now = store.clock.now()
+        let now = clock.now()
         if now - state.lastHousekeeping >= 1000 {
             state.lastHousekeeping = now
             _ = try await store.ensureMinimums(actor: "autoscaler")
@@ -137,7 +142,9 @@ public struct WorkflowWorker: Service {
         if config.autoPlace {
             let lastEvent = try await store.lastEventId()
             if lastEvent != state.lastPlacementEvent {
-                let (placed, seen, more) = try await store.placeQueued(admissionLimit: config.admissionLimitSeconds)
+                let (placed, seen, more) = try await store.placeQueued(
+                    maxPlacements: 1000, pageSize: 2000, maxPages: 10, admissionLimit: config.admissionLimitSeconds, actor: "scheduler-loop"
+                )
                 metrics.placement("placed", count: placed)
                 state.lastPlacementEvent = seen
                 if more { signal.poke() }
@@ -151,7 +158,7 @@ public struct WorkflowWorker: Service {
         for (request, pool) in try await store.pendingProvisioning() {
             let step: ProviderStep
             if let pool {
-                step = await provider.advance(request, pool: pool, now: store.clock.now())
+                step = await provider.advance(request, pool: pool, now: clock.now())
             } else {
                 step = .failed("pool \(request.pool) no longer exists")
             }

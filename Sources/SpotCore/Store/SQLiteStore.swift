@@ -5,7 +5,7 @@ import Logging
 
 /// The store: one SQLite file in WAL mode behind one `DatabasePool`.
 /// Every method that keeps an invariant is exactly one transaction.
-public final class AppDatabase: Sendable {
+public final class SQLiteStore: Sendable {
     let writer: DatabasePool
     let batcher: WriteBatcher
     let placementHints = PlacementHints()

@@ -1,0 +1,76 @@
+/// The store behind protocols shaped by what uses it: the API's resources, the event log, the tokens, and the
+/// workflows. Each method is one transaction. `SQLiteStore` implements them all; a second store (PostgreSQL) is a
+/// second conformance, and nothing outside `Store/` names either, but where the application is assembled.
+
+/// The reads and writes behind the HTTP API's resources.
+protocol ResourceStore: Sendable {
+    // Pools and policies
+    func createPool(_ pool: Pool, actor: String) async throws -> Pool
+    func listPools(_ page: PageRequest) async throws -> Page<Pool>
+    func pool(_ name: String) async throws -> Pool?
+    func updatePool(_ name: String, _ patch: PoolPatch, actor: String) async throws -> Pool
+    func deletePool(_ name: String, actor: String) async throws
+    func poolStats() async throws -> [String: PoolStats]
+    func policies() async throws -> [Policy]
+    func putPolicy(_ policy: Policy, actor: String) async throws -> Policy
+
+    // Nodes
+    func registerNode(id: String, pool: String, gpus: Int?, provisioningRequestId: String?, actor: String) async throws -> NodeDetail
+    func listNodes(_ filter: NodeFilter, _ page: PageRequest) async throws -> Page<NodeDetail>
+    func node(_ id: String) async throws -> NodeDetail?
+    func cordon(_ id: String, actor: String) async throws -> NodeDetail
+    func uncordon(_ id: String, actor: String) async throws -> NodeDetail
+    func drain(nodeId: String, deadline: Millis, actor: String) async throws -> (InterruptionDetail, Bool)
+    func deleteNode(_ id: String, actor: String) async throws -> NodeDetail
+
+    // Jobs and placements
+    func submitJob(_ submission: JobSubmission, actor: String) async throws -> Job
+    func listJobs(_ filter: JobFilter, _ page: PageRequest) async throws -> Page<Job>
+    func job(_ id: String) async throws -> (Job, [Event])?
+    func reportCheckpoint(jobId: String, uri: String, step: Int64, attempt: Int64?, actor: String) async throws -> Job
+    func finishJob(_ jobId: String, outcome: JobOutcome, attempt: Int64?, reason: String?, actor: String) async throws -> Job
+    func place(jobId: String, dryRun: Bool, actor: String) async throws -> PlacementResult
+
+    // Interruptions and provisioning
+    func recordNotices(_ notices: [Notice], ignored: [IgnoredNotice], replayKey: String?, actor: String) async throws -> NoticeOutcome
+    func listInterruptions(_ filter: InterruptionFilter, _ page: PageRequest) async throws -> Page<InterruptionDetail>
+    func interruption(_ id: String) async throws -> InterruptionDetail?
+    func listProvisioningRequests(state: ProvisioningState?, _ page: PageRequest) async throws -> Page<ProvisioningRequest>
+    func provisioningRequest(_ id: String) async throws -> ProvisioningRequest?
+
+    // Operations
+    func summary() async throws -> StoreSummary
+    func isReady() async -> Bool
+}
+
+/// The append-only event log, as the event list and the event streams read it.
+protocol EventLog: Sendable {
+    /// Events after `since` (an event id), optionally of one type, oldest first.
+    func events(since: Int64, type: String?, limit: Int) async throws -> [Event]
+    func lastEventId() async throws -> Int64
+}
+
+/// API tokens: what authentication and the token routes need.
+protocol AccessStore: Sendable {
+    func createToken(name: String, role: Role, actor: String) async throws -> (Token, String)
+    func listTokens(_ page: PageRequest) async throws -> Page<Token>
+    func revokeToken(_ id: String, actor: String) async throws
+    /// The live token whose secret this is.
+    func token(secret: String) async throws -> Token?
+}
+
+/// What the background workflows read and write.
+protocol WorkflowStore: EventLog {
+    func acquireLease(_ name: String, owner: String, ttlMillis: Millis) async throws -> Bool
+    func releaseLease(_ name: String, owner: String) async throws
+    func reconcileInterruptions(_ settings: WorkflowSettings) async throws -> ReconcileReport
+    func pendingProvisioning() async throws -> [(ProvisioningRequest, Pool?)]
+    func applyProvisioning(_ requestId: String, _ step: ProviderStep, actor: String) async throws -> Bool
+    func ensureMinimums(actor: String) async throws -> Int
+    func scaleDown(idleSeconds: Int64, actor: String) async throws -> Int
+    func placeQueued(maxPlacements: Int, pageSize: Int, maxPages: Int, admissionLimit: Int64, actor: String) async throws
+        -> (placed: Int, seenEventId: Int64, more: Bool)
+    func pruneExpired(before cutoff: Millis, replaysBefore replayCutoff: Millis, batch: Int) async throws -> PruneReport
+}
+
+extension SQLiteStore: ResourceStore, AccessStore, WorkflowStore {}
