@@ -284,12 +284,12 @@ struct RetentionTests {
 
             // Inside the window nothing goes.
             env.clock.advance(seconds: 29 * 86_400)
-            #expect(try await retention.run(now: env.clock.now(), logger: .init(label: "test")).total == 0)
+            #expect(try await retention.run(now: env.clock.now(), lease: try await env.lease(), logger: .init(label: "test")).total == 0)
 
             env.clock.advance(seconds: 2 * 86_400)
             try await client.expect(.ok, .post, "/v1/nodes/o1/cordon")
             let eventsBefore = try env.count("events")
-            let removed = try await retention.run(now: env.clock.now(), logger: .init(label: "test"))
+            let removed = try await retention.run(now: env.clock.now(), lease: try await env.lease(), logger: .init(label: "test"))
             #expect(removed.jobs == 1)
             #expect(removed.interruptions == 1)
             #expect(removed.nodes == 1)
@@ -319,7 +319,8 @@ struct RetentionTests {
             #expect(try await client.call(.get, "/v1/interruptions?state=completed")["items"]?.array.count == 1)
             #expect(try env.count("provisioning_requests") == 1)
             env.clock.advance(seconds: 31 * 86_400)
-            let removed = try await Retention(store: env.store, days: 30).run(now: env.clock.now(), logger: .init(label: "test"))
+            let removed = try await Retention(store: env.store, days: 30).run(
+                now: env.clock.now(), lease: try await env.lease(), logger: .init(label: "test"))
             #expect(removed.provisioningRequests == 1 && removed.interruptions == 1, "\(removed)")
             #expect(try env.count("interruptions") == 0)
             #expect(try env.count("interruption_steps") == 0)
@@ -336,9 +337,9 @@ struct RetentionTests {
                 headers: signedHeaders(body, secret: InputHardeningTests.secret, timestamp: "\(env.clock.now() / 1000)"))
             let retention = Retention(store: env.store, days: 30)
             env.clock.advance(seconds: 659)
-            #expect(try await retention.run(now: env.clock.now(), logger: .init(label: "test")).replays == 0)
+            #expect(try await retention.run(now: env.clock.now(), lease: try await env.lease(), logger: .init(label: "test")).replays == 0)
             env.clock.advance(seconds: 2)
-            #expect(try await retention.run(now: env.clock.now(), logger: .init(label: "test")).replays == 1)
+            #expect(try await retention.run(now: env.clock.now(), lease: try await env.lease(), logger: .init(label: "test")).replays == 1)
         }
     }
 }

@@ -275,18 +275,20 @@ struct PlacementAPITests {
                     .created, .post, "/v1/jobs", Seed.job("h200-\(index)", tier: "standard", extra: #","gpu_type":"H200""#))
             }
             try await client.expect(.created, .post, "/v1/jobs", Seed.job("fits", tier: "best_effort"))
-            let (placed, _, more) = try await env.store.placeQueued(pageSize: 2, maxPages: 4)
-            #expect(placed == 1)
-            #expect(!more)
+            let loop = SchedulingLoop(store: env.store, limits: SchedulingLimits(maxPlacements: 1000, pageSize: 2, maxPages: 4))
+            let report = try await loop.reconcile(lease: try await env.lease())
+            #expect(report.placed == 1)
+            #expect(!report.more)
             #expect(try await client.call(.get, "/v1/jobs/fits")["state"] == .string("running"))
             #expect(try await client.call(.get, "/v1/jobs/h200-0")["state"] == .string("queued"))
 
             // A pass stops at its placement budget and says there is more.
             try await client.expect(.created, .post, "/v1/jobs", Seed.job("next-1", tier: "best_effort"))
             try await client.expect(.created, .post, "/v1/jobs", Seed.job("next-2", tier: "best_effort"))
-            let first = try await env.store.placeQueued(maxPlacements: 1)
+            let one = SchedulingLoop(store: env.store, limits: SchedulingLimits(maxPlacements: 1))
+            let first = try await one.reconcile(lease: try await env.lease())
             #expect(first.placed == 1 && first.more)
-            let second = try await env.store.placeQueued(maxPlacements: 1)
+            let second = try await one.reconcile(lease: try await env.lease())
             #expect(second.placed == 1)
             #expect(try await client.call(.get, "/v1/jobs/next-2")["state"] == .string("running"))
         }

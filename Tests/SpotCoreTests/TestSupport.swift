@@ -27,6 +27,7 @@ struct TestEnv {
         var logger = Logger(label: "spotd-test")
         logger.logLevel = .warning
         runtime = try SpotRuntime(config: config, clock: clock, logger: logger)
+        worker = runtime.worker(logger: Logger(label: "spotd-test-worker"))
     }
 
     var store: SQLiteStore { runtime.store }
@@ -38,10 +39,18 @@ struct TestEnv {
         return buildApplication(runtime, logger: logger, withWorker: false)
     }
 
-    /// Runs one worker pass at the clock's current time.
+    /// The worker the tests step by hand (one, so that it keeps the lease it takes).
+    let worker: WorkflowWorker
+
+    /// The worker lease, taken or renewed now by the test worker.
+    func lease() async throws -> Lease {
+        try #require(try await worker.takeLease(), "the test worker could not take the lease")
+    }
+
+    /// Runs one worker pass at the clock's current time, under the lease (taken or renewed first).
     func step() async throws {
         var state = WorkflowWorker.PassState()
-        try await runtime.worker(logger: Logger(label: "spotd-test-worker")).runOnce(&state)
+        try await worker.runOnce(&state, lease: try await lease())
     }
 
     /// Advances the clock and runs a pass.

@@ -117,26 +117,4 @@ extension SQLiteStore {
         }
     }
 
-    // MARK: - Leases
-
-    /// Takes or renews the named lease for `owner`; false while another live owner holds it.
-    func acquireLease(_ name: String, owner: String, ttlMillis: Millis) async throws -> Bool {
-        try await write { [self] db in
-            let now = clock.now()
-            try db.cachedStatement(
-                sql: """
-                    INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?)
-                    ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
-                    WHERE leases.owner = excluded.owner OR leases.expires_at < ?
-                    """
-            ).execute(arguments: [name, owner, now + ttlMillis, now])
-            return try String.fetchOne(db.cachedStatement(sql: "SELECT owner FROM leases WHERE name = ?"), arguments: [name]) == owner
-        }
-    }
-
-    func releaseLease(_ name: String, owner: String) async throws {
-        try await write { db in
-            try db.cachedStatement(sql: "DELETE FROM leases WHERE name = ? AND owner = ?").execute(arguments: [name, owner])
-        }
-    }
 }

@@ -14,7 +14,7 @@ extension SQLiteStore {
     // MARK: - Policies
 
     func policies() async throws -> [Policy] {
-        try await read { db in try Self.policies(db, defaults: 3600, now: 0) }
+        try await read { [self] db in try Self.policies(db, defaults: admissionLimit, now: 0) }
     }
 
     static func policies(_ db: Database, defaults admissionLimit: Int64, now: Millis) throws -> [Policy] {
@@ -79,7 +79,7 @@ extension SQLiteStore {
                 throw StoreError.conflict("job '\(jobId)' is \(job.state.rawValue); only a queued job can be placed")
             }
             let catalog = try catalog.current(db)
-            let policy = Self.withDefaults(catalog.policies, admissionLimit: 3600, now: now).first { $0.tier == job.tier }!
+            let policy = Self.withDefaults(catalog.policies, admissionLimit: admissionLimit, now: now).first { $0.tier == job.tier }!
             let pools = catalog.pools
             var candidates = pools.map { pool in
                 PoolCandidate(
@@ -110,7 +110,9 @@ extension SQLiteStore {
                 var detail =
                     "no eligible capacity for job '\(jobId)': "
                     + reasons.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ")
-                if !dryRun, job.tier == .premium, let note = try Self.preemptFor(db, job: job, policy: policy, now: now, actor: actor) {
+                if !dryRun, job.tier == .premium,
+                    let note = try Self.preemptFor(db, job: job, policy: policy, now: now, actor: actor, choose: Placement.choosePreemption)
+                {
                     detail += "; \(note)"
                 }
                 return .failure(.noCapacity(detail, reasons: reasons))
@@ -154,9 +156,12 @@ extension SQLiteStore {
 
     // MARK: - Premium protection
 
-    /// Asks best-effort jobs on stable capacity to yield to a premium job; returns a note, or nil when nothing can yield.
-    static func preemptFor(_ db: Database, job: Job, policy: Policy, now: Millis, actor: String, graceSeconds: Int64 = 30) throws -> String?
-    {
+    /// Asks best-effort jobs on stable capacity to yield to a premium job, those `choose` (from `Domain/`) picks;
+    /// returns a note, or nil when nothing can yield.
+    static func preemptFor(
+        _ db: Database, job: Job, policy: Policy, now: Millis, actor: String, graceSeconds: Int64 = 30,
+        choose: (Job, Policy, [Placement.PreemptionSite]) -> (nodeId: String, jobIds: [String])?
+    ) throws -> String? {
         let pending =
             try Int.fetchOne(
                 db.cachedStatement(sql: "SELECT COALESCE(SUM(gpus), 0) FROM jobs WHERE preempted_for = ? AND state = 'checkpointing'"),
@@ -177,7 +182,7 @@ extension SQLiteStore {
                 Placement.PreemptionSite(
                     node: node, pool: pool, bestEffortJobs: try db.jobsOnNode(node.id).filter { $0.tier == .bestEffort }))
         }
-        guard let choice = Placement.choosePreemption(job: job, policy: policy, sites: sites) else { return nil }
+        guard let choice = choose(job, policy, sites) else { return nil }
         for victimId in choice.jobIds {
             guard let victim = try db.fetchJob(victimId) else { continue }
             if victim.checkpointable {

@@ -16,17 +16,6 @@ public struct PoolStats: Sendable, Equatable {
     public var rebalanceSignals = 0
 }
 
-/// Every pool with its figures, read once for a pass of decisions.
-struct CapacitySnapshot: Sendable {
-    var pools: [Pool]
-    var stats: [String: PoolStats]
-
-    init(_ db: Database, now: Millis) throws {
-        pools = try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq"))
-        stats = try SQLiteStore.poolStats(db, now: now)
-    }
-}
-
 /// How far back the interruption rate looks.
 let riskWindowMillis: Millis = 6 * 3600 * 1000
 

@@ -59,18 +59,37 @@ protocol AccessStore: Sendable {
     func token(secret: String) async throws -> Token?
 }
 
-/// What the background workflows read and write.
+/// What the background workflows read and write. Every write takes the lease it acts under and is refused
+/// (`StoreError.fenced`) unless that lease is still held; each takes the decision it applies as a pure function
+/// from `Domain/`, and reads, decides and writes in one transaction.
 protocol WorkflowStore: EventLog {
-    func acquireLease(_ name: String, owner: String, ttlMillis: Millis) async throws -> Bool
-    func releaseLease(_ name: String, owner: String) async throws
-    func reconcileInterruptions(_ settings: WorkflowSettings) async throws -> ReconcileReport
+    func acquireLease(_ name: String, owner: String, ttlMillis: Millis) async throws -> Lease?
+    func releaseLease(_ lease: Lease) async throws
+
+    func startDrains(
+        limit: Int, lease: Lease, actor: String, decide: @escaping @Sendable ([DrainCase], CapacityView, Millis) -> [DrainDecision]
+    ) async throws -> DrainReport
+    func expireCheckpoints(lease: Lease, actor: String, reason: @escaping @Sendable (Job) -> String) async throws -> Int
+    func advanceInterruptions(lease: Lease, actor: String, rules: InterruptionRules) async throws -> InterruptionStepsReport
+
     func pendingProvisioning() async throws -> [(ProvisioningRequest, Pool?)]
-    func applyProvisioning(_ requestId: String, _ step: ProviderStep, actor: String) async throws -> Bool
-    func ensureMinimums(actor: String) async throws -> Int
-    func scaleDown(idleSeconds: Int64, actor: String) async throws -> Int
-    func placeQueued(maxPlacements: Int, pageSize: Int, maxPages: Int, admissionLimit: Int64, actor: String) async throws
-        -> (placed: Int, seenEventId: Int64, more: Bool)
-    func pruneExpired(before cutoff: Millis, replaysBefore replayCutoff: Millis, batch: Int) async throws -> PruneReport
+    func applyProvisioning(
+        _ requestId: String, _ step: ProviderStep, lease: Lease, actor: String,
+        fallback: @escaping @Sendable (_ lostPool: String, _ tried: Set<String>, CapacityView) -> Pool?
+    ) async throws -> Bool
+    func ensureMinimums(lease: Lease, actor: String, decide: @escaping @Sendable ([FloorFacts]) -> [(pool: String, count: Int)])
+        async throws -> Int
+    func scaleDown(
+        idleSeconds: Int64, lease: Lease, actor: String,
+        decide: @escaping @Sendable ([IdleFallback], _ spotFree: [String: Int], _ liveNodes: [String: Int]) -> [String]
+    ) async throws -> Int
+
+    func placeQueued(
+        limits: SchedulingLimits, lease: Lease, actor: String, makePlanner: @escaping @Sendable (SchedulingInput) -> SchedulingPlanner,
+        protect: @escaping @Sendable (Job, Policy, [Placement.PreemptionSite]) -> (nodeId: String, jobIds: [String])?
+    ) async throws -> SchedulingReport
+
+    func pruneExpired(before cutoff: Millis, replaysBefore replayCutoff: Millis, batch: Int, lease: Lease) async throws -> PruneReport
 }
 
 extension SQLiteStore: ResourceStore, AccessStore, WorkflowStore {}

@@ -40,11 +40,16 @@ extension SQLiteStore {
         }
     }
 
-    /// Applies what the provider did, in one transaction; a failed spot replacement falls back to on-demand.
+    /// Applies what the provider did, in one transaction. When a replacement failed, `fallback` (from `Domain/`)
+    /// chooses the pool to ask instead, given the pools already tried for that node.
     @discardableResult
-    func applyProvisioning(_ requestId: String, _ step: ProviderStep, actor: String) async throws -> Bool {
+    func applyProvisioning(
+        _ requestId: String, _ step: ProviderStep, lease: Lease, actor: String,
+        fallback: @escaping @Sendable (_ lostPool: String, _ tried: Set<String>, CapacityView) -> Pool?
+    ) async throws -> Bool {
         try await write { [self] db in
             let now = clock.now()
+            try Self.checkFence(db, lease, now: now)
             guard
                 let request = try ProvisioningRequest.fetchOne(
                     db.cachedStatement(
@@ -83,59 +88,74 @@ extension SQLiteStore {
                     try db.appendStep(interruptionId, "replacement_failed", at: now, detail: "\(request.pool): \(message)")
                 }
                 if let lostId = request.replacesNodeId, let lost = try db.fetchNode(lostId) {
-                    let interruption = try request.interruptionId.flatMap { try db.fetchInterruption($0) }
                     let tried = Set(
                         try String.fetchAll(
                             db.cachedStatement(sql: "SELECT pool FROM provisioning_requests WHERE replaces_node_id = ?"),
                             arguments: [lostId]))
-                    var capacity: CapacitySnapshot?
-                    _ = try requestReplacement(
-                        db, for: lost, interruption: interruption, attemptNumber: request.attemptNumber + 1, now: now, actor: actor,
-                        excluding: tried, onDemandOnly: true, capacity: &capacity)
+                    let capacity = CapacityView(
+                        pools: try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")),
+                        stats: try Self.poolStats(db, now: now))
+                    if let target = fallback(lost.pool, tried, capacity) {
+                        _ = try Self.requestReplacement(
+                            db, nodeId: lostId, pool: target, interruptionId: request.interruptionId,
+                            attemptNumber: request.attemptNumber + 1, now: now, actor: actor)
+                    } else {
+                        let gpuType = capacity.pools.first { $0.name == lost.pool }?.gpuType ?? "?"
+                        if let interruptionId = request.interruptionId {
+                            try db.appendStep(
+                                interruptionId, "replacement_unavailable", at: now, detail: "no pool with room for \(gpuType)")
+                        }
+                        try db.appendEvent(
+                            "provisioning.unavailable", subject: "nodes/\(lostId)", actor: actor, at: now,
+                            data: ["gpu_type": .string(gpuType)])
+                    }
                 }
                 return true
             }
         }
     }
 
-    static let maxPendingFloorRequests = 20
-
-    /// Keeps each pool at its `min_nodes` floor; a pool whose floor request failed lately waits a minute.
-    func ensureMinimums(actor: String) async throws -> Int {
+    /// Asks for nodes for pools below their `min_nodes` floor, as many as `decide` (from `Domain/`) says, given each
+    /// pool's committed nodes, its floor requests in flight, and whether one failed in the last minute.
+    func ensureMinimums(lease: Lease, actor: String, decide: @escaping @Sendable ([FloorFacts]) -> [(pool: String, count: Int)])
+        async throws -> Int
+    {
         try await write { [self] db in
             let now = clock.now()
+            try Self.checkFence(db, lease, now: now)
             let pools = try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools WHERE min_nodes > 0"))
             guard !pools.isEmpty else { return 0 }
             let stats = try Self.poolStats(db, now: now)
-            var created = 0
+            var facts: [FloorFacts] = []
             for pool in pools {
-                let missing = pool.minNodes - (stats[pool.name]?.committedNodes ?? 0)
-                guard missing > 0 else { continue }
-                let recentFailure =
+                let failedLately =
                     try Int.fetchOne(
                         db.cachedStatement(
                             sql:
                                 "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND reason = 'min_nodes' AND state = 'failed' AND resolved_at > ?"
                         ),
                         arguments: [pool.name, now - 60_000]) ?? 0
-                guard recentFailure == 0 else { continue }
-                // At most `maxPendingFloorRequests` in flight per pool, as cluster autoscalers cap a scale-up.
                 let pending =
                     try Int.fetchOne(
                         db.cachedStatement(
                             sql: "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND reason = 'min_nodes' AND state = 'pending'"),
                         arguments: [pool.name]) ?? 0
-                let batch = min(missing, Self.maxPendingFloorRequests - pending)
-                guard batch > 0 else { continue }
-                for _ in 0..<batch {
+                facts.append(
+                    FloorFacts(
+                        pool: pool, committedNodes: stats[pool.name]?.committedNodes ?? 0, pendingFloorRequests: pending,
+                        failedLately: failedLately > 0))
+            }
+            var created = 0
+            for (pool, count) in decide(facts) {
+                for _ in 0..<count {
                     let id = Ids.new("prov")
                     try db.cachedStatement(
                         sql:
                             "INSERT INTO provisioning_requests (id, pool, reason, state, created_at) VALUES (?, ?, 'min_nodes', 'pending', ?)"
-                    ).execute(arguments: [id, pool.name, now])
+                    ).execute(arguments: [id, pool, now])
                     try db.appendEvent(
                         "provisioning.requested", subject: "provisioning-requests/\(id)", actor: actor, at: now,
-                        data: ["pool": .string(pool.name), "reason": .string("min_nodes")])
+                        data: ["pool": .string(pool), "reason": .string("min_nodes")])
                     created += 1
                 }
             }
@@ -143,10 +163,15 @@ extension SQLiteStore {
         }
     }
 
-    /// Releases on-demand fallback nodes idle for `idleSeconds` once spot capacity of their GPU type is back.
-    func scaleDown(idleSeconds: Int64, actor: String) async throws -> Int {
+    /// Gives back the on-demand fallback nodes that `decide` (from `Domain/`) picks among those idle for
+    /// `idleSeconds`, given the free spot GPUs of each type and the live nodes of each pool.
+    func scaleDown(
+        idleSeconds: Int64, lease: Lease, actor: String,
+        decide: @escaping @Sendable ([IdleFallback], _ spotFree: [String: Int], _ liveNodes: [String: Int]) -> [String]
+    ) async throws -> Int {
         try await write { [self] db in
             let now = clock.now()
+            try Self.checkFence(db, lease, now: now)
             let idle = try Row.fetchAll(
                 db.cachedStatement(
                     sql: """
@@ -155,23 +180,31 @@ extension SQLiteStore {
                         JOIN provisioning_requests r ON r.id = n.provisioning_request_id AND r.reason = 'fallback'
                         WHERE p.capacity_type = 'on_demand' AND n.state = 'ready' AND n.gpus_allocated = 0
                           AND n.idle_since IS NOT NULL AND n.idle_since <= ?
-                        """), arguments: [now - idleSeconds * 1000])
-            var released = 0
-            for row in idle {
-                let gpus: Int = row["gpus"]
-                let spotFree =
+                        ORDER BY n.seq
+                        """), arguments: [now - idleSeconds * 1000]
+            ).map { IdleFallback(nodeId: $0["id"], pool: $0["pool"], gpus: $0["gpus"], gpuType: $0["gpu_type"], minNodes: $0["min_nodes"]) }
+            guard !idle.isEmpty else { return 0 }
+            var spotFree: [String: Int] = [:]
+            for row in try Row.fetchAll(
+                db.cachedStatement(
+                    sql: """
+                        SELECT p.gpu_type AS gpu_type, COALESCE(SUM(n.gpus - n.gpus_allocated), 0) AS free
+                        FROM nodes n JOIN pools p ON p.name = n.pool
+                        WHERE p.capacity_type = 'spot' AND n.state = 'ready' GROUP BY p.gpu_type
+                        """))
+            {
+                spotFree[row["gpu_type"]] = row["free"]
+            }
+            var liveNodes: [String: Int] = [:]
+            for pool in Set(idle.map(\.pool)) {
+                liveNodes[pool] =
                     try Int.fetchOne(
-                        db.cachedStatement(
-                            sql: """
-                                SELECT COALESCE(SUM(n.gpus - n.gpus_allocated), 0) FROM nodes n JOIN pools p ON p.name = n.pool
-                                WHERE p.capacity_type = 'spot' AND p.gpu_type = ? AND n.state = 'ready'
-                                """), arguments: [row["gpu_type"] as String]) ?? 0
-                let live =
-                    try Int.fetchOne(
-                        db.cachedStatement(sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND state <> 'terminated'"),
-                        arguments: [row["pool"] as String])
+                        db.cachedStatement(sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND state <> 'terminated'"), arguments: [pool])
                     ?? 0
-                guard spotFree >= gpus, live > row["min_nodes"] as Int, let node = try db.fetchNode(row["id"]) else { continue }
+            }
+            var released = 0
+            for nodeId in decide(idle, spotFree, liveNodes) {
+                guard let node = try db.fetchNode(nodeId) else { continue }
                 try Self.terminate(db, node: node, at: now, actor: actor, reason: "scaled down: idle on-demand fallback, spot is back")
                 released += 1
             }

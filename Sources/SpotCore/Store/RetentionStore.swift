@@ -17,8 +17,9 @@ extension SQLiteStore {
     /// events (whole, oldest first), finished jobs, completed or unmatched interruptions with their timelines,
     /// resolved provisioning requests, terminated nodes that nothing points at; and replay records older than
     /// `replayCutoff`. Live records are never touched. Callers repeat while a kind filled its batch.
-    func pruneExpired(before cutoff: Millis, replaysBefore replayCutoff: Millis, batch: Int) async throws -> PruneReport {
-        try await write { db in
+    func pruneExpired(before cutoff: Millis, replaysBefore replayCutoff: Millis, batch: Int, lease: Lease) async throws -> PruneReport {
+        try await write { [self] db in
+            try Self.checkFence(db, lease, now: clock.now())
             var report = PruneReport()
             // Events are append-only and written in id order with their time: the oldest ids go first, and the scan
             // stops at the first one inside the window (no index on `at` to maintain on every write).

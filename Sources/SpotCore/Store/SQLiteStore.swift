@@ -15,11 +15,13 @@ public final class SQLiteStore: Sendable {
 
     /// The migrations this store was opened with; `/readyz` compares the store against them.
     let migrations: [Migration]
+    /// The admission limit (`--admission-limit`) of the default policies, for a tier with no stored policy.
+    let admissionLimit: Int64
 
     /// Opens (creating if needed) the store at `path` and applies `migrations` (by default those built into the
     /// binary). Errors name the path and what is wrong with it.
     public init(
-        path: String, migrations: [Migration] = Migration.embedded, clock: any SpotClock = SystemClock(),
+        path: String, migrations: [Migration] = Migration.embedded, admissionLimit: Int64 = 3600, clock: any SpotClock = SystemClock(),
         logger: Logger = Logger(label: "spotd.store")
     ) throws {
         var configuration = Configuration()
@@ -41,6 +43,7 @@ public final class SQLiteStore: Sendable {
         self.clock = clock
         self.logger = logger
         self.migrations = migrations
+        self.admissionLimit = admissionLimit
         do {
             try Migrator(migrations: migrations, logger: logger).apply(to: writer)
         } catch let error as MigrationError {

@@ -1,127 +1,162 @@
 import GRDB
 
-/// Settings the workflows read.
-struct WorkflowSettings: Sendable {
-    var drainMarginSeconds: Int64 = 10
-    var scaleDownIdleSeconds: Int64 = 600
-    var actor = "worker"
-}
-
-/// What one reconcile pass did; used by metrics and tests.
-struct ReconcileReport: Sendable, Equatable {
+/// What a drain pass did; used by metrics, logs and tests.
+struct DrainReport: Sendable, Equatable {
     var drainsStarted = 0
     var checkpointsRequested = 0
     var requeued = 0
-    var checkpointsExpired = 0
-    var nodesDrained = 0
-    var nodesTerminated = 0
-    var interruptionsCompleted = 0
     var provisioningRequested = 0
-    var drainDurations: [Double] = []
-    /// More drains were waiting than one pass takes: run the next pass at once.
+    /// More terminations were waiting than one pass takes: run the next pass at once.
     var moreWaiting = false
+}
 
-    var didWork: Bool {
-        drainsStarted + requeued + checkpointsExpired + nodesDrained + nodesTerminated + interruptionsCompleted
-            + provisioningRequested > 0
-    }
+/// What closing interruptions did in one pass.
+struct InterruptionStepsReport: Sendable, Equatable {
+    var nodesTerminated = 0
+    var nodesDrained = 0
+    var interruptionsCompleted = 0
+    var drainDurations: [Double] = []
+}
+
+/// The rules that close an interruption, from `Domain/`: when its node is gone, drained, and the whole is complete.
+struct InterruptionRules: Sendable {
+    var terminationDue: @Sendable (InterruptionFacts, Millis) -> Bool
+    var emptied: @Sendable (InterruptionFacts) -> Bool
+    var complete: @Sendable (InterruptionFacts) -> Bool
 }
 
 extension SQLiteStore {
-    /// How many new terminations one pass starts draining.
-    static let drainsPerPass = 100
+    // MARK: - The lease and its fence
 
-    /// Runs every interruption-workflow step that is due, each step exactly once; one transaction.
-    /// Idempotent: it reads the state it needs, decides, writes. Safe to run after a crash at any point.
-    func reconcileInterruptions(_ settings: WorkflowSettings) async throws -> ReconcileReport {
+    /// Takes or renews the named lease for `owner`; nil while another live owner holds it. A new holder gets a new
+    /// fencing token (the old one plus one); a renewal keeps it.
+    func acquireLease(_ name: String, owner: String, ttlMillis: Millis) async throws -> Lease? {
         try await write { [self] db in
             let now = clock.now()
-            var report = ReconcileReport()
-            try startDrains(db, now: now, settings: settings, report: &report)
-            try expireCheckpoints(db, now: now, settings: settings, report: &report)
-            try terminateDue(db, now: now, settings: settings, report: &report)
-            try finishDrains(db, now: now, settings: settings, report: &report)
-            try completeInterruptions(db, now: now, settings: settings, report: &report)
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO leases (name, owner, expires_at, token) VALUES (?, ?, ?, 1)
+                    ON CONFLICT(name) DO UPDATE SET
+                        token = CASE WHEN leases.owner = excluded.owner AND leases.expires_at >= ? THEN leases.token
+                                     ELSE leases.token + 1 END,
+                        owner = excluded.owner, expires_at = excluded.expires_at
+                    WHERE leases.owner = excluded.owner OR leases.expires_at < ?
+                    """
+            ).execute(arguments: [name, owner, now + ttlMillis, now, now])
+            guard
+                let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT owner, token FROM leases WHERE name = ?"), arguments: [name]),
+                row["owner"] as String == owner
+            else { return nil }
+            return Lease(name: name, owner: owner, token: row["token"])
+        }
+    }
+
+    /// Gives the lease up at once (it expires now); the token stays, so the next holder's is higher.
+    func releaseLease(_ lease: Lease) async throws {
+        try await write { db in
+            try db.cachedStatement(sql: "UPDATE leases SET expires_at = 0 WHERE name = ? AND owner = ? AND token = ?").execute(
+                arguments: [lease.name, lease.owner, lease.token])
+        }
+    }
+
+    /// Refuses a workflow write unless `lease` is still held, unexpired, with its token: inside the write's own
+    /// transaction, so a process that lost the lease (paused, partitioned) can commit nothing.
+    static func checkFence(_ db: Database, _ lease: Lease, now: Millis) throws {
+        let held = try Int.fetchOne(
+            db.cachedStatement(sql: "SELECT 1 FROM leases WHERE name = ? AND owner = ? AND token = ? AND expires_at >= ?"),
+            arguments: [lease.name, lease.owner, lease.token, now])
+        guard held != nil else { throw StoreError.fenced }
+    }
+
+    // MARK: - Drains
+
+    /// Starts the drain of up to `limit` newly reclaimed nodes, oldest notice first, in one transaction: `decide`
+    /// (from `Domain/`) says what becomes of each job and where the replacement comes from; this writes it.
+    func startDrains(
+        limit: Int, lease: Lease, actor: String,
+        decide: @escaping @Sendable ([DrainCase], CapacityView, Millis) -> [DrainDecision]
+    ) async throws -> DrainReport {
+        try await write { [self] db in
+            let now = clock.now()
+            try Self.checkFence(db, lease, now: now)
+            let received = try Interruption.fetchAll(
+                db.cachedStatement(
+                    sql: """
+                        SELECT \(Interruption.columns) FROM interruptions WHERE state = 'received' AND kind = 'termination'
+                        ORDER BY seq LIMIT ?
+                        """), arguments: [limit + 1])
+            var report = DrainReport(moreWaiting: received.count > limit)
+            var cases: [DrainCase] = []
+            for interruption in received.prefix(limit) {
+                guard let node = try db.fetchNode(interruption.nodeId) else { continue }
+                cases.append(
+                    DrainCase(
+                        interruption: interruption, node: node, runningJobs: try db.jobsOnNode(node.id).filter { $0.state == .running }))
+            }
+            guard !cases.isEmpty else { return report }
+            let capacity = CapacityView(
+                pools: try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")),
+                stats: try Self.poolStats(db, now: now))
+            for decision in decide(cases, capacity, now) {
+                try Self.apply(db, decision, now: now, actor: actor, report: &report)
+            }
             return report
         }
     }
 
-    /// Step 2: checkpoint or requeue every job on a newly reclaimed node; ask for its replacement.
-    private func startDrains(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
-        let received = try Interruption.fetchAll(
-            db.cachedStatement(
-                sql: """
-                    SELECT \(Interruption.columns) FROM interruptions WHERE state = 'received' AND kind = 'termination'
-                    ORDER BY seq LIMIT \(Self.drainsPerPass + 1)
-                    """)
-        )
-        // Pools and their counts are read once per pass and kept current as requests are made: a mass reclaim
-        // of a thousand nodes must not recount every pool a thousand times.
-        var capacity: CapacitySnapshot?
-        // A pass takes a bounded slice, so that notices arriving meanwhile are not held behind a mass reclaim.
-        report.moreWaiting = received.count > Self.drainsPerPass
-        for interruption in received.prefix(Self.drainsPerPass) {
-            guard let node = try db.fetchNode(interruption.nodeId) else { continue }
-            for job in try db.jobsOnNode(node.id) where job.state == .running {
-                switch Drain.plan(job: job, nodeDeadline: interruption.deadline, now: now, marginSeconds: settings.drainMarginSeconds) {
-                case .checkpoint(let deadline):
-                    try db.cachedStatement(
-                        sql: "UPDATE jobs SET state = 'checkpointing', checkpoint_deadline = ?, updated_at = ? WHERE id = ?"
-                    ).execute(arguments: [deadline, now, job.id])
-                    try db.appendStep(interruption.id, "checkpoint_requested", at: now, jobId: job.id, detail: TimeFormat.rfc3339(deadline))
-                    try db.appendEvent(
-                        "job.checkpoint_requested", subject: "jobs/\(job.id)", actor: settings.actor, at: now,
-                        data: [
-                            "node_id": .string(node.id), "interruption_id": .string(interruption.id),
-                            "deadline": .string(TimeFormat.rfc3339(deadline)), "attempt": .int(job.attempt),
-                        ])
-                    report.checkpointsRequested += 1
-                case .requeue:
-                    try db.requeue(
-                        job, at: now, actor: settings.actor, interruptionId: interruption.id, reason: "node reclaimed; not checkpointable")
-                    report.requeued += 1
-                }
-            }
-            if node.state.live {
-                try db.cachedStatement(sql: "UPDATE nodes SET state = 'draining', updated_at = ? WHERE id = ?").execute(arguments: [
-                    now, node.id,
-                ])
+    private static func apply(_ db: Database, _ decision: DrainDecision, now: Millis, actor: String, report: inout DrainReport) throws {
+        let interruptionId = decision.interruptionId
+        for (job, action) in decision.jobs {
+            switch action {
+            case .checkpoint(let deadline):
+                try db.cachedStatement(
+                    sql: "UPDATE jobs SET state = 'checkpointing', checkpoint_deadline = ?, updated_at = ? WHERE id = ?"
+                ).execute(arguments: [deadline, now, job.id])
+                try db.appendStep(interruptionId, "checkpoint_requested", at: now, jobId: job.id, detail: TimeFormat.rfc3339(deadline))
                 try db.appendEvent(
-                    "node.draining", subject: "nodes/\(node.id)", actor: settings.actor, at: now,
-                    data: ["interruption_id": .string(interruption.id)])
+                    "job.checkpoint_requested", subject: "jobs/\(job.id)", actor: actor, at: now,
+                    data: [
+                        "node_id": .string(decision.nodeId), "interruption_id": .string(interruptionId),
+                        "deadline": .string(TimeFormat.rfc3339(deadline)), "attempt": .int(job.attempt),
+                    ])
+                report.checkpointsRequested += 1
+            case .requeue:
+                try db.requeue(job, at: now, actor: actor, interruptionId: interruptionId, reason: "node reclaimed; not checkpointable")
+                report.requeued += 1
             }
-            try db.cachedStatement(sql: "UPDATE interruptions SET state = 'draining' WHERE id = ?").execute(arguments: [interruption.id])
-            try db.appendStep(interruption.id, "drain_started", at: now)
-            if interruption.nodeWasLive {
-                report.provisioningRequested += try requestReplacement(
-                    db, for: node, interruption: interruption, attemptNumber: 1, now: now, actor: settings.actor,
-                    capacity: &capacity)
-            }
-            report.drainsStarted += 1
         }
+        try db.cachedStatement(sql: "UPDATE nodes SET state = 'draining', updated_at = ? WHERE id = ? AND state <> 'terminated'")
+            .execute(arguments: [now, decision.nodeId])
+        if db.changesCount == 1 {
+            try db.appendEvent(
+                "node.draining", subject: "nodes/\(decision.nodeId)", actor: actor, at: now,
+                data: ["interruption_id": .string(interruptionId)])
+        }
+        try db.cachedStatement(sql: "UPDATE interruptions SET state = 'draining' WHERE id = ?").execute(arguments: [interruptionId])
+        try db.appendStep(interruptionId, "drain_started", at: now)
+        switch decision.replacement {
+        case .pool(let target):
+            if try requestReplacement(
+                db, nodeId: decision.nodeId, pool: target, interruptionId: interruptionId, attemptNumber: 1, now: now, actor: actor)
+            {
+                report.provisioningRequested += 1
+            }
+        case .unavailable(let gpuType):
+            try db.appendStep(interruptionId, "replacement_unavailable", at: now, detail: "no pool with room for \(gpuType)")
+            try db.appendEvent(
+                "provisioning.unavailable", subject: "nodes/\(decision.nodeId)", actor: actor, at: now,
+                data: ["gpu_type": .string(gpuType)])
+        case .none:
+            break
+        }
+        report.drainsStarted += 1
     }
 
-    /// Asks for one replacement of a lost node; the unique index makes a second ask for the same node impossible.
-    func requestReplacement(
-        _ db: Database, for node: Node, interruption: Interruption?, attemptNumber: Int, now: Millis, actor: String,
-        excluding: Set<String> = [], onDemandOnly: Bool = false, capacity: inout CapacitySnapshot?
-    ) throws -> Int {
-        if capacity == nil { capacity = try CapacitySnapshot(db, now: now) }
-        let pools = capacity!.pools
-        let stats = capacity!.stats
-        guard let lostPool = pools.first(where: { $0.name == node.pool }) else { return 0 }
-        guard
-            let target = Autoscaler.replacementPool(
-                lost: lostPool, pools: pools, stats: stats, excluding: excluding, onDemandOnly: onDemandOnly)
-        else {
-            if let interruption {
-                try db.appendStep(interruption.id, "replacement_unavailable", at: now, detail: "no pool with room for \(lostPool.gpuType)")
-            }
-            try db.appendEvent(
-                "provisioning.unavailable", subject: "nodes/\(node.id)", actor: actor, at: now,
-                data: ["gpu_type": .string(lostPool.gpuType)])
-            return 0
-        }
+    /// Writes one replacement request for a lost node; the unique index makes a second one for the same node and
+    /// attempt impossible. Returns whether it was written.
+    static func requestReplacement(
+        _ db: Database, nodeId: String, pool target: Pool, interruptionId: String?, attemptNumber: Int, now: Millis, actor: String
+    ) throws -> Bool {
         let id = Ids.new("prov")
         let reason = attemptNumber == 1 ? "replacement" : "fallback"
         try db.cachedStatement(
@@ -130,96 +165,100 @@ extension SQLiteStore {
                 VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)
                 ON CONFLICT DO NOTHING
                 """
-        ).execute(arguments: [id, target.name, reason, interruption?.id, node.id, attemptNumber, now])
-        guard db.changesCount == 1 else { return 0 }
-        capacity!.stats[target.name, default: PoolStats()].committedNodes += 1
-        if let interruption {
-            try db.appendStep(interruption.id, "replacement_requested", at: now, detail: "\(id) in \(target.name)")
+        ).execute(arguments: [id, target.name, reason, interruptionId, nodeId, attemptNumber, now])
+        guard db.changesCount == 1 else { return false }
+        if let interruptionId {
+            try db.appendStep(interruptionId, "replacement_requested", at: now, detail: "\(id) in \(target.name)")
         }
         try db.appendEvent(
             "provisioning.requested", subject: "provisioning-requests/\(id)", actor: actor, at: now,
             data: [
-                "pool": .string(target.name), "reason": .string(reason), "replaces_node_id": .string(node.id),
+                "pool": .string(target.name), "reason": .string(reason), "replaces_node_id": .string(nodeId),
                 "capacity_type": .string(target.capacityType.rawValue),
             ])
-        return 1
+        return true
     }
 
-    /// Step 3: a checkpoint deadline that passed requeues the job from its newest checkpoint.
-    private func expireCheckpoints(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
-        let due = try Job.fetchAll(
-            db.cachedStatement(
-                sql: "SELECT \(Job.columns) FROM jobs WHERE state = 'checkpointing' AND checkpoint_deadline <= ? ORDER BY seq"),
-            arguments: [now]
-        )
-        for job in due {
-            let interruption = try job.nodeId.flatMap { try db.activeTermination(nodeId: $0) }
-            if let interruption { try db.appendStep(interruption.id, "checkpoint_timeout", at: now, jobId: job.id) }
-            let reason =
-                job.preemptedFor.map { "preempted for premium job \($0); checkpoint deadline passed" }
-                ?? "checkpoint deadline passed"
-            try db.requeue(job, at: now, actor: settings.actor, interruptionId: interruption?.id, reason: reason)
-            report.checkpointsExpired += 1
-        }
-    }
-
-    /// Step 6: at the deadline the node is gone; whatever is still on it is requeued.
-    private func terminateDue(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
-        let due = try Interruption.fetchAll(
-            db.cachedStatement(
-                sql: """
-                    SELECT \(Interruption.columns) FROM interruptions
-                    WHERE state IN ('draining', 'drained') AND kind = 'termination' AND deadline <= ?
-                    """), arguments: [now]
-        )
-        for interruption in due {
-            guard let node = try db.fetchNode(interruption.nodeId), node.state != .terminated else { continue }
-            try Self.terminate(db, node: node, at: now, actor: settings.actor, reason: "reclaimed at deadline")
-            report.nodesTerminated += 1
-        }
-    }
-
-    /// A draining node with no jobs left is drained.
-    private func finishDrains(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
-        let draining = try Interruption.fetchAll(
-            db.cachedStatement(sql: "SELECT \(Interruption.columns) FROM interruptions WHERE state = 'draining' AND kind = 'termination'")
-        )
-        for interruption in draining where try db.jobsOnNode(interruption.nodeId).isEmpty {
-            try db.cachedStatement(sql: "UPDATE nodes SET state = 'drained', updated_at = ? WHERE id = ? AND state = 'draining'").execute(
-                arguments: [now, interruption.nodeId])
-            if db.changesCount == 1 {
-                try db.appendEvent(
-                    "node.drained", subject: "nodes/\(interruption.nodeId)", actor: settings.actor, at: now,
-                    data: ["interruption_id": .string(interruption.id)])
+    /// Requeues every job whose checkpoint deadline has passed, from its newest checkpoint, with `reason` (from
+    /// `Domain/`) as its reason. Returns how many.
+    func expireCheckpoints(lease: Lease, actor: String, reason: @escaping @Sendable (Job) -> String) async throws -> Int {
+        try await write { [self] db in
+            let now = clock.now()
+            try Self.checkFence(db, lease, now: now)
+            let due = try Job.fetchAll(
+                db.cachedStatement(
+                    sql: "SELECT \(Job.columns) FROM jobs WHERE state = 'checkpointing' AND checkpoint_deadline <= ? ORDER BY seq"),
+                arguments: [now])
+            for job in due {
+                let interruption = try job.nodeId.flatMap { try db.activeTermination(nodeId: $0) }
+                if let interruption { try db.appendStep(interruption.id, "checkpoint_timeout", at: now, jobId: job.id) }
+                try db.requeue(job, at: now, actor: actor, interruptionId: interruption?.id, reason: reason(job))
             }
-            try db.cachedStatement(sql: "UPDATE interruptions SET state = 'drained' WHERE id = ?").execute(arguments: [interruption.id])
-            try db.appendStep(interruption.id, "node_drained", at: now)
-            report.nodesDrained += 1
-            report.drainDurations.append(Double(now - interruption.receivedAt) / 1000)
+            return due.count
         }
     }
 
-    /// Completed: node terminated, every job requeued, replacement requests resolved.
-    private func completeInterruptions(_ db: Database, now: Millis, settings: WorkflowSettings, report: inout ReconcileReport) throws {
-        let open = try Interruption.fetchAll(
-            db.cachedStatement(
-                sql: """
-                    SELECT \(Interruption.columns) FROM interruptions i
-                    WHERE i.state IN ('draining', 'drained') AND i.kind = 'termination'
-                      AND EXISTS (SELECT 1 FROM nodes n WHERE n.id = i.node_id AND n.state = 'terminated')
-                      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.node_id = i.node_id AND j.state IN ('running', 'checkpointing'))
-                      AND NOT EXISTS (SELECT 1 FROM provisioning_requests p WHERE p.interruption_id = i.id AND p.state = 'pending')
-                    """)
-        )
-        for interruption in open {
-            try db.cachedStatement(sql: "UPDATE interruptions SET state = 'completed', completed_at = ? WHERE id = ?").execute(arguments: [
-                now, interruption.id,
-            ])
-            try db.appendStep(interruption.id, "completed", at: now)
-            try db.appendEvent(
-                "interruption.completed", subject: "nodes/\(interruption.nodeId)", actor: settings.actor, at: now,
-                data: ["interruption_id": .string(interruption.id), "seconds": .double(Double(now - interruption.receivedAt) / 1000)])
-            report.interruptionsCompleted += 1
+    /// Closes interruptions under way, in one transaction, by `rules` (from `Domain/`): nodes whose deadline came
+    /// are terminated (what still runs there is requeued), emptied nodes are drained, and interruptions whose work
+    /// is all done are completed.
+    func advanceInterruptions(lease: Lease, actor: String, rules: InterruptionRules) async throws -> InterruptionStepsReport {
+        try await write { [self] db in
+            let now = clock.now()
+            try Self.checkFence(db, lease, now: now)
+            var report = InterruptionStepsReport()
+            let columns = Interruption.columns.split(separator: ", ").map { "i.\($0)" }.joined(separator: ", ")
+            let facts = try Row.fetchAll(
+                db.cachedStatement(
+                    sql: """
+                        SELECT \(columns), n.state,
+                            (SELECT COUNT(*) FROM jobs j WHERE j.node_id = i.node_id AND j.state IN ('running', 'checkpointing')),
+                            (SELECT COUNT(*) FROM provisioning_requests p WHERE p.interruption_id = i.id AND p.state = 'pending')
+                        FROM interruptions i LEFT JOIN nodes n ON n.id = i.node_id
+                        WHERE i.state IN ('draining', 'drained') AND i.kind = 'termination' ORDER BY i.seq
+                        """)
+            ).map { row in
+                InterruptionFacts(
+                    interruption: Interruption(row: row), nodeState: (row[12] as String?).flatMap(NodeState.init(rawValue:)),
+                    jobsLeft: row[13], pendingRequests: row[14])
+            }
+            for var fact in facts {
+                if rules.terminationDue(fact, now), let node = try db.fetchNode(fact.interruption.nodeId) {
+                    try Self.terminate(db, node: node, at: now, actor: actor, reason: "reclaimed at deadline")
+                    fact.nodeState = .terminated
+                    fact.jobsLeft = 0
+                    report.nodesTerminated += 1
+                }
+                if rules.emptied(fact) {
+                    let interruption = fact.interruption
+                    try db.cachedStatement(sql: "UPDATE nodes SET state = 'drained', updated_at = ? WHERE id = ? AND state = 'draining'")
+                        .execute(arguments: [now, interruption.nodeId])
+                    if db.changesCount == 1 {
+                        try db.appendEvent(
+                            "node.drained", subject: "nodes/\(interruption.nodeId)", actor: actor, at: now,
+                            data: ["interruption_id": .string(interruption.id)])
+                    }
+                    try db.cachedStatement(sql: "UPDATE interruptions SET state = 'drained' WHERE id = ?").execute(arguments: [
+                        interruption.id
+                    ])
+                    try db.appendStep(interruption.id, "node_drained", at: now)
+                    fact.interruption.state = .drained
+                    report.nodesDrained += 1
+                    report.drainDurations.append(Double(now - interruption.receivedAt) / 1000)
+                }
+                if rules.complete(fact) {
+                    let interruption = fact.interruption
+                    try db.cachedStatement(sql: "UPDATE interruptions SET state = 'completed', completed_at = ? WHERE id = ?").execute(
+                        arguments: [now, interruption.id])
+                    try db.appendStep(interruption.id, "completed", at: now)
+                    try db.appendEvent(
+                        "interruption.completed", subject: "nodes/\(interruption.nodeId)", actor: actor, at: now,
+                        data: [
+                            "interruption_id": .string(interruption.id), "seconds": .double(Double(now - interruption.receivedAt) / 1000),
+                        ])
+                    report.interruptionsCompleted += 1
+                }
+            }
+            return report
         }
     }
 }

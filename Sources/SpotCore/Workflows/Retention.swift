@@ -13,7 +13,7 @@ struct Retention: Sendable {
     var pause: Duration = .milliseconds(20)
 
     /// Removes what is due; returns how much went.
-    func run(now: Millis, logger: Logger) async throws -> PruneReport {
+    func run(now: Millis, lease: Lease, logger: Logger) async throws -> PruneReport {
         // `days` is validated to 1...3650 at start: the product fits easily.
         let cutoff = now - days * 86_400_000
         // A signed notice is taken while its timestamp is within 5 minutes of now, so the same request can arrive up
@@ -21,7 +21,7 @@ struct Retention: Sendable {
         let replayCutoff = now - (2 * Signature.maxSkewSeconds + 60) * 1000
         var total = PruneReport()
         for _ in 0..<maxBatches {
-            let report = try await store.pruneExpired(before: cutoff, replaysBefore: replayCutoff, batch: batch)
+            let report = try await store.pruneExpired(before: cutoff, replaysBefore: replayCutoff, batch: batch, lease: lease)
             total.events += report.events
             total.jobs += report.jobs
             total.interruptions += report.interruptions

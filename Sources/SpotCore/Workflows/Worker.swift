@@ -3,20 +3,33 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 
-/// The background worker: runs the durable interruption workflows, provisioning and the scheduling loop.
-/// Every pass reads the store, decides and writes, so it is safe to run after a crash at any point.
+/// The background worker: holds the worker lease and, while it does, runs the reconcilers in order, one pass at a
+/// time. Every reconciler reads the store, asks `Domain/` what to do and writes it in one transaction under the
+/// lease's fencing token, so a pass is safe to run after a crash at any point, and a process that lost the lease
+/// (paused, partitioned) commits nothing.
 public struct WorkflowWorker: Service {
     let store: any WorkflowStore
     let clock: any SpotClock
     let config: SpotConfig
-    let provider: any Provider
     let signal: WorkerSignal
     let metrics: SpotMetrics
     let logger: Logger
     /// Identifies this process as the lease holder.
     let owner: String
-    /// Whether this process holds the lease now; read by the provisioning loop.
-    let holdsLease = LeaseFlag()
+    /// The lease as this process holds it now, if it does; read by the provisioning and retention loops.
+    let lease = LeaseHolder()
+
+    let drains: DrainReconciler
+    let checkpoints: CheckpointExpiry
+    let replacement: ReplacementReconciler
+    let capacity: CapacityReconciler
+    let scheduling: SchedulingLoop
+    let retention: Retention
+
+    static let leaseName = "worker"
+    /// A lease lives this long unless renewed; it is renewed every `renewEvery`.
+    static let leaseTTL: Millis = 2000
+    static let renewEvery: Millis = 500
 
     init(
         store: any WorkflowStore, clock: any SpotClock, config: SpotConfig, provider: any Provider, signal: WorkerSignal,
@@ -25,21 +38,28 @@ public struct WorkflowWorker: Service {
         self.store = store
         self.clock = clock
         self.config = config
-        self.provider = provider
         self.signal = signal
         self.metrics = metrics
         self.logger = logger
         self.owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(Ids.new("w"))"
+        self.drains = DrainReconciler(store: store, marginSeconds: config.drainMarginSeconds)
+        self.checkpoints = CheckpointExpiry(store: store)
+        self.replacement = ReplacementReconciler(store: store, provider: provider, clock: clock, metrics: metrics, logger: logger)
+        self.capacity = CapacityReconciler(store: store, idleSeconds: config.scaleDownIdleSeconds)
+        self.scheduling = SchedulingLoop(store: store)
+        self.retention = Retention(store: store, days: config.retentionDays)
     }
 
     public func run() async throws {
-        logger.info("worker started", metadata: ["owner": "\(owner)", "auto_place": "\(config.autoPlace)"])
+        logger.info("worker waiting for the lease", metadata: ["owner": "\(owner)", "auto_place": "\(config.autoPlace)"])
         await withTaskGroup(of: Void.self) { group in
             // Provider calls (an HTTP round trip for the webhook provider) run in their own loop, so that a slow
             // provisioner never delays a drain.
-            group.addTask { await provisioningLoop() }
+            group.addTask { await loop(every: .milliseconds(Int(config.workerIntervalSeconds * 1000)), replacement.reconcile) }
             // Retention deletes in batches, with pauses: it must not hold up a pass, nor fail one.
-            group.addTask { await retentionLoop() }
+            group.addTask {
+                await loop(every: .seconds(60)) { lease in _ = try await retention.run(now: clock.now(), lease: lease, logger: logger) }
+            }
             var state = PassState()
             state.inlineProvisioning = false
             while !Task.isShuttingDownGracefully && !Task.isCancelled {
@@ -50,139 +70,124 @@ public struct WorkflowWorker: Service {
             }
             group.cancelAll()
         }
-        try? await store.releaseLease("worker", owner: owner)
+        if let held = lease.value { try? await store.releaseLease(held) }
         logger.info("worker stopped")
     }
 
     /// What passes remember between runs.
     struct PassState {
         var lastLeaseRenewal: Millis = 0
-        var holdsLease = false
         var lastPlacementEvent: Int64 = -1
         var lastHousekeeping: Millis = 0
         /// Tests step provisioning inside the pass; the service runs it in its own loop.
         var inlineProvisioning = true
     }
 
-    /// Advances provisioning requests while this process holds the lease.
-    func provisioningLoop() async {
+    /// Runs `body` every `interval` while this process holds the lease; errors are logged, a lost lease is let go.
+    func loop(every interval: Duration, _ body: @escaping @Sendable (Lease) async throws -> Void) async {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            if holdsLease.value {
+            if let held = lease.value {
                 do {
-                    try await advanceProvisioning()
+                    try await body(held)
+                } catch is CancellationError {
+                    return
+                } catch StoreError.fenced {
+                    lease.drop(held)
                 } catch {
-                    logger.error("provisioning pass failed", metadata: ["error": "\(String(reflecting: error))"])
+                    logger.error("worker loop failed", metadata: ["error": "\(String(reflecting: error))"])
                 }
+                try? await Task.sleep(for: interval)
+            } else {
+                try? await Task.sleep(for: .milliseconds(Int(Self.renewEvery)))
             }
-            try? await Task.sleep(for: .milliseconds(Int(config.workerIntervalSeconds * 1000)))
         }
     }
 
-    /// Removes expired records once a minute while this process holds the lease.
-    func retentionLoop() async {
-        let retention = Retention(store: store, days: config.retentionDays)
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            guard holdsLease.value else {
-                try? await Task.sleep(for: .seconds(1))
-                continue
-            }
-            do {
-                _ = try await retention.run(now: clock.now(), logger: logger)
-            } catch is CancellationError {
-                return
-            } catch {
-                logger.error("retention pass failed", metadata: ["error": "\(String(reflecting: error))"])
-            }
-            try? await Task.sleep(for: .seconds(60))
-        }
-    }
-
-    /// One pass; errors are logged and the next pass tries again.
+    /// One pass: takes or renews the lease, then runs every reconciler; errors are logged and the next pass tries
+    /// again.
     func pass(_ state: inout PassState) async {
         do {
             let now = clock.now()
-            if !state.holdsLease || now - state.lastLeaseRenewal > 500 {
-                state.holdsLease = try await store.acquireLease("worker", owner: owner, ttlMillis: 2000)
+            if lease.value == nil || now - state.lastLeaseRenewal > Self.renewEvery {
+                let previous = lease.value
+                let acquired = try await store.acquireLease(Self.leaseName, owner: owner, ttlMillis: Self.leaseTTL)
                 state.lastLeaseRenewal = now
-                holdsLease.value = state.holdsLease
+                lease.set(acquired)
+                if let acquired, acquired != previous {
+                    logger.info("worker took the lease", metadata: ["owner": "\(owner)", "token": "\(acquired.token)"])
+                } else if acquired == nil, previous != nil {
+                    logger.warning("worker lost the lease", metadata: ["owner": "\(owner)"])
+                }
             }
-            guard state.holdsLease else { return }
-            try await runOnce(&state)
+            guard let held = lease.value else { return }
+            try await runOnce(&state, lease: held)
         } catch is CancellationError {
             // Shutting down.
+        } catch StoreError.fenced {
+            // Another process holds the lease now: this one stops writing until it takes the lease again.
+            if let held = lease.value {
+                lease.drop(held)
+                logger.warning("worker lost the lease", metadata: ["owner": "\(owner)"])
+            }
         } catch {
             logger.error("worker pass failed", metadata: ["error": "\(String(reflecting: error))"])
         }
     }
 
-    /// Every step of a pass, in order; used directly by tests.
-    func runOnce(_ state: inout PassState) async throws {
-        let settings = WorkflowSettings(drainMarginSeconds: config.drainMarginSeconds, scaleDownIdleSeconds: config.scaleDownIdleSeconds)
-        let report = try await store.reconcileInterruptions(settings)
-        if report.moreWaiting { signal.poke() }
-        for duration in report.drainDurations { metrics.drainDuration(seconds: duration) }
-        if report.didWork {
+    /// Every reconciler of a pass, in order, under `lease`; used directly by tests.
+    func runOnce(_ state: inout PassState, lease: Lease) async throws {
+        var report = DrainReconciler.Report()
+        report.drains = try await drains.startDrains(lease: lease)
+        if report.drains.moreWaiting { signal.poke() }
+        let expired = try await checkpoints.reconcile(lease: lease)
+        report.steps = try await drains.closeInterruptions(lease: lease)
+        for duration in report.steps.drainDurations { metrics.drainDuration(seconds: duration) }
+        if report.didWork || expired > 0 {
             logger.info(
                 "workflow pass",
                 metadata: [
-                    "drains_started": "\(report.drainsStarted)", "requeued": "\(report.requeued)",
-                    "checkpoints_expired": "\(report.checkpointsExpired)", "nodes_drained": "\(report.nodesDrained)",
-                    "nodes_terminated": "\(report.nodesTerminated)", "completed": "\(report.interruptionsCompleted)",
+                    "drains_started": "\(report.drains.drainsStarted)", "requeued": "\(report.drains.requeued)",
+                    "checkpoints_expired": "\(expired)", "nodes_drained": "\(report.steps.nodesDrained)",
+                    "nodes_terminated": "\(report.steps.nodesTerminated)", "completed": "\(report.steps.interruptionsCompleted)",
                 ])
         }
-        if state.inlineProvisioning { try await advanceProvisioning() }
+        if state.inlineProvisioning { try await replacement.reconcile(lease: lease) }
         let now = clock.now()
         if now - state.lastHousekeeping >= 1000 {
             state.lastHousekeeping = now
-            _ = try await store.ensureMinimums(actor: "autoscaler")
-            let released = try await store.scaleDown(idleSeconds: config.scaleDownIdleSeconds, actor: "autoscaler")
+            let (_, released) = try await capacity.reconcile(lease: lease)
             if released > 0 { logger.info("scaled down idle fallback nodes", metadata: ["count": "\(released)"]) }
         }
-
         if config.autoPlace {
             let lastEvent = try await store.lastEventId()
             if lastEvent != state.lastPlacementEvent {
-                let (placed, seen, more) = try await store.placeQueued(
-                    maxPlacements: 1000, pageSize: 2000, maxPages: 10, admissionLimit: config.admissionLimitSeconds, actor: "scheduler-loop"
-                )
-                metrics.placement("placed", count: placed)
-                state.lastPlacementEvent = seen
-                if more { signal.poke() }
-                if placed > 0 { logger.debug("scheduling loop placed jobs", metadata: ["count": "\(placed)"]) }
+                let placed = try await scheduling.reconcile(lease: lease)
+                metrics.placement("placed", count: placed.placed)
+                state.lastPlacementEvent = placed.seenEventId
+                if placed.more { signal.poke() }
+                if placed.placed > 0 { logger.debug("scheduling loop placed jobs", metadata: ["count": "\(placed.placed)"]) }
             }
         }
     }
 
-    /// Moves every pending provisioning request forward through the provider.
-    func advanceProvisioning() async throws {
-        for (request, pool) in try await store.pendingProvisioning() {
-            let step: ProviderStep
-            if let pool {
-                step = await provider.advance(request, pool: pool, now: clock.now())
-            } else {
-                step = .failed("pool \(request.pool) no longer exists")
-            }
-            guard step != .wait else { continue }
-            if try await store.applyProvisioning(request.id, step, actor: "provisioner") {
-                switch step {
-                case .fulfilled: metrics.provisioning("fulfilled")
-                case .failed(let message):
-                    metrics.provisioning("failed")
-                    logger.warning(
-                        "provisioning failed", metadata: ["request": "\(request.id)", "pool": "\(request.pool)", "error": "\(message)"])
-                default: break
-                }
-            }
-        }
+    /// Takes the lease if it is free; for tests that step passes by hand.
+    func takeLease() async throws -> Lease? {
+        let acquired = try await store.acquireLease(Self.leaseName, owner: owner, ttlMillis: Self.leaseTTL)
+        lease.set(acquired)
+        return acquired
     }
 }
 
-/// A flag shared between the worker's loops.
-final class LeaseFlag: Sendable {
-    private let state = Mutex(false)
+/// The lease as a worker holds it, shared between its loops.
+final class LeaseHolder: Sendable {
+    private let state = Mutex<Lease?>(nil)
 
-    var value: Bool {
-        get { state.withLock { $0 } }
-        set { state.withLock { $0 = newValue } }
+    var value: Lease? { state.withLock { $0 } }
+
+    func set(_ lease: Lease?) { state.withLock { $0 = lease } }
+
+    /// Forgets `lease` if it is still the one held (a newer one is kept).
+    func drop(_ lease: Lease) {
+        state.withLock { if $0 == lease { $0 = nil } }
     }
 }

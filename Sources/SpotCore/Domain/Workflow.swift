@@ -1,0 +1,162 @@
+/// The inputs and answers of the background workflows' decisions. Each reconciler in `Workflows/` hands its
+/// store call one of the pure functions below: the store reads the inputs and writes the answer in one transaction.
+
+/// Every pool with its figures, as a pass of decisions sees them; decisions keep it current as they commit capacity.
+struct CapacityView: Sendable {
+    var pools: [Pool]
+    var stats: [String: PoolStats]
+}
+
+/// The worker lease as held: who holds it, and the fencing token of this holding. Every workflow write checks, in
+/// its own transaction, that the lease is still this one: a process that lost it can commit nothing.
+struct Lease: Sendable, Equatable {
+    var name: String
+    var owner: String
+    var token: Int64
+}
+
+// MARK: - Drains
+
+/// A node a termination notice has just arrived for, with the jobs running on it.
+struct DrainCase: Sendable {
+    var interruption: Interruption
+    var node: Node
+    var runningJobs: [Job]
+}
+
+/// What becomes of one reclaimed node's work, and where its replacement comes from.
+struct DrainDecision: Sendable {
+    var interruptionId: String
+    var nodeId: String
+    var jobs: [(job: Job, action: DrainAction)]
+    var replacement: Replacement
+
+    enum Replacement: Sendable, Equatable {
+        /// Ask this pool for a node.
+        case pool(Pool)
+        /// No pool of the lost node's GPU type has room.
+        case unavailable(gpuType: String)
+        /// The node was gone before the notice: nothing to replace.
+        case none
+    }
+}
+
+/// Facts of an interruption under way, for the steps that close it.
+struct InterruptionFacts: Sendable {
+    var interruption: Interruption
+    var nodeState: NodeState?
+    /// Jobs still running or checkpointing on the node.
+    var jobsLeft: Int
+    /// Provisioning requests of this interruption still pending.
+    var pendingRequests: Int
+}
+
+extension Drain {
+    /// The drain of each newly reclaimed node: every running job checkpoints or is requeued, and the lost node gets
+    /// one replacement (another spot pool first, on-demand when none can take it). `capacity` is the pass's view,
+    /// kept current as replacements are chosen, so that a mass reclaim does not pile every request on one pool.
+    static func decide(_ cases: [DrainCase], capacity: CapacityView, now: Millis, marginSeconds: Int64) -> [DrainDecision] {
+        var capacity = capacity
+        return cases.map { drain in
+            let jobs = drain.runningJobs.map {
+                (job: $0, action: plan(job: $0, nodeDeadline: drain.interruption.deadline, now: now, marginSeconds: marginSeconds))
+            }
+            var replacement = DrainDecision.Replacement.none
+            if drain.interruption.nodeWasLive, let lost = capacity.pools.first(where: { $0.name == drain.node.pool }) {
+                if let target = Autoscaler.replacementPool(lost: lost, pools: capacity.pools, stats: capacity.stats) {
+                    replacement = .pool(target)
+                    capacity.stats[target.name, default: PoolStats()].committedNodes += 1
+                } else {
+                    replacement = .unavailable(gpuType: lost.gpuType)
+                }
+            }
+            return DrainDecision(interruptionId: drain.interruption.id, nodeId: drain.node.id, jobs: jobs, replacement: replacement)
+        }
+    }
+
+    /// At its deadline a node is gone (the cloud takes it), whatever is still on it.
+    static func terminationDue(_ facts: InterruptionFacts, now: Millis) -> Bool {
+        guard let deadline = facts.interruption.deadline, facts.nodeState != .terminated, facts.nodeState != nil else { return false }
+        return deadline <= now
+    }
+
+    /// A draining node with no job left is drained.
+    static func emptied(_ facts: InterruptionFacts) -> Bool {
+        facts.interruption.state == .draining && facts.jobsLeft == 0
+    }
+
+    /// An interruption is complete when its node is terminated, nothing runs there, and its replacement requests
+    /// are resolved.
+    static func complete(_ facts: InterruptionFacts) -> Bool {
+        facts.nodeState == .terminated && facts.jobsLeft == 0 && facts.pendingRequests == 0
+    }
+}
+
+// MARK: - Requeues
+
+enum Requeue {
+    /// Why a job whose checkpoint deadline passed is requeued.
+    static func expiredReason(_ job: Job) -> String {
+        job.preemptedFor.map { "preempted for premium job \($0); checkpoint deadline passed" } ?? "checkpoint deadline passed"
+    }
+}
+
+// MARK: - Floors and scale-down
+
+/// A pool with a `min_nodes` floor, and what counts toward it.
+struct FloorFacts: Sendable {
+    var pool: Pool
+    /// Live nodes plus pending requests of every kind.
+    var committedNodes: Int
+    /// Floor requests still pending.
+    var pendingFloorRequests: Int
+    /// Whether a floor request failed in the last minute (the pool then waits).
+    var failedLately: Bool
+}
+
+/// An on-demand fallback node idle long enough to be given back once spot is back.
+struct IdleFallback: Sendable {
+    var nodeId: String
+    var pool: String
+    var gpus: Int
+    var gpuType: String
+    var minNodes: Int
+}
+
+extension Autoscaler {
+    /// At most this many floor requests in flight per pool, as cluster autoscalers cap a scale-up.
+    static let maxPendingFloorRequests = 20
+
+    /// How many nodes to ask of each pool below its `min_nodes` floor.
+    static func floorRequests(_ pools: [FloorFacts]) -> [(pool: String, count: Int)] {
+        pools.compactMap { facts in
+            let missing = facts.pool.minNodes - facts.committedNodes
+            guard missing > 0, !facts.failedLately else { return nil }
+            let count = min(missing, maxPendingFloorRequests - facts.pendingFloorRequests)
+            return count > 0 ? (facts.pool.name, count) : nil
+        }
+    }
+
+    /// Which idle fallback nodes to give back: each only while free spot GPUs of its type cover it, counting those
+    /// already taken by the nodes given back before it in this pass, and never below its pool's `min_nodes`.
+    static func scaleDown(_ idle: [IdleFallback], spotFree: [String: Int], liveNodes: [String: Int]) -> [String] {
+        var spotFree = spotFree
+        var liveNodes = liveNodes
+        var released: [String] = []
+        for node in idle {
+            let free = spotFree[node.gpuType] ?? 0
+            let live = liveNodes[node.pool] ?? 0
+            guard free >= node.gpus, live > node.minNodes else { continue }
+            spotFree[node.gpuType] = free - node.gpus
+            liveNodes[node.pool] = live - 1
+            released.append(node.nodeId)
+        }
+        return released
+    }
+
+    /// The on-demand fallback for a failed replacement: another pool of the lost node's GPU type, never one tried.
+    static func fallbackPool(lostPool: String, tried: Set<String>, capacity: CapacityView) -> Pool? {
+        guard let lost = capacity.pools.first(where: { $0.name == lostPool }) else { return nil }
+        return replacementPool(lost: lost, pools: capacity.pools, stats: capacity.stats, excluding: tried, onDemandOnly: true)
+    }
+}

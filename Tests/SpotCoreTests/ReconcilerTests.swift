@@ -1,0 +1,190 @@
+import Foundation
+import HummingbirdTesting
+import Logging
+import Testing
+
+@testable import SpotCore
+
+/// The reconcilers' decisions, without a database.
+@Suite("Workflow decisions (pure)")
+struct WorkflowDecisionTests {
+    let spotA = Table.pool("spot-a", .spot, zone: "a")
+    var spotB: Pool {
+        var pool = Table.pool("spot-b", .spot, zone: "b")
+        pool.maxNodes = 1
+        return pool
+    }
+    let onDemand = Table.pool("od", .onDemand, zone: "a")
+
+    func interruption(_ node: String, deadline: Millis?, live: Bool = true) -> Interruption {
+        Interruption(
+            id: "int-\(node)", seq: 1, nodeId: node, pool: "spot-a", kind: .termination, source: "aws", eventId: "e-\(node)",
+            state: .received, deadline: deadline, receivedAt: 0, nodeWasLive: live)
+    }
+
+    /// One lost node's jobs: checkpointable ones checkpoint by deadline − margin, the others are requeued at once.
+    /// Replacements go to another spot pool while it has room, counted as the pass goes, then to on-demand.
+    @Test func drainDecidesEachJobAndKeepsCapacityCurrent() {
+        var running = Table.job("ckpt", tier: .bestEffort, checkpointable: true)
+        running.state = .running
+        var plain = Table.job("plain", tier: .bestEffort)
+        plain.state = .running
+        let now: Millis = 1_000_000
+        let cases = [
+            DrainCase(
+                interruption: interruption("n1", deadline: now + 120_000), node: Table.node("n1", pool: "spot-a"),
+                runningJobs: [running, plain]),
+            DrainCase(interruption: interruption("n2", deadline: now + 120_000), node: Table.node("n2", pool: "spot-a"), runningJobs: []),
+            DrainCase(
+                interruption: interruption("n3", deadline: now + 120_000, live: false), node: Table.node("n3", pool: "spot-a"),
+                runningJobs: []),
+        ]
+        let capacity = CapacityView(pools: [spotA, spotB, onDemand], stats: [:])
+        let decisions = Drain.decide(cases, capacity: capacity, now: now, marginSeconds: 10)
+        #expect(decisions.count == 3)
+        #expect(decisions[0].jobs.map(\.action) == [.checkpoint(deadline: now + 110_000), .requeue])
+        #expect(decisions[0].replacement == .pool(spotB))
+        #expect(decisions[1].replacement == .pool(onDemand), "spot-b's one slot went to the first node")
+        #expect(decisions[2].replacement == .none, "a node gone before its notice is not replaced")
+        // No room anywhere for this GPU type.
+        var a100 = Table.job("x", tier: .bestEffort)
+        a100.state = .running
+        let lonely = Table.pool("lonely", .spot, gpu: "A100")
+        let unavailable = Drain.decide(
+            [DrainCase(interruption: interruption("n4", deadline: now), node: Table.node("n4", pool: "lonely"), runningJobs: [a100])],
+            capacity: CapacityView(pools: [lonely], stats: [:]), now: now, marginSeconds: 10)
+        #expect(unavailable[0].replacement == .unavailable(gpuType: "A100"))
+        #expect(unavailable[0].jobs.map(\.action) == [.requeue], "no time left to checkpoint")
+    }
+
+    @Test func interruptionRulesCloseInOrder() {
+        var facts = InterruptionFacts(interruption: interruption("n", deadline: 100), nodeState: .draining, jobsLeft: 1, pendingRequests: 1)
+        facts.interruption.state = .draining
+        #expect(!Drain.terminationDue(facts, now: 99) && Drain.terminationDue(facts, now: 100))
+        #expect(!Drain.emptied(facts))
+        facts.jobsLeft = 0
+        #expect(Drain.emptied(facts))
+        #expect(!Drain.complete(facts), "the node is not gone yet")
+        facts.nodeState = .terminated
+        #expect(!Drain.complete(facts), "its replacement is still pending")
+        #expect(!Drain.terminationDue(facts, now: 1000), "a terminated node is not terminated again")
+        facts.pendingRequests = 0
+        #expect(Drain.complete(facts))
+    }
+
+    /// Two idle fallback nodes of 8 GPUs and 8 free spot GPUs: one goes, not both (each release takes spot room).
+    @Test func scaleDownCountsTheSpotRoomItTakes() {
+        let idle = [
+            IdleFallback(nodeId: "f1", pool: "od", gpus: 8, gpuType: "H100", minNodes: 0),
+            IdleFallback(nodeId: "f2", pool: "od", gpus: 8, gpuType: "H100", minNodes: 0),
+            IdleFallback(nodeId: "f3", pool: "od-a100", gpus: 8, gpuType: "A100", minNodes: 0),
+        ]
+        #expect(Autoscaler.scaleDown(idle, spotFree: ["H100": 8], liveNodes: ["od": 2, "od-a100": 1]) == ["f1"])
+        #expect(Autoscaler.scaleDown(idle, spotFree: ["H100": 16, "A100": 8], liveNodes: ["od": 2, "od-a100": 1]) == ["f1", "f2", "f3"])
+        // Never below a pool's floor.
+        let floored = idle.map { IdleFallback(nodeId: $0.nodeId, pool: $0.pool, gpus: $0.gpus, gpuType: $0.gpuType, minNodes: 1) }
+        #expect(Autoscaler.scaleDown(floored, spotFree: ["H100": 16, "A100": 8], liveNodes: ["od": 2, "od-a100": 1]) == ["f1"])
+    }
+
+    @Test func floorsAskForWhatIsMissingWithinTheInFlightCap() {
+        var pool = Table.pool("p", .onDemand)
+        pool.minNodes = 30
+        #expect(
+            Autoscaler.floorRequests([FloorFacts(pool: pool, committedNodes: 0, pendingFloorRequests: 0, failedLately: false)]).map(\.count)
+                == [20])
+        #expect(
+            Autoscaler.floorRequests([FloorFacts(pool: pool, committedNodes: 25, pendingFloorRequests: 15, failedLately: false)]).map(
+                \.count) == [5])
+        #expect(Autoscaler.floorRequests([FloorFacts(pool: pool, committedNodes: 0, pendingFloorRequests: 0, failedLately: true)]).isEmpty)
+        #expect(
+            Autoscaler.floorRequests([FloorFacts(pool: pool, committedNodes: 30, pendingFloorRequests: 0, failedLately: false)]).isEmpty)
+    }
+
+    /// The planner places in queue order onto the tightest node, stops at its budget, and asks premium protection
+    /// once per pass.
+    @Test func schedulingPlannerPlacesAndAsksProtectionOnce() {
+        let input = SchedulingInput(
+            nodes: [Table.node("a", pool: "spot-a", used: 6), Table.node("b", pool: "spot-a")], pools: [spotA],
+            policies: Policy.defaults(admissionLimit: 3600, at: 0), stats: [:], bestEffortByPool: [:])
+        var planner = SchedulingPlanner(input, maxPlacements: 2)
+        let first = planner.next(Table.job("j1", tier: .bestEffort, gpus: 2))
+        #expect(first == .place(nodeId: "a", pool: "spot-a", attempt: 1, reasons: placeReasons(first)))
+        #expect(planner.next(Table.job("p1", tier: .premium)) == .protectPremium(Table.policy(.premium)))
+        #expect(planner.next(Table.job("p2", tier: .premium)) == .wait, "protection is asked once per pass")
+        if case .place(let node, _, _, _) = planner.next(Table.job("j2", tier: .bestEffort, gpus: 8)) { #expect(node == "b") }
+        #expect(planner.isFull)
+        #expect(planner.next(Table.job("j3", tier: .bestEffort)) == .wait)
+    }
+
+    func placeReasons(_ step: SchedulingPlanner.Step) -> [String] {
+        if case .place(_, _, _, let reasons) = step { return reasons }
+        return []
+    }
+}
+
+@Suite("The worker lease and its fence", .serialized)
+struct FencingTests {
+    /// Two workers on one SQLite file. The first holds the lease, starts a pass, and is paused past its lease;
+    /// the second takes over with a newer token and finishes the work. When the first resumes, every write it tries
+    /// is refused: nothing is done twice.
+    @Test func aPausedWorkerThatLostTheLeaseWritesNothing() async throws {
+        let env = try TestEnv { $0.drainMarginSeconds = 10 }
+        var config = env.runtime.config
+        config.dbPath = env.runtime.config.dbPath
+        var logger = Logger(label: "spotd-test-second")
+        logger.logLevel = .critical
+        let second = try SpotRuntime(config: config, clock: env.clock, logger: logger)
+        let workerA = env.worker
+        let workerB = second.worker(logger: logger)
+        try await env.app().test(.router) { client in
+            try await Seed.standardPools(client)
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("ckpt", tier: "best_effort", gpus: 4, checkpointable: true))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("plain", tier: "best_effort", gpus: 4))
+            try await env.step()
+            #expect(try await client.call(.get, "/v1/jobs?state=running")["items"]?.array.count == 2)
+
+            // A holds the lease; B cannot take it.
+            let leaseA = try #require(try await workerA.takeLease())
+            #expect(try await workerB.takeLease() == nil)
+            try await client.expect(.accepted, .post, "/v1/interruptions", #"{"node_id":"s1","kind":"termination","notice_seconds":60}"#)
+
+            // A starts its pass (the drain), then is paused for longer than its lease lives.
+            _ = try await workerA.drains.startDrains(lease: leaseA)
+            env.clock.advance(seconds: 3)
+            let leaseB = try #require(try await workerB.takeLease())
+            #expect(leaseB.token == leaseA.token + 1)
+            var stateB = WorkflowWorker.PassState()
+            try await workerB.runOnce(&stateB, lease: leaseB)
+            let afterB = try env.snapshot()
+
+            // A resumes where it was: every write it tries is refused, and nothing changes.
+            await #expect(throws: StoreError.fenced) { try await workerA.checkpoints.reconcile(lease: leaseA) }
+            await #expect(throws: StoreError.fenced) { try await workerA.drains.startDrains(lease: leaseA) }
+            await #expect(throws: StoreError.fenced) { try await workerA.drains.closeInterruptions(lease: leaseA) }
+            await #expect(throws: StoreError.fenced) { try await workerA.scheduling.reconcile(lease: leaseA) }
+            await #expect(throws: StoreError.fenced) { try await workerA.capacity.reconcile(lease: leaseA) }
+            var stateA = WorkflowWorker.PassState()
+            await #expect(throws: StoreError.fenced) { try await workerA.runOnce(&stateA, lease: leaseA) }
+            #expect(try env.snapshot() == afterB)
+            // Its service loop lets the lease go and waits: it cannot take it while B renews.
+            workerA.lease.set(leaseA)
+            await workerA.pass(&stateA)
+            #expect(workerA.lease.value == nil)
+
+            // B finishes the work: one checkpoint request, one requeue per job, one replacement.
+            try await client.expect(.ok, .post, "/v1/jobs/ckpt/checkpoints", #"{"uri":"s3://c/1","step":1}"#)
+            for _ in 0..<3 {
+                env.clock.advance(seconds: 30)
+                try await workerB.runOnce(&stateB, lease: try #require(try await workerB.takeLease()))
+            }
+            #expect(try await client.call(.get, "/v1/interruptions?state=completed")["items"]?.array.count == 1)
+            let events = try await client.call(.get, "/v1/events?limit=1000")["items"]!.array
+            #expect(events.filter { $0["type"] == .string("job.checkpoint_requested") }.count == 1)
+            #expect(events.filter { $0["type"] == .string("job.requeued") }.count == 2)
+            #expect(events.filter { $0["type"] == .string("provisioning.requested") }.count == 1)
+            #expect(try await client.call(.get, "/v1/jobs/ckpt")["requeue_count"] == .int(1))
+        }
+        try second.close()
+    }
+}
