@@ -188,3 +188,25 @@ struct FencingTests {
         try second.close()
     }
 }
+
+@Suite("Configuration reaches every decision")
+struct AdmissionLimitTests {
+    /// A tier with no stored policy gets the default one with the configured admission limit (it was 3600 in three
+    /// places, whatever the configuration said), in the placement call and in the scheduling loop alike.
+    @Test func defaultPoliciesUseTheConfiguredAdmissionLimit() async throws {
+        let env = try TestEnv { $0.admissionLimitSeconds = 100 }
+        try await env.store.write { db in try db.execute(sql: "DELETE FROM policies") }
+        try await env.app().test(.router) { client in
+            try await client.expect(.created, .post, "/v1/pools", Seed.pool("spot-a", "spot"))
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
+            let limit = try await client.expect(.ok, .get, "/v1/policies")["items"]?.array.first { $0["tier"] == .string("best_effort") }
+            #expect(limit?["max_uncheckpointable_spot_seconds"] == .int(100))
+            try await client.expect(
+                .created, .post, "/v1/jobs", Seed.job("long", tier: "best_effort", extra: #","expected_duration_seconds":200"#))
+            let refused = try await client.expectProblem(.conflict, .post, "/v1/placements", #"{"job_id":"long","dry_run":true}"#)
+            #expect(refused["detail"]?.string?.contains("admission") == true, "\(refused.text)")
+            try await env.step()
+            #expect(try await client.call(.get, "/v1/jobs/long")["state"] == .string("queued"))
+        }
+    }
+}
