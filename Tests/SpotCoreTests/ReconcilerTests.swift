@@ -156,7 +156,14 @@ struct FencingTests {
             #expect(leaseB.token == leaseA.token + 1)
             var stateB = WorkflowWorker.PassState()
             try await workerB.runOnce(&stateB, lease: leaseB)
-            let afterB = try env.snapshot()
+
+            // Meanwhile there is work for every reconciler: a new notice, a pool below its floor, and (50 s on) a
+            // checkpoint deadline that passed.
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("s2", pool: "spot-a"))
+            try await client.expect(.accepted, .post, "/v1/interruptions", #"{"node_id":"s2","kind":"termination","notice_seconds":60}"#)
+            try await client.expect(.ok, .patch, "/v1/pools/spot-b", #"{"min_nodes":1}"#)
+            env.clock.advance(seconds: 50)
+            let before = try env.snapshot()
 
             // A resumes where it was: every write it tries is refused, and nothing changes.
             await #expect(throws: StoreError.fenced) { try await workerA.checkpoints.reconcile(lease: leaseA) }
@@ -166,23 +173,27 @@ struct FencingTests {
             await #expect(throws: StoreError.fenced) { try await workerA.capacity.reconcile(lease: leaseA) }
             var stateA = WorkflowWorker.PassState()
             await #expect(throws: StoreError.fenced) { try await workerA.runOnce(&stateA, lease: leaseA) }
-            #expect(try env.snapshot() == afterB)
+            #expect(try env.snapshot() == before)
             // Its service loop lets the lease go and waits: it cannot take it while B renews.
+            _ = try #require(try await workerB.takeLease())
             workerA.lease.set(leaseA)
             await workerA.pass(&stateA)
             #expect(workerA.lease.value == nil)
 
-            // B finishes the work: one checkpoint request, one requeue per job, one replacement.
-            try await client.expect(.ok, .post, "/v1/jobs/ckpt/checkpoints", #"{"uri":"s3://c/1","step":1}"#)
+            // B finishes the work: one checkpoint request and one requeue per job, one replacement per lost node.
             for _ in 0..<3 {
                 env.clock.advance(seconds: 30)
                 try await workerB.runOnce(&stateB, lease: try #require(try await workerB.takeLease()))
             }
-            #expect(try await client.call(.get, "/v1/interruptions?state=completed")["items"]?.array.count == 1)
+            #expect(try await client.call(.get, "/v1/interruptions?state=completed")["items"]?.array.count == 2)
             let events = try await client.call(.get, "/v1/events?limit=1000")["items"]!.array
             #expect(events.filter { $0["type"] == .string("job.checkpoint_requested") }.count == 1)
             #expect(events.filter { $0["type"] == .string("job.requeued") }.count == 2)
-            #expect(events.filter { $0["type"] == .string("provisioning.requested") }.count == 1)
+            let replacements = events.filter {
+                $0["type"] == .string("provisioning.requested") && $0["data"]?["reason"] == .string("replacement")
+            }
+            #expect(replacements.count == 2)
+            #expect(Set(replacements.compactMap { $0["data"]?["replaces_node_id"]?.string }) == ["s1", "s2"])
             #expect(try await client.call(.get, "/v1/jobs/ckpt")["requeue_count"] == .int(1))
         }
         try second.close()

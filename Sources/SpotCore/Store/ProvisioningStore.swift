@@ -120,7 +120,8 @@ extension SQLiteStore {
     func ensureMinimums(lease: Lease, actor: String, decide: @escaping @Sendable ([FloorFacts]) -> [(pool: String, count: Int)])
         async throws -> Int
     {
-        try await write { [self] db in
+        guard try await anyRow("SELECT 1 FROM pools WHERE min_nodes > 0") else { return 0 }
+        return try await write { [self] db in
             let now = clock.now()
             try Self.checkFence(db, lease, now: now)
             let pools = try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools WHERE min_nodes > 0"))
@@ -169,19 +170,19 @@ extension SQLiteStore {
         idleSeconds: Int64, lease: Lease, actor: String,
         decide: @escaping @Sendable ([IdleFallback], _ spotFree: [String: Int], _ liveNodes: [String: Int]) -> [String]
     ) async throws -> Int {
-        try await write { [self] db in
+        let idleQuery = """
+            SELECT n.id AS id, n.gpus AS gpus, p.gpu_type AS gpu_type, p.name AS pool, p.min_nodes AS min_nodes
+            FROM nodes n JOIN pools p ON p.name = n.pool
+            JOIN provisioning_requests r ON r.id = n.provisioning_request_id AND r.reason = 'fallback'
+            WHERE p.capacity_type = 'on_demand' AND n.state = 'ready' AND n.gpus_allocated = 0
+              AND n.idle_since IS NOT NULL AND n.idle_since <= ?
+            """
+        guard try await anyRow(idleQuery, [clock.now() - idleSeconds * 1000]) else { return 0 }
+        return try await write { [self] db in
             let now = clock.now()
             try Self.checkFence(db, lease, now: now)
             let idle = try Row.fetchAll(
-                db.cachedStatement(
-                    sql: """
-                        SELECT n.id AS id, n.gpus AS gpus, p.gpu_type AS gpu_type, p.name AS pool, p.min_nodes AS min_nodes
-                        FROM nodes n JOIN pools p ON p.name = n.pool
-                        JOIN provisioning_requests r ON r.id = n.provisioning_request_id AND r.reason = 'fallback'
-                        WHERE p.capacity_type = 'on_demand' AND n.state = 'ready' AND n.gpus_allocated = 0
-                          AND n.idle_since IS NOT NULL AND n.idle_since <= ?
-                        ORDER BY n.seq
-                        """), arguments: [now - idleSeconds * 1000]
+                db.cachedStatement(sql: idleQuery + " ORDER BY n.seq"), arguments: [now - idleSeconds * 1000]
             ).map { IdleFallback(nodeId: $0["id"], pool: $0["pool"], gpus: $0["gpus"], gpuType: $0["gpu_type"], minNodes: $0["min_nodes"]) }
             guard !idle.isEmpty else { return 0 }
             var spotFree: [String: Int] = [:]

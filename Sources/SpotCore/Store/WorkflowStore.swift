@@ -68,6 +68,12 @@ extension SQLiteStore {
         guard held != nil else { throw StoreError.fenced }
     }
 
+    /// Whether a read finds any row: a workflow step with nothing to do does not take the single writer (a pass
+    /// runs every 200 ms; the writer is what placements and notices wait for).
+    func anyRow(_ sql: String, _ arguments: StatementArguments = []) async throws -> Bool {
+        try await read { db in try Int.fetchOne(db.cachedStatement(sql: "SELECT EXISTS (\(sql))"), arguments: arguments) == 1 }
+    }
+
     // MARK: - Drains
 
     /// Starts the drain of up to `limit` newly reclaimed nodes, oldest notice first, in one transaction: `decide`
@@ -76,7 +82,10 @@ extension SQLiteStore {
         limit: Int, lease: Lease, actor: String,
         decide: @escaping @Sendable ([DrainCase], CapacityView, Millis) -> [DrainDecision]
     ) async throws -> DrainReport {
-        try await write { [self] db in
+        guard try await anyRow("SELECT 1 FROM interruptions WHERE state = 'received' AND kind = 'termination'") else {
+            return DrainReport()
+        }
+        return try await write { [self] db in
             let now = clock.now()
             try Self.checkFence(db, lease, now: now)
             let received = try Interruption.fetchAll(
@@ -182,7 +191,10 @@ extension SQLiteStore {
     /// Requeues every job whose checkpoint deadline has passed, from its newest checkpoint, with `reason` (from
     /// `Domain/`) as its reason. Returns how many.
     func expireCheckpoints(lease: Lease, actor: String, reason: @escaping @Sendable (Job) -> String) async throws -> Int {
-        try await write { [self] db in
+        guard try await anyRow("SELECT 1 FROM jobs WHERE state = 'checkpointing' AND checkpoint_deadline <= ?", [clock.now()]) else {
+            return 0
+        }
+        return try await write { [self] db in
             let now = clock.now()
             try Self.checkFence(db, lease, now: now)
             let due = try Job.fetchAll(
@@ -200,9 +212,14 @@ extension SQLiteStore {
 
     /// Closes interruptions under way, in one transaction, by `rules` (from `Domain/`): nodes whose deadline came
     /// are terminated (what still runs there is requeued), emptied nodes are drained, and interruptions whose work
-    /// is all done are completed.
+    /// is all done are completed. Only interruptions one of the rules could act on are read (still draining, at or
+    /// past their deadline, or with their node gone): a drained node waiting for its deadline, as a thousand do
+    /// after a mass reclaim, costs no read on every pass.
     func advanceInterruptions(lease: Lease, actor: String, rules: InterruptionRules) async throws -> InterruptionStepsReport {
-        try await write { [self] db in
+        guard try await anyRow("SELECT 1 FROM interruptions WHERE state IN ('draining', 'drained') AND kind = 'termination'") else {
+            return InterruptionStepsReport()
+        }
+        return try await write { [self] db in
             let now = clock.now()
             try Self.checkFence(db, lease, now: now)
             var report = InterruptionStepsReport()
@@ -214,8 +231,10 @@ extension SQLiteStore {
                             (SELECT COUNT(*) FROM jobs j WHERE j.node_id = i.node_id AND j.state IN ('running', 'checkpointing')),
                             (SELECT COUNT(*) FROM provisioning_requests p WHERE p.interruption_id = i.id AND p.state = 'pending')
                         FROM interruptions i LEFT JOIN nodes n ON n.id = i.node_id
-                        WHERE i.state IN ('draining', 'drained') AND i.kind = 'termination' ORDER BY i.seq
-                        """)
+                        WHERE i.state IN ('draining', 'drained') AND i.kind = 'termination'
+                          AND (i.state = 'draining' OR i.deadline <= ? OR n.state = 'terminated')
+                        ORDER BY i.seq
+                        """), arguments: [now]
             ).map { row in
                 InterruptionFacts(
                     interruption: Interruption(row: row), nodeState: (row[12] as String?).flatMap(NodeState.init(rawValue:)),
