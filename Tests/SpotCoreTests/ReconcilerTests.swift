@@ -72,6 +72,24 @@ struct WorkflowDecisionTests {
         #expect(Drain.complete(facts))
     }
 
+    /// The store reads only the interruptions `Drain.mayClose` admits: nothing `Drain.close` would act on is left out.
+    @Test func closeActsOnlyOnWhatMayCloseAdmits() {
+        var random = SeededRandom(seed: 7)
+        for _ in 0..<2000 {
+            var facts = InterruptionFacts(
+                interruption: interruption("n", deadline: Bool.random(using: &random) ? Millis.random(in: 0...200, using: &random) : nil),
+                nodeState: [nil, .ready, .cordoned, .draining, .drained, .terminated].randomElement(using: &random)!,
+                jobsLeft: Int.random(in: 0...2, using: &random), pendingRequests: Int.random(in: 0...1, using: &random))
+            facts.interruption.state = [.draining, .drained].randomElement(using: &random)!
+            let now = Millis.random(in: 0...200, using: &random)
+            #expect(Drain.close(facts, now: now).isEmpty || Drain.mayClose(facts, now: now), "\(facts)")
+        }
+        // A node reclaimed at its deadline is terminated, drained and completed in one pass.
+        var due = InterruptionFacts(interruption: interruption("n", deadline: 10), nodeState: .draining, jobsLeft: 2, pendingRequests: 0)
+        due.interruption.state = .draining
+        #expect(Drain.close(due, now: 10) == [.terminate, .markDrained, .complete])
+    }
+
     /// Two idle fallback nodes of 8 GPUs and 8 free spot GPUs: one goes, not both (each release takes spot room).
     @Test func scaleDownCountsTheSpotRoomItTakes() {
         let idle = [
@@ -161,9 +179,9 @@ struct FencingTests {
             // checkpoint deadline that passed.
             try await client.expect(.created, .post, "/v1/nodes", Seed.node("s2", pool: "spot-a"))
             try await client.expect(.accepted, .post, "/v1/interruptions", #"{"node_id":"s2","kind":"termination","notice_seconds":60}"#)
-            try await client.expect(.ok, .patch, "/v1/pools/spot-b", #"{"min_nodes":1}"#)
+            try await client.expect(.ok, .patch, "/v1/pools/spot-b", #"{"min_nodes":3}"#)
             env.clock.advance(seconds: 50)
-            let before = try env.snapshot()
+            let before = try env.digest()
 
             // A resumes where it was: every write it tries is refused, and nothing changes.
             await #expect(throws: StoreError.fenced) { try await workerA.checkpoints.reconcile(lease: leaseA) }
@@ -171,14 +189,20 @@ struct FencingTests {
             await #expect(throws: StoreError.fenced) { try await workerA.drains.closeInterruptions(lease: leaseA) }
             await #expect(throws: StoreError.fenced) { try await workerA.scheduling.reconcile(lease: leaseA) }
             await #expect(throws: StoreError.fenced) { try await workerA.capacity.reconcile(lease: leaseA) }
+            await #expect(throws: StoreError.fenced) { try await workerA.replacement.reconcile(lease: leaseA) }
+            await #expect(throws: StoreError.fenced) {
+                try await workerA.retention.run(now: env.clock.now(), lease: leaseA, logger: Logger(label: "test"))
+            }
             var stateA = WorkflowWorker.PassState()
             await #expect(throws: StoreError.fenced) { try await workerA.runOnce(&stateA, lease: leaseA) }
-            #expect(try env.snapshot() == before)
-            // Its service loop lets the lease go and waits: it cannot take it while B renews.
-            _ = try #require(try await workerB.takeLease())
+            // Its service pass meets the fence too, and lets the lease go; it cannot take it back while B renews.
             workerA.lease.set(leaseA)
             await workerA.pass(&stateA)
             #expect(workerA.lease.value == nil)
+            _ = try #require(try await workerB.takeLease())
+            try await workerA.renew()
+            #expect(workerA.lease.value == nil)
+            #expect(try env.digest() == before, "a worker that lost the lease changed the store")
 
             // B finishes the work: one checkpoint request and one requeue per job, one replacement per lost node.
             for _ in 0..<3 {
@@ -195,6 +219,17 @@ struct FencingTests {
             #expect(replacements.count == 2)
             #expect(Set(replacements.compactMap { $0["data"]?["replaces_node_id"]?.string }) == ["s1", "s2"])
             #expect(try await client.call(.get, "/v1/jobs/ckpt")["requeue_count"] == .int(1))
+
+            // B gives the lease up; A takes it back with a newer token and works again.
+            let lastB = try #require(workerB.lease.value)
+            try await env.store.releaseLease(lastB)
+            try await workerA.renew()
+            let regained = try #require(workerA.lease.value)
+            #expect(regained.token == lastB.token + 1)
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("after", tier: "best_effort"))
+            var again = WorkflowWorker.PassState()
+            try await workerA.runOnce(&again, lease: regained)
+            #expect(try await client.call(.get, "/v1/jobs/after")["state"] == .string("running"))
         }
         try second.close()
     }

@@ -64,6 +64,24 @@ struct TestEnv {
         try store.writer.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table)") ?? 0 }
     }
 
+    /// Every row of every table a workflow could change, as text: equal digests mean nothing changed at all, not
+    /// only the row counts (an update that appends no event shows here too).
+    func digest() throws -> String {
+        try store.writer.read { db in
+            var text = ""
+            for table in [
+                "pools", "nodes", "jobs", "interruptions", "interruption_steps", "provisioning_requests", "events", "tokens",
+                "notice_replays",
+                "policies",
+            ] {
+                // Every column, every row, in a stable order (notice_replays has no rowid: order by its key).
+                let order = table == "notice_replays" ? "signature" : table == "policies" ? "tier" : "rowid"
+                for row in try Row.fetchAll(db, sql: "SELECT * FROM \(table) ORDER BY \(order)") { text += "\(table) \(row)\n" }
+            }
+            return text
+        }
+    }
+
     /// Row counts of every table that a request could change.
     func snapshot() throws -> [String: Int] {
         var counts: [String: Int] = [:]

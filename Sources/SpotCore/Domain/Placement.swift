@@ -152,6 +152,15 @@ enum Placement {
         var bestEffortJobs: [Job]
     }
 
+    /// How long a checkpointable best-effort job has to checkpoint when it yields to a premium job.
+    static let yieldGraceSeconds: Int64 = 30
+
+    /// How each chosen job yields: a checkpointable one checkpoints within `yieldGraceSeconds`, the others are
+    /// requeued at once (their work is lost either way).
+    static func yieldActions(_ victims: [Job], now: Millis) -> [(Job, DrainAction)] {
+        victims.map { ($0, $0.checkpointable ? .checkpoint(deadline: now + yieldGraceSeconds * 1000) : .requeue) }
+    }
+
     /// Picks the fewest best-effort jobs to preempt on one stable node so that a premium job fits; pure.
     static func choosePreemption(job: Job, policy: Policy, sites: [PreemptionSite]) -> (nodeId: String, jobIds: [String])? {
         guard job.tier == .premium else { return nil }

@@ -90,11 +90,49 @@ extension Drain {
     static func complete(_ facts: InterruptionFacts) -> Bool {
         facts.nodeState == .terminated && facts.jobsLeft == 0 && facts.pendingRequests == 0
     }
+
+    /// A step that closes an interruption.
+    enum CloseStep: Sendable, Equatable {
+        /// The node is gone: what still runs there is requeued.
+        case terminate
+        /// The node has no job left.
+        case markDrained
+        case complete
+    }
+
+    /// The steps that close an interruption now, in order, each seeing the state the ones before it leave (a node
+    /// terminated at its deadline is drained and completed in the same pass).
+    static func close(_ facts: InterruptionFacts, now: Millis) -> [CloseStep] {
+        var facts = facts
+        var steps: [CloseStep] = []
+        if terminationDue(facts, now: now) {
+            steps.append(.terminate)
+            facts.nodeState = .terminated
+            facts.jobsLeft = 0
+        }
+        if emptied(facts) {
+            steps.append(.markDrained)
+            facts.interruption.state = .drained
+        }
+        if complete(facts) { steps.append(.complete) }
+        return steps
+    }
+
+    /// Whether `close` could return a step: the store reads only such interruptions (its candidate query mirrors
+    /// this; `WorkflowDecisionTests` checks that nothing `close` acts on falls outside it).
+    static func mayClose(_ facts: InterruptionFacts, now: Millis) -> Bool {
+        facts.interruption.state == .draining || (facts.interruption.deadline.map { $0 <= now } ?? false) || facts.nodeState == .terminated
+    }
 }
 
 // MARK: - Requeues
 
 enum Requeue {
+    /// Why a job that cannot checkpoint is requeued at once when its node is reclaimed.
+    static let notCheckpointable = "node reclaimed; not checkpointable"
+    /// Why jobs still on a node at its deadline are requeued.
+    static let atDeadline = "reclaimed at deadline"
+
     /// Why a job whose checkpoint deadline passed is requeued.
     static func expiredReason(_ job: Job) -> String {
         job.preemptedFor.map { "preempted for premium job \($0); checkpoint deadline passed" } ?? "checkpoint deadline passed"
@@ -126,6 +164,11 @@ struct IdleFallback: Sendable {
 extension Autoscaler {
     /// At most this many floor requests in flight per pool, as cluster autoscalers cap a scale-up.
     static let maxPendingFloorRequests = 20
+    /// A pool whose floor request failed waits this long before the next.
+    static let floorRetryAfter: Millis = 60_000
+
+    /// How a provisioning request for a lost node is labelled: the first is the replacement, later ones fallbacks.
+    static func requestReason(attempt: Int) -> String { attempt == 1 ? "replacement" : "fallback" }
 
     /// How many nodes to ask of each pool below its `min_nodes` floor.
     static func floorRequests(_ pools: [FloorFacts]) -> [(pool: String, count: Int)] {

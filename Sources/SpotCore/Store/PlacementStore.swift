@@ -159,7 +159,7 @@ extension SQLiteStore {
     /// Asks best-effort jobs on stable capacity to yield to a premium job, those `choose` (from `Domain/`) picks;
     /// returns a note, or nil when nothing can yield.
     static func preemptFor(
-        _ db: Database, job: Job, policy: Policy, now: Millis, actor: String, graceSeconds: Int64 = 30,
+        _ db: Database, job: Job, policy: Policy, now: Millis, actor: String,
         choose: (Job, Policy, [Placement.PreemptionSite]) -> (nodeId: String, jobIds: [String])?
     ) throws -> String? {
         let pending =
@@ -183,19 +183,17 @@ extension SQLiteStore {
                     node: node, pool: pool, bestEffortJobs: try db.jobsOnNode(node.id).filter { $0.tier == .bestEffort }))
         }
         guard let choice = choose(job, policy, sites) else { return nil }
-        for victimId in choice.jobIds {
-            guard let victim = try db.fetchJob(victimId) else { continue }
-            if victim.checkpointable {
+        let victims = try choice.jobIds.compactMap { try db.fetchJob($0) }
+        for (victim, action) in Placement.yieldActions(victims, now: now) {
+            switch action {
+            case .checkpoint(let deadline):
                 try db.cachedStatement(
                     sql: "UPDATE jobs SET state = 'checkpointing', checkpoint_deadline = ?, preempted_for = ?, updated_at = ? WHERE id = ?"
-                ).execute(arguments: [now + graceSeconds * 1000, job.id, now, victimId])
+                ).execute(arguments: [deadline, job.id, now, victim.id])
                 try db.appendEvent(
-                    "job.checkpoint_requested", subject: "jobs/\(victimId)", actor: actor, at: now,
-                    data: [
-                        "reason": .string("preempted for premium job \(job.id)"),
-                        "deadline": .string(TimeFormat.rfc3339(now + graceSeconds * 1000)),
-                    ])
-            } else {
+                    "job.checkpoint_requested", subject: "jobs/\(victim.id)", actor: actor, at: now,
+                    data: ["reason": .string("preempted for premium job \(job.id)"), "deadline": .string(TimeFormat.rfc3339(deadline))])
+            case .requeue:
                 try db.requeue(victim, at: now, actor: actor, interruptionId: nil, reason: "preempted for premium job \(job.id)")
             }
         }

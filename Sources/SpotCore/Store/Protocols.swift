@@ -59,18 +59,30 @@ protocol AccessStore: Sendable {
     func token(secret: String) async throws -> Token?
 }
 
-/// What the background workflows read and write. Every write takes the lease it acts under and is refused
-/// (`StoreError.fenced`) unless that lease is still held; each takes the decision it applies as a pure function
-/// from `Domain/`, and reads, decides and writes in one transaction.
+/// What the background workflows read and write. Each write takes the decision it applies as a pure function from
+/// `Domain/`, and reads, decides and writes in one transaction.
+///
+/// The lease contract, which every implementation keeps:
+/// - `acquireLease` returns the lease when `owner` holds it (taken, or renewed while unexpired), nil while another
+///   live owner does. A renewal keeps the token; a new holder, or the same owner after its lease expired, gets the
+///   previous token plus one. `releaseLease` expires the lease now and keeps the token.
+/// - Every workflow write checks, in its own transaction, that its lease is still held, unexpired, with its token,
+///   and commits nothing otherwise (`StoreError.fenced`). The check must be serialized with `acquireLease`: SQLite
+///   has one writer; a PostgreSQL store must lock the lease row (`SELECT … FOR SHARE`) or run SERIALIZABLE.
+/// - Implementations live in this module, beside `SQLiteStore`.
 protocol WorkflowStore: EventLog {
     func acquireLease(_ name: String, owner: String, ttlMillis: Millis) async throws -> Lease?
     func releaseLease(_ lease: Lease) async throws
+    /// Whether `lease` is held now (a read; a write still checks for itself): a worker asks before a provider call.
+    func holdsLease(_ lease: Lease) async throws -> Bool
 
     func startDrains(
         limit: Int, lease: Lease, actor: String, decide: @escaping @Sendable ([DrainCase], CapacityView, Millis) -> [DrainDecision]
     ) async throws -> DrainReport
     func expireCheckpoints(lease: Lease, actor: String, reason: @escaping @Sendable (Job) -> String) async throws -> Int
-    func advanceInterruptions(lease: Lease, actor: String, rules: InterruptionRules) async throws -> InterruptionStepsReport
+    func advanceInterruptions(
+        lease: Lease, actor: String, close: @escaping @Sendable (InterruptionFacts, Millis) -> [Drain.CloseStep]
+    ) async throws -> InterruptionStepsReport
 
     func pendingProvisioning() async throws -> [(ProvisioningRequest, Pool?)]
     func applyProvisioning(

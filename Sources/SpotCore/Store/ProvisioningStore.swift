@@ -1,15 +1,5 @@
 import GRDB
 
-/// What a provider did with a pending request.
-public enum ProviderStep: Sendable, Equatable {
-    case wait
-    /// The request was handed to an external provisioner.
-    case submitted
-    /// The provider made a node; spotd registers it.
-    case fulfilled(nodeId: String, gpus: Int)
-    case failed(String)
-}
-
 extension SQLiteStore {
     func listProvisioningRequests(state: ProvisioningState?, _ page: PageRequest) async throws -> Page<ProvisioningRequest> {
         try await read { db in
@@ -99,8 +89,7 @@ extension SQLiteStore {
                         _ = try Self.requestReplacement(
                             db, nodeId: lostId, pool: target, interruptionId: request.interruptionId,
                             attemptNumber: request.attemptNumber + 1, now: now, actor: actor)
-                    } else {
-                        let gpuType = capacity.pools.first { $0.name == lost.pool }?.gpuType ?? "?"
+                    } else if let gpuType = capacity.pools.first(where: { $0.name == lost.pool })?.gpuType {
                         if let interruptionId = request.interruptionId {
                             try db.appendStep(
                                 interruptionId, "replacement_unavailable", at: now, detail: "no pool with room for \(gpuType)")
@@ -120,7 +109,15 @@ extension SQLiteStore {
     func ensureMinimums(lease: Lease, actor: String, decide: @escaping @Sendable ([FloorFacts]) -> [(pool: String, count: Int)])
         async throws -> Int
     {
-        guard try await anyRow("SELECT 1 FROM pools WHERE min_nodes > 0") else { return 0 }
+        // Pools below their floor counting live nodes and pending requests (what `committedNodes` counts).
+        guard
+            try await anyRow(
+                """
+                SELECT 1 FROM pools p WHERE p.min_nodes > 0 AND p.min_nodes >
+                    (SELECT COUNT(*) FROM nodes n WHERE n.pool = p.name AND n.state <> 'terminated')
+                    + (SELECT COUNT(*) FROM provisioning_requests r WHERE r.pool = p.name AND r.state = 'pending')
+                """)
+        else { return 0 }
         return try await write { [self] db in
             let now = clock.now()
             try Self.checkFence(db, lease, now: now)
@@ -129,22 +126,25 @@ extension SQLiteStore {
             let stats = try Self.poolStats(db, now: now)
             var facts: [FloorFacts] = []
             for pool in pools {
+                let committed = stats[pool.name]?.committedNodes ?? 0
+                guard committed < pool.minNodes else {
+                    facts.append(FloorFacts(pool: pool, committedNodes: committed, pendingFloorRequests: 0, failedLately: false))
+                    continue
+                }
                 let failedLately =
                     try Int.fetchOne(
                         db.cachedStatement(
                             sql:
                                 "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND reason = 'min_nodes' AND state = 'failed' AND resolved_at > ?"
                         ),
-                        arguments: [pool.name, now - 60_000]) ?? 0
+                        arguments: [pool.name, now - Autoscaler.floorRetryAfter]) ?? 0
                 let pending =
                     try Int.fetchOne(
                         db.cachedStatement(
                             sql: "SELECT COUNT(*) FROM provisioning_requests WHERE pool = ? AND reason = 'min_nodes' AND state = 'pending'"),
                         arguments: [pool.name]) ?? 0
                 facts.append(
-                    FloorFacts(
-                        pool: pool, committedNodes: stats[pool.name]?.committedNodes ?? 0, pendingFloorRequests: pending,
-                        failedLately: failedLately > 0))
+                    FloorFacts(pool: pool, committedNodes: committed, pendingFloorRequests: pending, failedLately: failedLately > 0))
             }
             var created = 0
             for (pool, count) in decide(facts) {

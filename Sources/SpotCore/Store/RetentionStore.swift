@@ -1,17 +1,5 @@
 import GRDB
 
-/// What one retention pass removed.
-struct PruneReport: Sendable, Equatable {
-    var events = 0
-    var jobs = 0
-    var interruptions = 0
-    var provisioningRequests = 0
-    var nodes = 0
-    var replays = 0
-
-    var total: Int { events + jobs + interruptions + provisioningRequests + nodes + replays }
-}
-
 extension SQLiteStore {
     /// Removes, in one transaction, at most `batch` rows of each kind that are finished and older than `cutoff`:
     /// events (whole, oldest first), finished jobs, completed or unmatched interruptions with their timelines,

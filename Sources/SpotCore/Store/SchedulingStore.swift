@@ -1,24 +1,5 @@
 import GRDB
 
-/// Limits of one pass of the scheduling loop.
-struct SchedulingLimits: Sendable {
-    /// Most jobs one pass places: the single writer is never held long (notices and API calls interleave).
-    var maxPlacements = 1000
-    /// The queue is read a page at a time...
-    var pageSize = 2000
-    /// ...up to this many pages, so that a head that fits nowhere does not starve the jobs behind it.
-    var maxPages = 10
-}
-
-/// What a pass of the scheduling loop did.
-struct SchedulingReport: Sendable, Equatable {
-    var placed = 0
-    /// The newest event id when the pass started: a later event (a new job, a freed GPU) is something to look at.
-    var seenEventId: Int64 = 0
-    /// The pass stopped at its limit with more to place: run the next at once.
-    var more = false
-}
-
 extension SQLiteStore {
     /// One pass of the scheduling loop, in one transaction: the queue in order (tier, priority, age), a page at a
     /// time, each job decided by the planner `makePlanner` builds (from `Domain/`) and bound where it says. When it

@@ -1,30 +1,5 @@
 import GRDB
 
-/// What a drain pass did; used by metrics, logs and tests.
-struct DrainReport: Sendable, Equatable {
-    var drainsStarted = 0
-    var checkpointsRequested = 0
-    var requeued = 0
-    var provisioningRequested = 0
-    /// More terminations were waiting than one pass takes: run the next pass at once.
-    var moreWaiting = false
-}
-
-/// What closing interruptions did in one pass.
-struct InterruptionStepsReport: Sendable, Equatable {
-    var nodesTerminated = 0
-    var nodesDrained = 0
-    var interruptionsCompleted = 0
-    var drainDurations: [Double] = []
-}
-
-/// The rules that close an interruption, from `Domain/`: when its node is gone, drained, and the whole is complete.
-struct InterruptionRules: Sendable {
-    var terminationDue: @Sendable (InterruptionFacts, Millis) -> Bool
-    var emptied: @Sendable (InterruptionFacts) -> Bool
-    var complete: @Sendable (InterruptionFacts) -> Bool
-}
-
 extension SQLiteStore {
     // MARK: - The lease and its fence
 
@@ -57,6 +32,13 @@ extension SQLiteStore {
             try db.cachedStatement(sql: "UPDATE leases SET expires_at = 0 WHERE name = ? AND owner = ? AND token = ?").execute(
                 arguments: [lease.name, lease.owner, lease.token])
         }
+    }
+
+    func holdsLease(_ lease: Lease) async throws -> Bool {
+        let now = clock.now()
+        return try await anyRow(
+            "SELECT 1 FROM leases WHERE name = ? AND owner = ? AND token = ? AND expires_at >= ?",
+            [lease.name, lease.owner, lease.token, now])
     }
 
     /// Refuses a workflow write unless `lease` is still held, unexpired, with its token: inside the write's own
@@ -130,7 +112,7 @@ extension SQLiteStore {
                     ])
                 report.checkpointsRequested += 1
             case .requeue:
-                try db.requeue(job, at: now, actor: actor, interruptionId: interruptionId, reason: "node reclaimed; not checkpointable")
+                try db.requeue(job, at: now, actor: actor, interruptionId: interruptionId, reason: Requeue.notCheckpointable)
                 report.requeued += 1
             }
         }
@@ -167,7 +149,7 @@ extension SQLiteStore {
         _ db: Database, nodeId: String, pool target: Pool, interruptionId: String?, attemptNumber: Int, now: Millis, actor: String
     ) throws -> Bool {
         let id = Ids.new("prov")
-        let reason = attemptNumber == 1 ? "replacement" : "fallback"
+        let reason = Autoscaler.requestReason(attempt: attemptNumber)
         try db.cachedStatement(
             sql: """
                 INSERT INTO provisioning_requests (id, pool, reason, interruption_id, replaces_node_id, attempt_number, state, created_at)
@@ -210,15 +192,21 @@ extension SQLiteStore {
         }
     }
 
-    /// Closes interruptions under way, in one transaction, by `rules` (from `Domain/`): nodes whose deadline came
-    /// are terminated (what still runs there is requeued), emptied nodes are drained, and interruptions whose work
-    /// is all done are completed. Only interruptions one of the rules could act on are read (still draining, at or
-    /// past their deadline, or with their node gone): a drained node waiting for its deadline, as a thousand do
-    /// after a mass reclaim, costs no read on every pass.
-    func advanceInterruptions(lease: Lease, actor: String, rules: InterruptionRules) async throws -> InterruptionStepsReport {
-        guard try await anyRow("SELECT 1 FROM interruptions WHERE state IN ('draining', 'drained') AND kind = 'termination'") else {
-            return InterruptionStepsReport()
-        }
+    /// The candidates of `advanceInterruptions`: what `Drain.mayClose` admits (keep the two in step).
+    private static let closeCandidates = """
+        FROM interruptions i LEFT JOIN nodes n ON n.id = i.node_id
+        WHERE i.state IN ('draining', 'drained') AND i.kind = 'termination'
+          AND (i.state = 'draining' OR i.deadline <= ? OR n.state = 'terminated')
+        """
+
+    /// Closes interruptions under way, in one transaction, by the steps `close` (from `Domain/`) names for each:
+    /// terminate the node (what still runs there is requeued), mark it drained, complete the interruption. Only
+    /// interruptions a step could apply to are read (still draining, at or past their deadline, or with their node
+    /// gone): a drained node waiting for its deadline, as a thousand do after a mass reclaim, costs nothing.
+    func advanceInterruptions(
+        lease: Lease, actor: String, close: @escaping @Sendable (InterruptionFacts, Millis) -> [Drain.CloseStep]
+    ) async throws -> InterruptionStepsReport {
+        guard try await anyRow("SELECT 1 " + Self.closeCandidates, [clock.now()]) else { return InterruptionStepsReport() }
         return try await write { [self] db in
             let now = clock.now()
             try Self.checkFence(db, lease, now: now)
@@ -230,51 +218,49 @@ extension SQLiteStore {
                         SELECT \(columns), n.state,
                             (SELECT COUNT(*) FROM jobs j WHERE j.node_id = i.node_id AND j.state IN ('running', 'checkpointing')),
                             (SELECT COUNT(*) FROM provisioning_requests p WHERE p.interruption_id = i.id AND p.state = 'pending')
-                        FROM interruptions i LEFT JOIN nodes n ON n.id = i.node_id
-                        WHERE i.state IN ('draining', 'drained') AND i.kind = 'termination'
-                          AND (i.state = 'draining' OR i.deadline <= ? OR n.state = 'terminated')
-                        ORDER BY i.seq
+                        \(Self.closeCandidates) ORDER BY i.seq
                         """), arguments: [now]
             ).map { row in
                 InterruptionFacts(
                     interruption: Interruption(row: row), nodeState: (row[12] as String?).flatMap(NodeState.init(rawValue:)),
                     jobsLeft: row[13], pendingRequests: row[14])
             }
-            for var fact in facts {
-                if rules.terminationDue(fact, now), let node = try db.fetchNode(fact.interruption.nodeId) {
-                    try Self.terminate(db, node: node, at: now, actor: actor, reason: "reclaimed at deadline")
-                    fact.nodeState = .terminated
-                    fact.jobsLeft = 0
-                    report.nodesTerminated += 1
-                }
-                if rules.emptied(fact) {
-                    let interruption = fact.interruption
-                    try db.cachedStatement(sql: "UPDATE nodes SET state = 'drained', updated_at = ? WHERE id = ? AND state = 'draining'")
+            for fact in facts {
+                let interruption = fact.interruption
+                for step in close(fact, now) {
+                    switch step {
+                    case .terminate:
+                        guard let node = try db.fetchNode(interruption.nodeId) else { continue }
+                        try Self.terminate(db, node: node, at: now, actor: actor, reason: Requeue.atDeadline)
+                        report.nodesTerminated += 1
+                    case .markDrained:
+                        try db.cachedStatement(
+                            sql: "UPDATE nodes SET state = 'drained', updated_at = ? WHERE id = ? AND state = 'draining'"
+                        )
                         .execute(arguments: [now, interruption.nodeId])
-                    if db.changesCount == 1 {
-                        try db.appendEvent(
-                            "node.drained", subject: "nodes/\(interruption.nodeId)", actor: actor, at: now,
-                            data: ["interruption_id": .string(interruption.id)])
-                    }
-                    try db.cachedStatement(sql: "UPDATE interruptions SET state = 'drained' WHERE id = ?").execute(arguments: [
-                        interruption.id
-                    ])
-                    try db.appendStep(interruption.id, "node_drained", at: now)
-                    fact.interruption.state = .drained
-                    report.nodesDrained += 1
-                    report.drainDurations.append(Double(now - interruption.receivedAt) / 1000)
-                }
-                if rules.complete(fact) {
-                    let interruption = fact.interruption
-                    try db.cachedStatement(sql: "UPDATE interruptions SET state = 'completed', completed_at = ? WHERE id = ?").execute(
-                        arguments: [now, interruption.id])
-                    try db.appendStep(interruption.id, "completed", at: now)
-                    try db.appendEvent(
-                        "interruption.completed", subject: "nodes/\(interruption.nodeId)", actor: actor, at: now,
-                        data: [
-                            "interruption_id": .string(interruption.id), "seconds": .double(Double(now - interruption.receivedAt) / 1000),
+                        if db.changesCount == 1 {
+                            try db.appendEvent(
+                                "node.drained", subject: "nodes/\(interruption.nodeId)", actor: actor, at: now,
+                                data: ["interruption_id": .string(interruption.id)])
+                        }
+                        try db.cachedStatement(sql: "UPDATE interruptions SET state = 'drained' WHERE id = ?").execute(arguments: [
+                            interruption.id
                         ])
-                    report.interruptionsCompleted += 1
+                        try db.appendStep(interruption.id, "node_drained", at: now)
+                        report.nodesDrained += 1
+                        report.drainDurations.append(Double(now - interruption.receivedAt) / 1000)
+                    case .complete:
+                        try db.cachedStatement(sql: "UPDATE interruptions SET state = 'completed', completed_at = ? WHERE id = ?")
+                            .execute(arguments: [now, interruption.id])
+                        try db.appendStep(interruption.id, "completed", at: now)
+                        try db.appendEvent(
+                            "interruption.completed", subject: "nodes/\(interruption.nodeId)", actor: actor, at: now,
+                            data: [
+                                "interruption_id": .string(interruption.id),
+                                "seconds": .double(Double(now - interruption.receivedAt) / 1000),
+                            ])
+                        report.interruptionsCompleted += 1
+                    }
                 }
             }
             return report

@@ -30,9 +30,7 @@ struct DrainReconciler: Sendable {
 
     /// Terminates nodes whose deadline came, drains emptied ones, completes interruptions whose work is done.
     func closeInterruptions(lease: Lease) async throws -> InterruptionStepsReport {
-        try await store.advanceInterruptions(
-            lease: lease, actor: actor,
-            rules: InterruptionRules(terminationDue: Drain.terminationDue, emptied: Drain.emptied, complete: Drain.complete))
+        try await store.advanceInterruptions(lease: lease, actor: actor, close: Drain.close)
     }
 }
 

@@ -13,6 +13,9 @@ struct ReplacementReconciler: Sendable {
     var actor = "provisioner"
 
     func reconcile(lease: Lease) async throws {
+        // A provider call is a side effect outside the store: a process that lost the lease makes none (its write
+        // would be refused anyway; the webhook's Idempotency-Key covers the window between this check and it).
+        guard try await store.holdsLease(lease) else { throw StoreError.fenced }
         for (request, pool) in try await store.pendingProvisioning() {
             let step: ProviderStep
             if let pool {

@@ -53,6 +53,9 @@ public struct WorkflowWorker: Service {
     public func run() async throws {
         logger.info("worker waiting for the lease", metadata: ["owner": "\(owner)", "auto_place": "\(config.autoPlace)"])
         await withTaskGroup(of: Void.self) { group in
+            // The lease is renewed on its own clock, whatever the passes take: a long pass, or a long interval
+            // between passes, must not let it lapse under the other loops.
+            group.addTask { await renewLoop() }
             // Provider calls (an HTTP round trip for the webhook provider) run in their own loop, so that a slow
             // provisioner never delays a drain.
             group.addTask { await loop(every: .milliseconds(Int(config.workerIntervalSeconds * 1000)), replacement.reconcile) }
@@ -76,7 +79,6 @@ public struct WorkflowWorker: Service {
 
     /// What passes remember between runs.
     struct PassState {
-        var lastLeaseRenewal: Millis = 0
         var lastPlacementEvent: Int64 = -1
         var lastHousekeeping: Millis = 0
         /// Tests step provisioning inside the pass; the service runs it in its own loop.
@@ -103,32 +105,45 @@ public struct WorkflowWorker: Service {
         }
     }
 
-    /// One pass: takes or renews the lease, then runs every reconciler; errors are logged and the next pass tries
-    /// again.
-    func pass(_ state: inout PassState) async {
-        do {
-            let now = clock.now()
-            if lease.value == nil || now - state.lastLeaseRenewal > Self.renewEvery {
-                let previous = lease.value
-                let acquired = try await store.acquireLease(Self.leaseName, owner: owner, ttlMillis: Self.leaseTTL)
-                state.lastLeaseRenewal = now
-                lease.set(acquired)
-                if let acquired, acquired != previous {
-                    logger.info("worker took the lease", metadata: ["owner": "\(owner)", "token": "\(acquired.token)"])
-                } else if acquired == nil, previous != nil {
-                    logger.warning("worker lost the lease", metadata: ["owner": "\(owner)"])
-                }
+    /// Takes or renews the lease every `renewEvery` for as long as the worker runs.
+    func renewLoop() async {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do {
+                try await renew()
+            } catch is CancellationError {
+                return
+            } catch {
+                logger.error("worker lease renewal failed", metadata: ["error": "\(String(reflecting: error))"])
             }
-            guard let held = lease.value else { return }
+            try? await Task.sleep(for: .milliseconds(Int(Self.renewEvery)))
+        }
+    }
+
+    /// Takes or renews the lease once, saying so when this process takes it or loses it.
+    func renew() async throws {
+        let previous = lease.value
+        let acquired = try await store.acquireLease(Self.leaseName, owner: owner, ttlMillis: Self.leaseTTL)
+        lease.set(acquired)
+        if let acquired, acquired != previous {
+            logger.info("worker took the lease", metadata: ["owner": "\(owner)", "token": "\(acquired.token)"])
+            signal.poke()
+        } else if acquired == nil, previous != nil {
+            logger.warning("worker lost the lease", metadata: ["owner": "\(owner)"])
+        }
+    }
+
+    /// One pass under the lease, if this process holds it: every reconciler in order; errors are logged and the
+    /// next pass tries again.
+    func pass(_ state: inout PassState) async {
+        guard let held = lease.value else { return }
+        do {
             try await runOnce(&state, lease: held)
         } catch is CancellationError {
             // Shutting down.
         } catch StoreError.fenced {
-            // Another process holds the lease now: this one stops writing until it takes the lease again.
-            if let held = lease.value {
-                lease.drop(held)
-                logger.warning("worker lost the lease", metadata: ["owner": "\(owner)"])
-            }
+            // Another process holds the lease now: this one writes nothing until it takes the lease again.
+            lease.drop(held)
+            logger.warning("worker lost the lease", metadata: ["owner": "\(owner)"])
         } catch {
             logger.error("worker pass failed", metadata: ["error": "\(String(reflecting: error))"])
         }
