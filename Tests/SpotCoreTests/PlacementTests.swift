@@ -183,10 +183,64 @@ struct PlacementDecisionTests {
             Placement.PreemptionSite(node: Table.node("o1", pool: "od", used: 8), pool: onDemand, bestEffortJobs: [victim2, victim1]),
             Placement.PreemptionSite(node: Table.node("s1", pool: "spot", used: 8), pool: spot, bestEffortJobs: [victim1]),
         ]
-        let choice = Placement.choosePreemption(job: Table.job(tier: .premium, gpus: 4), policy: Table.policy(.premium), sites: sites)
-        #expect(choice?.nodeId == "o1")
+        let choice = Placement.choosePreemption(
+            job: Table.job(tier: .premium, gpus: 4), policy: Table.policy(.premium), sites: sites, now: 0)
+        #expect(choice?.nodeIds == ["o1"])
         #expect(choice?.jobIds == ["be1"])
-        #expect(Placement.choosePreemption(job: Table.job(tier: .standard, gpus: 4), policy: Table.policy(.standard), sites: sites) == nil)
+        #expect(
+            Placement.choosePreemption(job: Table.job(tier: .standard, gpus: 4), policy: Table.policy(.standard), sites: sites, now: 0)
+                == nil)
+    }
+
+    /// Victims by least work lost: GPUs × time since the last checkpoint (or since the attempt started). A job that
+    /// checkpointed a minute ago yields before one that has run an hour without one, even holding more GPUs.
+    @Test func preemptionPicksLeastLostWork() {
+        let now: Millis = 10_000_000
+        func running(_ id: String, gpus: Int, startedAgo: Millis, checkpointAgo: Millis? = nil, seq: Int64 = 1) -> Job {
+            var job = Table.job(id, tier: .bestEffort, gpus: gpus)
+            job.state = .running
+            job.seq = seq
+            job.startedAt = now - startedAgo * 1000
+            if let checkpointAgo { job.lastCheckpoint = Checkpoint(uri: "s3://c/\(id)", step: 1, at: now - checkpointAgo * 1000) }
+            return job
+        }
+        let fresh = running("fresh", gpus: 8, startedAgo: 7200, checkpointAgo: 60, seq: 1)
+        let stale = running("stale", gpus: 4, startedAgo: 3600, seq: 2)
+        #expect(Placement.lostWork(fresh, now: now) == 8 * 60)
+        #expect(Placement.lostWork(stale, now: now) == 4 * 3600)
+        let sites = [
+            Placement.PreemptionSite(node: Table.node("o1", pool: "od", used: 8), pool: onDemand, bestEffortJobs: [fresh]),
+            Placement.PreemptionSite(node: Table.node("o2", pool: "od", used: 4), pool: onDemand, bestEffortJobs: [stale]),
+        ]
+        let choice = Placement.choosePreemption(
+            job: Table.job(tier: .premium, gpus: 4), policy: Table.policy(.premium), sites: sites, now: now)
+        #expect(choice == Placement.PreemptionChoice(nodeIds: ["o1"], jobIds: ["fresh"]))
+
+        // On one node: the cheap pair before the costly single, and a victim not needed after all is let off.
+        let small1 = running("small1", gpus: 2, startedAgo: 100, seq: 3)
+        let small2 = running("small2", gpus: 2, startedAgo: 100, seq: 4)
+        let big = running("big", gpus: 4, startedAgo: 5000, seq: 5)
+        let site = Placement.PreemptionSite(
+            node: Table.node("o3", pool: "od", used: 8), pool: onDemand, bestEffortJobs: [big, small1, small2])
+        #expect(Set(Placement.cheapestVictims(site, gpus: 4, now: now)?.jobs.map(\.id) ?? []) == ["small1", "small2"])
+        let wide = running("wide", gpus: 6, startedAgo: 10, seq: 6)
+        let tiny = running("tiny", gpus: 2, startedAgo: 1, seq: 7)
+        let site2 = Placement.PreemptionSite(node: Table.node("o4", pool: "od", used: 8), pool: onDemand, bestEffortJobs: [wide, tiny])
+        // Cheapest first takes tiny then wide (8 free); tiny was not needed for 6.
+        #expect(Placement.cheapestVictims(site2, gpus: 6, now: now)?.jobs.map(\.id) == ["wide"])
+
+        // A best-effort gang counts all its GPUs, on every node: it costs more than a single job of the same age.
+        var gang = running("gang", gpus: 4, startedAgo: 600, seq: 8)
+        gang.nodes = 4
+        gang.nodeIds = ["o5", "x", "y", "z"]
+        let single = running("single", gpus: 4, startedAgo: 1200, seq: 9)
+        let sites3 = [
+            Placement.PreemptionSite(node: Table.node("o5", pool: "od", used: 8), pool: onDemand, bestEffortJobs: [gang]),
+            Placement.PreemptionSite(node: Table.node("o6", pool: "od", used: 8), pool: onDemand, bestEffortJobs: [single]),
+        ]
+        #expect(
+            Placement.choosePreemption(job: Table.job(tier: .premium, gpus: 4), policy: Table.policy(.premium), sites: sites3, now: now)?
+                .jobIds == ["single"])
     }
 
     @Test func autoscalerPrefersOtherSpotPoolThenOnDemand() {

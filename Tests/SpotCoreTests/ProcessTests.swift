@@ -187,4 +187,59 @@ struct ProcessTests {
         #expect(try await server.eventually { try await server.request("GET", "/v1/jobs?state=running").1["items"]?.array.count == 12 })
         server.kill(SIGTERM)
     }
+
+    /// Kill the process at random moments while gangs are requeued: after the last restart each gang was requeued
+    /// exactly once (one event, one requeue count), only the two lost nodes were replaced, and both gangs run again
+    /// in the survivors' zone.
+    @Test func sigkillDuringAGangRequeueRequeuesItOnce() async throws {
+        var random = TestRandom()
+        let directory = try tempDirectory()
+        let server = SpotdProcess(
+            directory: directory, port: freePort(), extra: ["--sim-boot-seconds", "1", "--drain-margin-seconds", "1"])
+        try await server.start()
+        try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot", zone: "a"))
+        try await server.request("POST", "/v1/pools", Seed.pool("spot-a2", "spot", zone: "a", instance: "p4d"))
+        try await server.request("POST", "/v1/pools", Seed.pool("spot-b", "spot", zone: "b"))
+        for index in 0..<4 { try await server.request("POST", "/v1/nodes", Seed.node("n\(index)", pool: "spot-a")) }
+        // One gang requeued at once (not checkpointable), one after its checkpoint deadline.
+        try await server.request("POST", "/v1/jobs", Seed.job("g1", tier: "best_effort", gpus: 4, extra: #","nodes":4"#))
+        try await server.request(
+            "POST", "/v1/jobs", Seed.job("g2", tier: "best_effort", gpus: 4, checkpointable: true, extra: #","nodes":4"#))
+        #expect(try await server.eventually { try await server.request("GET", "/v1/jobs?state=running").1["items"]?.array.count == 2 })
+
+        try await server.request(
+            "POST", "/v1/interruptions", #"{"node_id":"n1","kind":"termination","notice_seconds":4,"event_id":"e1"}"#)
+        let firstKill = Int.random(in: 0...300, using: &random)
+        let secondKill = Int.random(in: 100...2500, using: &random)
+        print("[sigkillDuringAGangRequeueRequeuesItOnce] kills after \(firstKill) ms and \(secondKill) ms (seed \(random.seed))")
+        try await Task.sleep(for: .milliseconds(firstKill))
+        server.kill(SIGKILL)
+        try await server.start()
+        try await server.request(
+            "POST", "/v1/interruptions", #"{"node_id":"n2","kind":"termination","notice_seconds":3,"event_id":"e2"}"#)
+        try await Task.sleep(for: .milliseconds(secondKill))
+        server.kill(SIGKILL)
+        try await server.start()
+
+        let done = try await server.eventually(30) {
+            try await server.request("GET", "/v1/interruptions?state=completed").1["items"]?.array.count == 2
+        }
+        #expect(done)
+        for gang in ["g1", "g2"] {
+            let job = try await server.request("GET", "/v1/jobs/\(gang)").1
+            #expect(job["requeue_count"] == .int(1), "\(gang): \(job)")
+        }
+        let requeues = try await server.request("GET", "/v1/events?type=job.requeued&limit=1000").1["items"]?.array ?? []
+        #expect(requeues.compactMap { $0["subject"]?.string }.sorted() == ["jobs/g1", "jobs/g2"])
+        let requests = try await server.request("GET", "/v1/provisioning-requests").1["items"]?.array ?? []
+        #expect(Set(requests.compactMap { $0["replaces_node_id"]?.string }) == ["n1", "n2"])
+        #expect(requests.count == 2)
+        // The replacements join the survivors' zone and both gangs run there again, whole.
+        #expect(try await server.eventually { try await server.request("GET", "/v1/jobs?state=running").1["items"]?.array.count == 2 })
+        for gang in ["g1", "g2"] {
+            let job = try await server.request("GET", "/v1/jobs/\(gang)").1
+            #expect(job["node_ids"]?.array.count == 4, "\(gang): \(job)")
+        }
+        server.kill(SIGTERM)
+    }
 }

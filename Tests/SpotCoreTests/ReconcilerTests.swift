@@ -33,11 +33,11 @@ struct WorkflowDecisionTests {
         let cases = [
             DrainCase(
                 interruption: interruption("n1", deadline: now + 120_000), node: Table.node("n1", pool: "spot-a"),
-                runningJobs: [running, plain]),
-            DrainCase(interruption: interruption("n2", deadline: now + 120_000), node: Table.node("n2", pool: "spot-a"), runningJobs: []),
+                jobs: [running, plain]),
+            DrainCase(interruption: interruption("n2", deadline: now + 120_000), node: Table.node("n2", pool: "spot-a"), jobs: []),
             DrainCase(
                 interruption: interruption("n3", deadline: now + 120_000, live: false), node: Table.node("n3", pool: "spot-a"),
-                runningJobs: []),
+                jobs: []),
         ]
         let capacity = CapacityView(pools: [spotA, spotB, onDemand], stats: [:])
         let decisions = Drain.decide(cases, capacity: capacity, now: now, marginSeconds: 10)
@@ -51,7 +51,7 @@ struct WorkflowDecisionTests {
         a100.state = .running
         let lonely = Table.pool("lonely", .spot, gpu: "A100")
         let unavailable = Drain.decide(
-            [DrainCase(interruption: interruption("n4", deadline: now), node: Table.node("n4", pool: "lonely"), runningJobs: [a100])],
+            [DrainCase(interruption: interruption("n4", deadline: now), node: Table.node("n4", pool: "lonely"), jobs: [a100])],
             capacity: CapacityView(pools: [lonely], stats: [:]), now: now, marginSeconds: 10)
         #expect(unavailable[0].replacement == .unavailable(gpuType: "A100"))
         #expect(unavailable[0].jobs.map(\.action) == [.requeue], "no time left to checkpoint")

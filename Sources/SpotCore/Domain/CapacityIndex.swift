@@ -25,6 +25,19 @@ struct CapacityIndex {
         return nil
     }
 
+    /// Up to `limit` node indexes of `pool` that fit `gpus`, tightest first (then oldest).
+    func fittingIndexes(pool: String, gpus: Int, limit: Int) -> [Int] {
+        guard let pool = buckets[pool], gpus <= 64, limit > 0 else { return [] }
+        var found: [Int] = []
+        for free in max(gpus, 1)...64 {
+            for index in pool[free] {
+                found.append(index)
+                if found.count == limit { return found }
+            }
+        }
+        return found
+    }
+
     /// The node of `pool` with the fewest free GPUs that still fits `gpus`.
     func bestNode(pool: String, gpus: Int) -> Node? {
         bestIndex(pool: pool, gpus: gpus).map { nodes[$0] }

@@ -12,12 +12,19 @@ enum Drain {
         max(now, nodeDeadline - marginSeconds * 1000)
     }
 
-    /// Decides what happens to a running job when its node is reclaimed; pure.
-    static func plan(job: Job, nodeDeadline: Millis?, now: Millis, marginSeconds: Int64) -> DrainAction {
-        guard job.checkpointable, job.state == .running, let nodeDeadline else { return .requeue }
+    /// Decides what happens to a job when its node is reclaimed (for a gang: the earliest deadline of its reclaimed
+    /// nodes); nil when nothing changes: a job already checkpointing keeps its deadline unless this one is earlier.
+    /// Pure.
+    static func plan(job: Job, nodeDeadline: Millis?, now: Millis, marginSeconds: Int64) -> DrainAction? {
+        guard job.checkpointable, let nodeDeadline else { return .requeue }
         let deadline = checkpointDeadline(nodeDeadline: nodeDeadline, now: now, marginSeconds: marginSeconds)
         // With no time left to checkpoint, waiting only delays the requeue.
-        return deadline > now ? .checkpoint(deadline: deadline) : .requeue
+        guard deadline > now else { return .requeue }
+        switch job.state {
+        case .running: return .checkpoint(deadline: deadline)
+        case .checkpointing: return (job.checkpointDeadline ?? Millis.max) > deadline ? .checkpoint(deadline: deadline) : nil
+        default: return nil
+        }
     }
 }
 
@@ -27,11 +34,26 @@ enum Autoscaler {
     /// Spot nodes: another spot pool of the same GPU type (other zone or instance type), lowest interruption rate, then price;
     /// on-demand when none can take it, or when `onDemandOnly` (a spot request already failed).
     /// Stable nodes: the same capacity type, the same pool first.
+    /// With `preferZone` (a gang member's node: the survivors' zone), a pool of that zone comes first: another spot
+    /// pool there, else an on-demand one; else the replacement is chosen as for any node.
     static func replacementPool(
-        lost: Pool, pools: [Pool], stats: [String: PoolStats], excluding: Set<String> = [], onDemandOnly: Bool = false
+        lost: Pool, pools: [Pool], stats: [String: PoolStats], excluding: Set<String> = [], onDemandOnly: Bool = false,
+        preferZone: String? = nil
     ) -> Pool? {
         func hasRoom(_ pool: Pool) -> Bool { (stats[pool.name]?.committedNodes ?? 0) < pool.maxNodes }
         let usable = pools.filter { $0.gpuType == lost.gpuType && !excluding.contains($0.name) && hasRoom($0) }
+        if let zone = preferZone, lost.capacityType == .spot {
+            let local = usable.filter { $0.zone == zone && $0.name != lost.name }
+            let rate = { (pool: Pool) in stats[pool.name]?.interruptionRate ?? 0 }
+            let spot = onDemandOnly ? [] : local.filter { $0.capacityType == .spot }
+            if let best = spot.min(by: { (rate($0), $0.hourlyPrice, $0.name) < (rate($1), $1.hourlyPrice, $1.name) }) {
+                return best
+            }
+            if let best = local.filter({ $0.capacityType == .onDemand }).min(by: { ($0.hourlyPrice, $0.name) < ($1.hourlyPrice, $1.name) })
+            {
+                return best
+            }
+        }
         if lost.capacityType != .spot {
             return usable.filter { $0.capacityType == lost.capacityType }
                 .min { ($0.name == lost.name ? 0 : 1, $0.hourlyPrice, $0.name) < ($1.name == lost.name ? 0 : 1, $1.hourlyPrice, $1.name) }

@@ -61,6 +61,19 @@ public struct Job: Sendable, Equatable {
     public var updatedAt: Millis
     public var startedAt: Millis?
     public var finishedAt: Millis?
+    /// How many nodes the job spans (a gang when more than one), with `gpus` GPUs on each.
+    public var nodes: Int = 1
+    /// Every node the job is on, the first being `nodeId`; empty while it is on none.
+    public var nodeIds: [String] = []
+
+    /// Whether the job spans several nodes.
+    var isGang: Bool { nodes > 1 }
+
+    /// The nodes the job is on: its members, or its one node.
+    var members: [String] { nodeIds.isEmpty ? (nodeId.map { [$0] } ?? []) : nodeIds }
+
+    /// GPUs the job holds across all its nodes.
+    var totalGPUs: Int { gpus * nodes }
 }
 
 /// A notice that a node is going away (or may).

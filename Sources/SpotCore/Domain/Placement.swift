@@ -6,11 +6,22 @@ struct PoolCandidate: Sendable {
     var bestNode: Node?
     /// Best-effort jobs already running in the pool (for spreading).
     var bestEffortJobs: Int = 0
+    /// For a gang: the pool's schedulable nodes that fit one member, tightest first (at most as many as the gang has).
+    var fittingNodes: [Node] = []
+}
+
+/// One node of a gang's placement.
+struct GangMember: Sendable, Equatable {
+    var nodeId: String
+    var pool: String
+    var capacityType: CapacityType
 }
 
 /// The answer to "where does this job run?".
 enum PlacementDecision: Sendable, Equatable {
     case place(nodeId: String, pool: String, capacityType: CapacityType, reasons: [String])
+    /// A gang: every member, first member first, all in one zone and GPU type.
+    case placeGang(members: [GangMember], reasons: [String])
     /// No capacity; why not, pool by pool.
     case refuse(reasons: [String: String])
 }
@@ -127,6 +138,99 @@ enum Placement {
         return groups
     }
 
+    // MARK: - Gangs
+
+    /// The pool group a pool belongs to for gangs: its zone and GPU type.
+    static func gangGroup(_ pool: Pool) -> String { "\(pool.zone)/\(pool.gpuType)" }
+
+    /// Why no zone could ever hold a gang of `nodes` nodes with `gpus` GPUs each (counting every pool's `max_nodes`),
+    /// or nil when one could. Checked when a gang is submitted.
+    static func gangRefusal(nodes: Int, gpus: Int, gpuType: String?, pools: [Pool]) -> String? {
+        var room: [String: Int] = [:]
+        for pool in pools where pool.gpusPerNode >= gpus && (gpuType == nil || gpuType == pool.gpuType) {
+            room[gangGroup(pool), default: 0] += pool.maxNodes
+        }
+        let needs = "a gang of \(nodes) nodes with \(gpus) GPU(s) each\(gpuType.map { " of type \($0)" } ?? "")"
+        guard let most = room.max(by: { ($0.value, $1.key) < ($1.value, $0.key) }) else {
+            return "no pool has nodes for \(needs)"
+        }
+        guard most.value < nodes else { return nil }
+        return "\(needs) is wider than any zone can hold: the most is \(most.value) node(s) in \(most.key) (the max_nodes of its pools)"
+    }
+
+    /// Chooses every member of a gang, all or nothing: `job.nodes` distinct nodes with `job.gpus` free GPUs each, in
+    /// one zone of one GPU type (possibly from several pools of that zone). Members are ranked as single jobs are
+    /// (capacity preference, risk, spread, packing, rate, price); a zone's gang is as good as its worst member's
+    /// capacity preference, then the sum of the rest. Pure.
+    static func decideGang(job: Job, policy: Policy, candidates: [PoolCandidate]) -> PlacementDecision {
+        var refusals: [String: String] = [:]
+        struct Member {
+            var pool: Pool
+            var node: Node
+            var key: [Double]
+        }
+        var groups: [String: [Member]] = [:]
+        for candidate in candidates {
+            let pool = candidate.pool
+            if let refusal = poolRefusal(job: job, policy: policy, pool: pool) {
+                refusals[pool.name] = refusal
+                continue
+            }
+            guard !candidate.fittingNodes.isEmpty else {
+                refusals[pool.name] = fullReason(candidate, job: job)
+                continue
+            }
+            let prefix = poolKey(candidate, job: job, policy: policy)
+            for node in candidate.fittingNodes {
+                let key = prefix + [Double(node.gpusFree - job.gpus), candidate.stats.interruptionRate, pool.hourlyPrice]
+                groups[gangGroup(pool), default: []].append(Member(pool: pool, node: node, key: key))
+            }
+        }
+        var best: (score: [Double], group: String, members: [Member])?
+        for (group, members) in groups {
+            guard members.count >= job.nodes else {
+                for pool in Set(members.map(\.pool.name)) {
+                    let here = members.filter { $0.pool.name == pool }.count
+                    refusals[pool] =
+                        "gang: \(group) has \(members.count) ready node(s) with \(job.gpus) free GPU(s) (\(here) in this pool); the gang needs \(job.nodes) in one zone"
+                }
+                continue
+            }
+            let chosen = members.sorted { lhs, rhs in
+                lhs.key != rhs.key ? lhs.key.lexicographicallyPrecedes(rhs.key) : lhs.node.id < rhs.node.id
+            }.prefix(job.nodes)
+            var score = [chosen.map { $0.key[0] }.max() ?? 0] + Array(repeating: 0.0, count: chosen.first!.key.count - 1)
+            for member in chosen {
+                for index in 1..<member.key.count { score[index] += member.key[index] }
+            }
+            if best == nil || score.lexicographicallyPrecedes(best!.score) || (score == best!.score && group < best!.group) {
+                best = (score, group, Array(chosen))
+            }
+        }
+        guard let best else {
+            if candidates.isEmpty { refusals["*"] = "no pools are defined" }
+            return .refuse(reasons: refusals)
+        }
+        let worst = best.members.max { lhs, rhs in lhs.key[0] < rhs.key[0] }!.pool
+        let rank = (policy.capacityTypes.firstIndex(of: worst.capacityType) ?? 0) + 1
+        let leftover = best.members.reduce(0) { $0 + $1.node.gpusFree - job.gpus }
+        let pools = Set(best.members.map(\.pool.name)).sorted()
+        var reasons = [
+            "gang: \(job.nodes) nodes in \(best.group): \(best.members.map(\.node.id).joined(separator: ", "))",
+            "capacity: \(worst.capacityType.rawValue) is preference #\(rank) for \(job.tier.rawValue) (the gang's least preferred member)",
+            "packing: \(leftover) GPU(s) left free on the gang's nodes after",
+            "risk: pool(s) \(pools.joined(separator: ", ")) have "
+                + pools.map { name in formatRate(candidates.first { $0.pool.name == name }?.stats.interruptionRate ?? 0) }.joined(
+                    separator: ", ") + " notices per node-hour",
+        ]
+        if best.members.contains(where: { $0.pool.capacityType == .spot }) && !job.checkpointable {
+            reasons.append("admission: expected duration within the \(policy.maxUncheckpointableSpotSeconds) s spot limit")
+        }
+        return .placeGang(
+            members: best.members.map { GangMember(nodeId: $0.node.id, pool: $0.pool.name, capacityType: $0.pool.capacityType) },
+            reasons: reasons)
+    }
+
     private static func fullReason(_ candidate: PoolCandidate, job: Job) -> String {
         let states = candidate.stats.nodesByState
         let ready = states[.ready] ?? 0
@@ -145,11 +249,18 @@ enum Placement {
 
     // MARK: - Premium protection
 
-    /// A node and the best-effort jobs on it that could yield to a premium job.
+    /// A stable node that could take a premium job (or one member of a premium gang), with the best-effort jobs on
+    /// it that could yield.
     struct PreemptionSite: Sendable {
         var node: Node
         var pool: Pool
         var bestEffortJobs: [Job]
+    }
+
+    /// The nodes a premium job will use and the best-effort jobs that yield for it.
+    struct PreemptionChoice: Sendable, Equatable {
+        var nodeIds: [String]
+        var jobIds: [String]
     }
 
     /// How long a checkpointable best-effort job has to checkpoint when it yields to a premium job.
@@ -161,24 +272,70 @@ enum Placement {
         victims.map { ($0, $0.checkpointable ? .checkpoint(deadline: now + yieldGraceSeconds * 1000) : .requeue) }
     }
 
-    /// Picks the fewest best-effort jobs to preempt on one stable node so that a premium job fits; pure.
-    static func choosePreemption(job: Job, policy: Policy, sites: [PreemptionSite]) -> (nodeId: String, jobIds: [String])? {
+    /// The work a job loses if it stops now, in GPU-seconds: every GPU it holds (a gang's on all its nodes) times
+    /// the time since its last checkpoint, or since it started when it has none in this attempt.
+    static func lostWork(_ job: Job, now: Millis) -> Double {
+        let since = max(job.startedAt ?? now, job.lastCheckpoint?.at ?? Millis.min)
+        return Double(job.totalGPUs) * Double(max(0, now - since)) / 1000
+    }
+
+    /// The best-effort jobs on one site that make room for `gpus` GPUs losing the least work: cheapest first,
+    /// then any that turned out not to be needed are let off (costliest first). Nil when the site cannot make room.
+    static func cheapestVictims(_ site: PreemptionSite, gpus: Int, now: Millis) -> (jobs: [Job], lost: Double)? {
+        var free = site.node.gpusFree
+        if free >= gpus { return ([], 0) }
+        let candidates = site.bestEffortJobs.filter { $0.tier == .bestEffort && $0.state == .running }.sorted { lhs, rhs in
+            let (left, right) = (lostWork(lhs, now: now), lostWork(rhs, now: now))
+            return left != right ? left < right : (lhs.gpus, rhs.seq) > (rhs.gpus, lhs.seq)
+        }
+        var chosen: [Job] = []
+        for victim in candidates where free < gpus {
+            free += victim.gpus
+            chosen.append(victim)
+        }
+        guard free >= gpus else { return nil }
+        for victim in chosen.sorted(by: { lostWork($0, now: now) > lostWork($1, now: now) }) where free - victim.gpus >= gpus {
+            free -= victim.gpus
+            chosen.removeAll { $0.id == victim.id }
+        }
+        return (chosen, chosen.reduce(0) { $0 + lostWork($1, now: now) })
+    }
+
+    /// Picks the best-effort work on stable capacity that yields to a premium job losing the least work (GPUs ×
+    /// time since each victim's last checkpoint): one node for a single-node job, `job.nodes` nodes of one zone and
+    /// GPU type for a gang. A best-effort gang yields whole: choosing it stops all its members. Pure.
+    static func choosePreemption(job: Job, policy: Policy, sites: [PreemptionSite], now: Millis) -> PreemptionChoice? {
         guard job.tier == .premium else { return nil }
-        var best: (nodeId: String, jobIds: [String], freed: Int)?
+        struct Option {
+            var site: PreemptionSite
+            var victims: [Job]
+            var lost: Double
+        }
+        var groups: [String: [Option]] = [:]
         for site in sites where site.pool.capacityType != .spot && site.node.state.schedulable {
-            guard poolRefusal(job: job, policy: policy, pool: site.pool) == nil else { continue }
-            var free = site.node.gpusFree
-            var chosen: [String] = []
-            for victim in site.bestEffortJobs.sorted(by: { ($0.gpus, $1.seq) > ($1.gpus, $0.seq) }) where free < job.gpus {
-                guard victim.tier == .bestEffort, victim.state == .running else { continue }
-                free += victim.gpus
-                chosen.append(victim.id)
-            }
-            guard free >= job.gpus, !chosen.isEmpty else { continue }
-            if best == nil || chosen.count < best!.jobIds.count || (chosen.count == best!.jobIds.count && free < best!.freed) {
-                best = (site.node.id, chosen, free)
+            guard poolRefusal(job: job, policy: policy, pool: site.pool) == nil,
+                let (victims, lost) = cheapestVictims(site, gpus: job.gpus, now: now)
+            else { continue }
+            groups[job.isGang ? gangGroup(site.pool) : site.node.id, default: []].append(
+                Option(site: site, victims: victims, lost: lost))
+        }
+        var best: (lost: Double, jobs: Int, nodes: [String], victims: [String])?
+        for options in groups.values {
+            let chosen = options.sorted { lhs, rhs in
+                lhs.lost != rhs.lost ? lhs.lost < rhs.lost : lhs.site.node.id < rhs.site.node.id
+            }.prefix(job.nodes)
+            guard chosen.count == job.nodes, chosen.contains(where: { !$0.victims.isEmpty }) else { continue }
+            // A gang that yields on two of the chosen nodes is stopped (and counted) once.
+            var victims: [String: Job] = [:]
+            for option in chosen { for victim in option.victims { victims[victim.id] = victim } }
+            let lost = victims.values.reduce(0) { $0 + lostWork($1, now: now) }
+            let nodes = chosen.map(\.site.node.id)
+            let ids = victims.values.sorted { $0.seq < $1.seq }.map(\.id)
+            if best == nil || (lost, ids.count, nodes.joined(separator: ",")) < (best!.lost, best!.jobs, best!.nodes.joined(separator: ","))
+            {
+                best = (lost, ids.count, nodes, ids)
             }
         }
-        return best.map { ($0.nodeId, $0.jobIds) }
+        return best.map { PreemptionChoice(nodeIds: $0.nodes, jobIds: $0.victims) }
     }
 }

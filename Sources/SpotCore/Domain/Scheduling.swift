@@ -16,6 +16,8 @@ struct SchedulingPlanner: Sendable {
     /// What to do with one queued job.
     enum Step: Sendable, Equatable {
         case place(nodeId: String, pool: String, attempt: Int64, reasons: [String])
+        /// A gang on all its nodes at once.
+        case placeGang(members: [GangMember], attempt: Int64, reasons: [String])
         /// No capacity for a premium job: ask best-effort work on stable capacity to yield (once per pass).
         case protectPremium(Policy)
         /// It waits for capacity.
@@ -49,6 +51,7 @@ struct SchedulingPlanner: Sendable {
     /// Decides for the next job in queue order, and counts what it places.
     mutating func next(_ job: Job) -> Step {
         guard !isFull, let policy = policies[job.tier] else { return .wait }
+        if job.isGang { return nextGang(job, policy: policy) }
         let candidates = pools.map { pool in
             PoolCandidate(
                 pool: pool, stats: stats[pool.name] ?? PoolStats(), bestNode: index.bestNode(pool: pool.name, gpus: job.gpus),
@@ -62,8 +65,33 @@ struct SchedulingPlanner: Sendable {
             if job.tier == .bestEffort { bestEffortByPool[pool, default: 0] += 1 }
             placed += 1
             return .place(nodeId: nodeId, pool: pool, attempt: max(job.attempt, 1), reasons: reasons)
-        case .refuse:
+        case .refuse, .placeGang:
             // One premium protection per pass keeps each pass short; the next pass handles the next job.
+            guard job.tier == .premium, !protectionAsked else { return .wait }
+            protectionAsked = true
+            return .protectPremium(policy)
+        }
+    }
+
+    /// A gang: every pool's fitting nodes as candidates, all members allocated at once or none.
+    private mutating func nextGang(_ job: Job, policy: Policy) -> Step {
+        var indexById: [String: Int] = [:]
+        let candidates = pools.map { pool in
+            let fitting = index.fittingIndexes(pool: pool.name, gpus: job.gpus, limit: job.nodes)
+            for at in fitting { indexById[index.nodes[at].id] = at }
+            return PoolCandidate(
+                pool: pool, stats: stats[pool.name] ?? PoolStats(), bestEffortJobs: bestEffortByPool[pool.name] ?? 0,
+                fittingNodes: fitting.map { index.nodes[$0] })
+        }
+        switch Placement.decideGang(job: job, policy: policy, candidates: candidates) {
+        case .placeGang(let members, let reasons):
+            for member in members {
+                if let at = indexById[member.nodeId] { index.allocate(index: at, gpus: job.gpus) }
+                if job.tier == .bestEffort { bestEffortByPool[member.pool, default: 0] += 1 }
+            }
+            placed += 1
+            return .placeGang(members: members, attempt: max(job.attempt, 1), reasons: reasons)
+        case .place, .refuse:
             guard job.tier == .premium, !protectionAsked else { return .wait }
             protectionAsked = true
             return .protectPremium(policy)

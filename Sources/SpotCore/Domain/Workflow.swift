@@ -17,11 +17,12 @@ struct Lease: Sendable, Equatable {
 
 // MARK: - Drains
 
-/// A node a termination notice has just arrived for, with the jobs running on it.
+/// A node a termination notice has just arrived for, with the jobs on it (running, or already checkpointing: a gang
+/// another member's notice reached first, or a job yielding to a premium job).
 struct DrainCase: Sendable {
     var interruption: Interruption
     var node: Node
-    var runningJobs: [Job]
+    var jobs: [Job]
 }
 
 /// What becomes of one reclaimed node's work, and where its replacement comes from.
@@ -57,13 +58,32 @@ extension Drain {
     /// kept current as replacements are chosen, so that a mass reclaim does not pile every request on one pool.
     static func decide(_ cases: [DrainCase], capacity: CapacityView, now: Millis, marginSeconds: Int64) -> [DrainDecision] {
         var capacity = capacity
-        return cases.map { drain in
-            let jobs = drain.runningJobs.map {
-                (job: $0, action: plan(job: $0, nodeDeadline: drain.interruption.deadline, now: now, marginSeconds: marginSeconds))
+        // A gang on several reclaimed nodes is decided once, in the first case that holds it, by the earliest of
+        // its nodes' deadlines.
+        var first: [String: Int] = [:]
+        var earliest: [String: Millis?] = [:]
+        for (position, drain) in cases.enumerated() {
+            for job in drain.jobs {
+                if first[job.id] == nil { first[job.id] = position }
+                let deadline = drain.interruption.deadline
+                if let known = earliest[job.id] {
+                    earliest[job.id] = (known ?? deadline).map { min($0, deadline ?? $0) }
+                } else {
+                    earliest[job.id] = deadline
+                }
+            }
+        }
+        return cases.enumerated().map { position, drain in
+            let jobs = drain.jobs.compactMap { job -> (job: Job, action: DrainAction)? in
+                guard first[job.id] == position else { return nil }
+                let action = plan(job: job, nodeDeadline: earliest[job.id] ?? nil, now: now, marginSeconds: marginSeconds)
+                return action.map { (job: job, action: $0) }
             }
             var replacement = DrainDecision.Replacement.none
             if drain.interruption.nodeWasLive, let lost = capacity.pools.first(where: { $0.name == drain.node.pool }) {
-                if let target = Autoscaler.replacementPool(lost: lost, pools: capacity.pools, stats: capacity.stats) {
+                // A gang member's replacement goes to the survivors' zone first, so that the gang can reassemble.
+                let gangZone = drain.jobs.contains(where: \.isGang) ? lost.zone : nil
+                if let target = Autoscaler.replacementPool(lost: lost, pools: capacity.pools, stats: capacity.stats, preferZone: gangZone) {
                     replacement = .pool(target)
                     capacity.stats[target.name, default: PoolStats()].committedNodes += 1
                 } else {

@@ -257,6 +257,8 @@ struct OpsController {
                 }),
             "capacity_types": .object(capacity.mapValues { .object($0.mapValues { .int(Int64($0)) }) }),
             "jobs": .object(jobs),
+            "gangs": .object(
+                Dictionary(uniqueKeysWithValues: JobState.allCases.map { ($0.rawValue, .int(Int64(summary.gangs[$0] ?? 0))) })),
             "active_interruptions": .int(Int64(summary.activeInterruptions)),
             "pending_provisioning_requests": .int(Int64(summary.pendingProvisioning)),
         ]).response()

@@ -21,7 +21,7 @@ struct JobController {
     @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         let body = try await request.jsonObject(context)
-        try body.rejectUnknown(["id", "tier", "gpus", "gpu_type", "checkpointable", "expected_duration_seconds", "priority"])
+        try body.rejectUnknown(["id", "tier", "gpus", "gpu_type", "checkpointable", "expected_duration_seconds", "priority", "nodes"])
         let submission = JobSubmission(
             id: try body.string("id", maxLength: 128, pattern: .identifier) ?? Ids.new("job"),
             tier: try body.enumeration("tier", Tier.self, required: true)!,
@@ -29,7 +29,8 @@ struct JobController {
             gpuType: try body.string("gpu_type", maxLength: 64, pattern: .identifier),
             checkpointable: try body.bool("checkpointable") ?? false,
             expectedDurationSeconds: try body.int("expected_duration_seconds", range: 1...31_536_000),
-            priority: try body.int("priority", range: -1_000_000...1_000_000) ?? 0)
+            priority: try body.int("priority", range: -1_000_000...1_000_000) ?? 0,
+            nodes: Int(try body.int("nodes", range: 1...64) ?? 1))
         let job = try await store.submitJob(submission, actor: context.caller.name)
         signal.poke()
         var response = View.job(job).response(.created)
@@ -97,7 +98,8 @@ struct JobController {
             let result = try await store.place(jobId: jobId, dryRun: dryRun, actor: context.caller.name)
             metrics.placement(dryRun ? "dry_run" : "placed")
             return JSONValue.object([
-                "job_id": .string(result.jobId), "node_id": .string(result.nodeId), "pool": .string(result.pool),
+                "job_id": .string(result.jobId), "node_id": .string(result.nodeId),
+                "node_ids": .array(result.nodeIds.map(JSONValue.string)), "pool": .string(result.pool),
                 "capacity_type": .string(result.capacityType.rawValue), "attempt": .int(result.attempt),
                 "reasons": .array(result.reasons.map(JSONValue.string)), "dry_run": .bool(dryRun),
             ]).response(dryRun ? .ok : .created)

@@ -89,6 +89,8 @@ extension SQLiteStore {
 struct StoreSummary: Sendable {
     var pools: [(Pool, PoolStats)]
     var jobs: [Tier: [JobState: Int]]
+    /// Multi-node jobs by state (counted in `jobs` too).
+    var gangs: [JobState: Int] = [:]
     var activeInterruptions: Int
     var pendingProvisioning: Int
 }
@@ -106,13 +108,18 @@ extension SQLiteStore {
                 guard let tier = Tier(rawValue: row["tier"]), let state = JobState(rawValue: row["state"]) else { continue }
                 jobs[tier, default: [:]][state] = row["n"]
             }
+            var gangs: [JobState: Int] = [:]
+            for row in try Row.fetchAll(db.cachedStatement(sql: "SELECT state, COUNT(*) AS n FROM jobs WHERE nodes > 1 GROUP BY state")) {
+                guard let state = JobState(rawValue: row["state"]) else { continue }
+                gangs[state] = row["n"]
+            }
             let active =
                 try Int.fetchOne(
                     db.cachedStatement(sql: "SELECT COUNT(*) FROM interruptions WHERE state IN ('received', 'draining', 'drained')")) ?? 0
             let pending =
                 try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM provisioning_requests WHERE state = 'pending'")) ?? 0
             return StoreSummary(
-                pools: pools.map { ($0, stats[$0.name] ?? PoolStats()) }, jobs: jobs, activeInterruptions: active,
+                pools: pools.map { ($0, stats[$0.name] ?? PoolStats()) }, jobs: jobs, gangs: gangs, activeInterruptions: active,
                 pendingProvisioning: pending)
         }
     }

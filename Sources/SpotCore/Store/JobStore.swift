@@ -15,6 +15,8 @@ struct JobSubmission: Sendable {
     var checkpointable: Bool
     var expectedDurationSeconds: Int64?
     var priority: Int64
+    /// Nodes the job spans, with `gpus` on each.
+    var nodes: Int = 1
 }
 
 /// How a running job ended.
@@ -27,19 +29,25 @@ extension SQLiteStore {
         try await write { [self] db in
             let now = clock.now()
             if try db.fetchJob(submission.id) != nil { throw StoreError.conflict("job '\(submission.id)' already exists") }
+            if submission.nodes > 1,
+                let refusal = Placement.gangRefusal(
+                    nodes: submission.nodes, gpus: submission.gpus, gpuType: submission.gpuType, pools: try catalog.current(db).pools)
+            {
+                throw StoreError.unprocessable(field: "nodes", refusal)
+            }
             try db.cachedStatement(
                 sql: """
                     INSERT INTO jobs (id, tier, gpus, gpu_type, checkpointable, expected_duration_seconds, priority, state,
-                        attempt, requeue_count, submitted_at, updated_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, ?, ?)
+                        attempt, requeue_count, submitted_at, updated_at, nodes)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, ?, ?, ?)
                     """
             ).execute(arguments: [
                 submission.id, submission.tier.rawValue, submission.gpus, submission.gpuType, submission.checkpointable,
-                submission.expectedDurationSeconds, submission.priority, now, now,
+                submission.expectedDurationSeconds, submission.priority, now, now, submission.nodes,
             ])
-            try db.appendEvent(
-                "job.submitted", subject: "jobs/\(submission.id)", actor: actor, at: now,
-                data: ["tier": .string(submission.tier.rawValue), "gpus": .int(Int64(submission.gpus))])
+            var data: [String: JSONValue] = ["tier": .string(submission.tier.rawValue), "gpus": .int(Int64(submission.gpus))]
+            if submission.nodes > 1 { data["nodes"] = .int(Int64(submission.nodes)) }
+            try db.appendEvent("job.submitted", subject: "jobs/\(submission.id)", actor: actor, at: now, data: data)
             return try db.fetchJob(submission.id)!
         }
     }
@@ -49,7 +57,7 @@ extension SQLiteStore {
             var query = ListQuery("SELECT \(Job.columns) FROM jobs", after: page)
             query.equals("state", filter.state?.rawValue)
             query.equals("tier", filter.tier?.rawValue)
-            query.equals("node_id", filter.node)
+            query.condition(Database.onNode, filter.node.map { [$0, $0] })
             return Self.page(try query.fetch(db, limit: page.limit), limit: page.limit, map: Job.init(row:))
         }
     }
@@ -94,7 +102,7 @@ extension SQLiteStore {
                 data: ["uri": .string(uri), "step": .int(step), "attempt": .int(job.attempt)])
             job.lastCheckpoint = Checkpoint(uri: uri, step: step, at: now)
             if job.state == .checkpointing {
-                let interruption = try job.nodeId.flatMap { try db.activeTermination(nodeId: $0) }
+                let interruption = try db.activeTermination(job: job)
                 if let interruption {
                     try db.appendStep(interruption.id, "checkpoint_acknowledged", at: now, jobId: jobId, detail: uri)
                 }
@@ -121,18 +129,20 @@ extension SQLiteStore {
             } else {
                 job = try Self.reportable(db, id: jobId, attempt: attempt, action: outcome.rawValue)
             }
-            if let nodeId = job.nodeId { try db.releaseGPUs(nodeId: nodeId, gpus: job.gpus, at: now) }
+            let interruption = job.state == .checkpointing ? try db.activeTermination(job: job) : nil
+            try db.releaseJob(job, at: now)
             try db.cachedStatement(
                 sql: """
-                    UPDATE jobs SET state = ?, node_id = NULL, checkpoint_deadline = NULL, preempted_for = NULL,
+                    UPDATE jobs SET state = ?, node_id = NULL, node_ids = NULL, checkpoint_deadline = NULL, preempted_for = NULL,
                         finished_at = ?, updated_at = ? WHERE id = ?
                     """
             ).execute(arguments: [outcome.rawValue, now, now, jobId])
             var data: [String: JSONValue] = ["attempt": .int(job.attempt)]
             if let nodeId = job.nodeId { data["node_id"] = .string(nodeId) }
+            if job.isGang, !job.members.isEmpty { data["node_ids"] = .array(job.members.map(JSONValue.string)) }
             if let reason { data["reason"] = .string(reason) }
             try db.appendEvent("job.\(outcome.rawValue)", subject: "jobs/\(jobId)", actor: actor, at: now, data: data)
-            if job.state == .checkpointing, let nodeId = job.nodeId, let interruption = try db.activeTermination(nodeId: nodeId) {
+            if let interruption {
                 try db.appendStep(interruption.id, "job_\(outcome.rawValue)", at: now, jobId: jobId)
             }
             return try db.fetchJob(jobId)!

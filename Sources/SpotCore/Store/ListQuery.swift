@@ -19,6 +19,13 @@ struct ListQuery {
         _ = arguments.append(contentsOf: [value])
     }
 
+    /// Adds `AND <condition>` with its arguments when they are given.
+    mutating func condition(_ condition: String, _ values: [String]?) {
+        guard let values else { return }
+        sql += " AND \(condition)"
+        _ = arguments.append(contentsOf: StatementArguments(values))
+    }
+
     /// The rows of one page, plus one more to tell whether a next page exists.
     func fetch(_ db: Database, limit: Int) throws -> [Row] {
         var arguments = self.arguments

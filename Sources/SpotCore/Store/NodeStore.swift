@@ -95,8 +95,9 @@ extension SQLiteStore {
         guard let node = try db.fetchNode(id) else { return nil }
         let pool = try db.fetchPool(node.pool)
         let jobs = try String.fetchAll(
-            db.cachedStatement(sql: "SELECT id FROM jobs WHERE node_id = ? AND state IN ('running', 'checkpointing') ORDER BY seq"),
-            arguments: [id])
+            db.cachedStatement(
+                sql: "SELECT id FROM jobs WHERE \(Database.onNode) AND state IN ('running', 'checkpointing') ORDER BY seq"),
+            arguments: [id, id])
         let interruption = try String.fetchOne(
             db.cachedStatement(
                 sql: """

@@ -8,6 +8,8 @@ struct PlacementResult: Sendable, Equatable {
     var capacityType: CapacityType
     var attempt: Int64
     var reasons: [String]
+    /// Every node, `nodeId` first (one for a single-node job).
+    var nodeIds: [String]
 }
 
 extension SQLiteStore {
@@ -85,6 +87,9 @@ extension SQLiteStore {
                 PoolCandidate(
                     pool: pool, stats: hints.stats[pool.name] ?? PoolStats(), bestEffortJobs: hints.bestEffortJobs[pool.name] ?? 0)
             }
+            if job.isGang {
+                return try placeGang(db, job: job, policy: policy, candidates: candidates, dryRun: dryRun, now: now, actor: actor)
+            }
             // Look up nodes only as far as the ranking needs: a fitting node in a better-ranked pool settles it.
             for group in Placement.searchGroups(job: job, policy: policy, candidates: candidates) {
                 for index in group {
@@ -105,29 +110,108 @@ extension SQLiteStore {
                 for index in candidates.indices { candidates[index].stats = fresh[candidates[index].pool.name] ?? PoolStats() }
                 decision = Placement.decide(job: job, policy: policy, candidates: candidates)
             }
-            switch decision {
-            case .refuse(let reasons):
-                var detail =
-                    "no eligible capacity for job '\(jobId)': "
-                    + reasons.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ")
-                if !dryRun, job.tier == .premium,
-                    let note = try Self.preemptFor(db, job: job, policy: policy, now: now, actor: actor, choose: Placement.choosePreemption)
-                {
-                    detail += "; \(note)"
-                }
-                return .failure(.noCapacity(detail, reasons: reasons))
-            case .place(let nodeId, let pool, let capacityType, let reasons):
-                let attempt = max(job.attempt, 1)
-                if !dryRun {
-                    try Self.bind(db, job: job, nodeId: nodeId, pool: pool, attempt: attempt, at: now, actor: actor, reasons: reasons)
-                    if job.tier == .bestEffort { placementHints.placedBestEffort(pool: pool) }
-                }
-                return .success(
-                    PlacementResult(
-                        jobId: jobId, nodeId: nodeId, pool: pool, capacityType: capacityType, attempt: attempt, reasons: reasons))
-            }
+            return try finishPlacement(db, job: job, policy: policy, decision: decision, dryRun: dryRun, now: now, actor: actor)
         }
         return try outcome.get()
+    }
+
+    /// A gang's placement: every eligible pool's fitting nodes (as many as the gang has members), then the decision.
+    private func placeGang(
+        _ db: Database, job: Job, policy: Policy, candidates: [PoolCandidate], dryRun: Bool, now: Millis, actor: String
+    ) throws -> Result<PlacementResult, StoreError> {
+        var candidates = candidates
+        for index in candidates.indices where Placement.poolRefusal(job: job, policy: policy, pool: candidates[index].pool) == nil {
+            candidates[index].fittingNodes = try Node.fetchAll(
+                db.cachedStatement(
+                    sql: """
+                        SELECT \(Node.columns) FROM nodes INDEXED BY nodes_free
+                        WHERE pool = ? AND state = 'ready' AND gpus - gpus_allocated >= ?
+                        ORDER BY gpus - gpus_allocated, seq LIMIT ?
+                        """), arguments: [candidates[index].pool.name, job.gpus, job.nodes])
+        }
+        var decision = Placement.decideGang(job: job, policy: policy, candidates: candidates)
+        if case .refuse = decision {
+            let fresh = try Self.poolStats(db, now: now)
+            for index in candidates.indices { candidates[index].stats = fresh[candidates[index].pool.name] ?? PoolStats() }
+            decision = Placement.decideGang(job: job, policy: policy, candidates: candidates)
+        }
+        return try finishPlacement(db, job: job, policy: policy, decision: decision, dryRun: dryRun, now: now, actor: actor)
+    }
+
+    /// Binds what a placement decided (unless a dry run) or explains the refusal, starting premium protection.
+    private func finishPlacement(
+        _ db: Database, job: Job, policy: Policy, decision: PlacementDecision, dryRun: Bool, now: Millis, actor: String
+    ) throws -> Result<PlacementResult, StoreError> {
+        let attempt = max(job.attempt, 1)
+        switch decision {
+        case .refuse(let reasons):
+            var detail =
+                "no eligible capacity for job '\(job.id)': "
+                + reasons.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ")
+            if !dryRun, job.tier == .premium,
+                let note = try Self.preemptFor(db, job: job, policy: policy, now: now, actor: actor, choose: PremiumProtection.choose)
+            {
+                detail += "; \(note)"
+            }
+            return .failure(.noCapacity(detail, reasons: reasons))
+        case .place(let nodeId, let pool, let capacityType, let reasons):
+            if !dryRun {
+                try Self.bind(db, job: job, nodeId: nodeId, pool: pool, attempt: attempt, at: now, actor: actor, reasons: reasons)
+                if job.tier == .bestEffort { placementHints.placedBestEffort(pool: pool) }
+            }
+            return .success(
+                PlacementResult(
+                    jobId: job.id, nodeId: nodeId, pool: pool, capacityType: capacityType, attempt: attempt, reasons: reasons,
+                    nodeIds: [nodeId]))
+        case .placeGang(let members, let reasons):
+            if !dryRun {
+                try Self.bindGang(db, job: job, members: members, attempt: attempt, at: now, actor: actor, reasons: reasons)
+                if job.tier == .bestEffort { for member in members { placementHints.placedBestEffort(pool: member.pool) } }
+            }
+            return .success(
+                PlacementResult(
+                    jobId: job.id, nodeId: members[0].nodeId, pool: members[0].pool, capacityType: members[0].capacityType,
+                    attempt: attempt, reasons: reasons, nodeIds: members.map(\.nodeId)))
+        }
+    }
+
+    /// Binds a gang to all its nodes or none: each member's GPUs are allocated in the caller's transaction (a
+    /// savepoint of its own), and a member without room any more throws, which rolls back the members before it.
+    static func bindGang(
+        _ db: Database, job: Job, members: [GangMember], attempt: Int64, at now: Millis, actor: String, reasons: [String]
+    ) throws {
+        guard members.count == job.nodes, Set(members.map(\.nodeId)).count == members.count else {
+            throw StoreError.conflict("a gang of \(job.nodes) needs as many distinct nodes; \(members.count) were chosen")
+        }
+        for (index, member) in members.enumerated() {
+            try db.cachedStatement(
+                sql: """
+                    UPDATE nodes SET gpus_allocated = gpus_allocated + ?, idle_since = NULL, updated_at = ?
+                    WHERE id = ? AND state = 'ready' AND gpus - gpus_allocated >= ?
+                    """
+            ).execute(arguments: [job.gpus, now, member.nodeId, job.gpus])
+            guard db.changesCount == 1 else {
+                throw StoreError.conflict("node '\(member.nodeId)' no longer has room for a member of gang '\(job.id)'")
+            }
+            try db.cachedStatement(sql: "INSERT INTO job_nodes (job_id, node_id, member) VALUES (?, ?, ?)").execute(arguments: [
+                job.id, member.nodeId, index,
+            ])
+        }
+        let nodeIds = members.map(\.nodeId)
+        try db.cachedStatement(
+            sql: """
+                UPDATE jobs SET state = 'running', node_id = ?, node_ids = ?, attempt = ?, started_at = ?, updated_at = ?
+                WHERE id = ? AND state = 'queued'
+                """
+        ).execute(arguments: [nodeIds[0], nodeIds.joined(separator: ","), attempt, now, now, job.id])
+        guard db.changesCount == 1 else { throw StoreError.conflict("job '\(job.id)' is no longer queued") }
+        try db.appendEvent(
+            "job.placed", subject: "jobs/\(job.id)", actor: actor, at: now,
+            data: [
+                "node_id": .string(nodeIds[0]), "node_ids": .array(nodeIds.map(JSONValue.string)), "pool": .string(members[0].pool),
+                "pools": .array(members.map { .string($0.pool) }), "attempt": .int(attempt),
+                "reasons": .array(reasons.map(JSONValue.string)),
+            ])
     }
 
     /// Binds a job to a node: GPUs allocated, job running; inside the caller's transaction.
@@ -160,7 +244,7 @@ extension SQLiteStore {
     /// returns a note, or nil when nothing can yield.
     static func preemptFor(
         _ db: Database, job: Job, policy: Policy, now: Millis, actor: String,
-        choose: (Job, Policy, [Placement.PreemptionSite]) -> (nodeId: String, jobIds: [String])?
+        choose: (Job, Policy, [Placement.PreemptionSite], Millis) -> Placement.PreemptionChoice?
     ) throws -> String? {
         let pending =
             try Int.fetchOne(
@@ -168,21 +252,30 @@ extension SQLiteStore {
                 arguments: [job.id]
             ) ?? 0
         if pending > 0 { return "best-effort jobs are already yielding \(pending) GPU(s) to it" }
-        let rows = try Row.fetchAll(
+        // Stable ready nodes where best-effort work runs (its first node or a gang member's); for a gang also those
+        // with room for a member already, so that its members can be found in one zone.
+        let freeNodes =
+            job.isGang
+            ? " UNION SELECT n.id FROM nodes n JOIN pools p ON p.name = n.pool WHERE n.state = 'ready' AND p.capacity_type <> 'spot' AND n.gpus - n.gpus_allocated >= ?"
+            : ""
+        let ids = try String.fetchAll(
             db.cachedStatement(
                 sql: """
-                    SELECT DISTINCT n.id AS id FROM nodes n JOIN pools p ON p.name = n.pool
+                    SELECT n.id FROM nodes n JOIN pools p ON p.name = n.pool
                     JOIN jobs j ON j.node_id = n.id AND j.tier = 'best_effort' AND j.state = 'running'
                     WHERE n.state = 'ready' AND p.capacity_type <> 'spot'
-                    """))
+                    UNION SELECT n.id FROM nodes n JOIN pools p ON p.name = n.pool
+                    JOIN job_nodes g ON g.node_id = n.id JOIN jobs j ON j.id = g.job_id AND j.tier = 'best_effort' AND j.state = 'running'
+                    WHERE n.state = 'ready' AND p.capacity_type <> 'spot'\(freeNodes)
+                    """), arguments: job.isGang ? [job.gpus] : [])
         var sites: [Placement.PreemptionSite] = []
-        for row in rows {
-            guard let node = try db.fetchNode(row["id"]), let pool = try db.fetchPool(node.pool) else { continue }
+        for id in ids {
+            guard let node = try db.fetchNode(id), let pool = try db.fetchPool(node.pool) else { continue }
             sites.append(
                 Placement.PreemptionSite(
                     node: node, pool: pool, bestEffortJobs: try db.jobsOnNode(node.id).filter { $0.tier == .bestEffort }))
         }
-        guard let choice = choose(job, policy, sites) else { return nil }
+        guard let choice = choose(job, policy, sites, now) else { return nil }
         let victims = try choice.jobIds.compactMap { try db.fetchJob($0) }
         for (victim, action) in Placement.yieldActions(victims, now: now) {
             switch action {
@@ -199,7 +292,10 @@ extension SQLiteStore {
         }
         try db.appendEvent(
             "job.preemption_started", subject: "jobs/\(job.id)", actor: actor, at: now,
-            data: ["node_id": .string(choice.nodeId), "jobs": .array(choice.jobIds.map(JSONValue.string))])
-        return "preempting \(choice.jobIds.count) best-effort job(s) on node \(choice.nodeId) to make room"
+            data: [
+                "node_id": .string(choice.nodeIds[0]), "node_ids": .array(choice.nodeIds.map(JSONValue.string)),
+                "jobs": .array(choice.jobIds.map(JSONValue.string)),
+            ])
+        return "preempting \(choice.jobIds.count) best-effort job(s) on node(s) \(choice.nodeIds.joined(separator: ", ")) to make room"
     }
 }

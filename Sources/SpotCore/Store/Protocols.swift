@@ -98,7 +98,7 @@ protocol WorkflowStore: EventLog {
 
     func placeQueued(
         limits: SchedulingLimits, lease: Lease, actor: String, makePlanner: @escaping @Sendable (SchedulingInput) -> SchedulingPlanner,
-        protect: @escaping @Sendable (Job, Policy, [Placement.PreemptionSite]) -> (nodeId: String, jobIds: [String])?
+        protect: @escaping @Sendable (Job, Policy, [Placement.PreemptionSite], Millis) -> Placement.PreemptionChoice?
     ) async throws -> SchedulingReport
 
     func pruneExpired(before cutoff: Millis, replaysBefore replayCutoff: Millis, batch: Int, lease: Lease) async throws -> PruneReport

@@ -47,7 +47,7 @@ extension Job: ColumnDecodable {
     static let columns = """
         seq, id, tier, gpus, gpu_type, checkpointable, expected_duration_seconds, priority, state, node_id, attempt, \
         requeue_count, last_checkpoint_uri, last_checkpoint_step, last_checkpoint_at, resume_from_uri, resume_from_step, \
-        resume_from_at, checkpoint_deadline, preempted_for, submitted_at, updated_at, started_at, finished_at
+        resume_from_at, checkpoint_deadline, preempted_for, submitted_at, updated_at, started_at, finished_at, nodes, node_ids
         """
 
     init(columns row: some ColumnSource) {
@@ -75,6 +75,12 @@ extension Job: ColumnDecodable {
         updatedAt = row.int(21)
         startedAt = row.optionalInt(22)
         finishedAt = row.optionalInt(23)
+        nodes = row.int(24)
+        if let members = row.optionalText(25) {
+            nodeIds = members.split(separator: ",").map(String.init)
+        } else if let nodeId {
+            nodeIds = [nodeId]
+        }
     }
 }
 
@@ -186,12 +192,33 @@ extension Database {
         )
     }
 
+    /// The jobs running or checkpointing on a node: those it is the first node of, and the gangs it is a member of.
     func jobsOnNode(_ nodeId: String) throws -> [Job] {
         try Job.fetchAll(
             self.cachedStatement(
-                sql: "SELECT \(Job.columns) FROM jobs WHERE node_id = ? AND state IN ('running', 'checkpointing') ORDER BY seq"),
-            arguments: [nodeId]
+                sql: "SELECT \(Job.columns) FROM jobs WHERE \(Self.onNode) AND state IN ('running', 'checkpointing') ORDER BY seq"),
+            arguments: [nodeId, nodeId]
         )
+    }
+
+    /// The condition "the job is on node ?" (bind the node id twice): its first node, or a member of its gang.
+    static let onNode = "(node_id = ? OR id IN (SELECT job_id FROM job_nodes WHERE node_id = ?))"
+
+    /// The active termination of any node the job is on (its first member's, when several have one).
+    func activeTermination(job: Job) throws -> Interruption? {
+        for nodeId in job.members {
+            if let interruption = try activeTermination(nodeId: nodeId) { return interruption }
+        }
+        return nil
+    }
+
+    /// Takes a job off its nodes: every member's GPUs are given back and the gang's membership rows removed.
+    /// The caller updates the job row itself (`node_id` and `node_ids` to NULL).
+    func releaseJob(_ job: Job, at now: Millis) throws {
+        for nodeId in job.members { try releaseGPUs(nodeId: nodeId, gpus: job.gpus, at: now) }
+        if job.isGang {
+            try self.cachedStatement(sql: "DELETE FROM job_nodes WHERE job_id = ?").execute(arguments: [job.id])
+        }
     }
 
     /// Gives a job's GPUs back to its node.
@@ -207,10 +234,10 @@ extension Database {
 
     /// Puts a job back in the queue, resuming from its newest checkpoint; one step of the workflow.
     func requeue(_ job: Job, at now: Millis, actor: String, interruptionId: String?, reason: String) throws {
-        if let nodeId = job.nodeId { try releaseGPUs(nodeId: nodeId, gpus: job.gpus, at: now) }
+        try releaseJob(job, at: now)
         try self.cachedStatement(
             sql: """
-                UPDATE jobs SET state = 'queued', node_id = NULL, attempt = attempt + 1, requeue_count = requeue_count + 1,
+                UPDATE jobs SET state = 'queued', node_id = NULL, node_ids = NULL, attempt = attempt + 1, requeue_count = requeue_count + 1,
                     resume_from_uri = last_checkpoint_uri, resume_from_step = last_checkpoint_step,
                     resume_from_at = last_checkpoint_at, checkpoint_deadline = NULL, preempted_for = NULL, updated_at = ?
                 WHERE id = ?
@@ -220,6 +247,7 @@ extension Database {
             "node_id": job.nodeId.map(JSONValue.string) ?? .null, "reason": .string(reason),
             "attempt": .int(job.attempt + 1),
         ]
+        if job.isGang { data["node_ids"] = .array(job.members.map(JSONValue.string)) }
         if let checkpoint = job.lastCheckpoint {
             data["resume_from"] = .object(["uri": .string(checkpoint.uri), "step": .int(checkpoint.step)])
         }

@@ -7,7 +7,7 @@ extension SQLiteStore {
     func placeQueued(
         limits: SchedulingLimits, lease: Lease, actor: String,
         makePlanner: @escaping @Sendable (SchedulingInput) -> SchedulingPlanner,
-        protect: @escaping @Sendable (Job, Policy, [Placement.PreemptionSite]) -> (nodeId: String, jobIds: [String])?
+        protect: @escaping @Sendable (Job, Policy, [Placement.PreemptionSite], Millis) -> Placement.PreemptionChoice?
     ) async throws -> SchedulingReport {
         // Risk and spread come from the shared hints (computed from a read snapshot, at most once a second): recounting
         // every pool and running job inside the pass held the single writer for ~15 ms at 10k nodes and 40k jobs.
@@ -39,6 +39,9 @@ extension SQLiteStore {
                     case .place(let nodeId, let pool, let attempt, let reasons):
                         try Self.bind(db, job: job, nodeId: nodeId, pool: pool, attempt: attempt, at: now, actor: actor, reasons: reasons)
                         if job.tier == .bestEffort { placementHints.placedBestEffort(pool: pool) }
+                    case .placeGang(let members, let attempt, let reasons):
+                        try Self.bindGang(db, job: job, members: members, attempt: attempt, at: now, actor: actor, reasons: reasons)
+                        if job.tier == .bestEffort { for member in members { placementHints.placedBestEffort(pool: member.pool) } }
                     case .protectPremium(let policy):
                         _ = try Self.preemptFor(db, job: job, policy: policy, now: now, actor: actor, choose: protect)
                     case .wait:

@@ -82,7 +82,7 @@ extension SQLiteStore {
                 guard let node = try db.fetchNode(interruption.nodeId) else { continue }
                 cases.append(
                     DrainCase(
-                        interruption: interruption, node: node, runningJobs: try db.jobsOnNode(node.id).filter { $0.state == .running }))
+                        interruption: interruption, node: node, jobs: try db.jobsOnNode(node.id)))
             }
             guard !cases.isEmpty else { return report }
             let capacity = CapacityView(
@@ -104,12 +104,12 @@ extension SQLiteStore {
                     sql: "UPDATE jobs SET state = 'checkpointing', checkpoint_deadline = ?, updated_at = ? WHERE id = ?"
                 ).execute(arguments: [deadline, now, job.id])
                 try db.appendStep(interruptionId, "checkpoint_requested", at: now, jobId: job.id, detail: TimeFormat.rfc3339(deadline))
-                try db.appendEvent(
-                    "job.checkpoint_requested", subject: "jobs/\(job.id)", actor: actor, at: now,
-                    data: [
-                        "node_id": .string(decision.nodeId), "interruption_id": .string(interruptionId),
-                        "deadline": .string(TimeFormat.rfc3339(deadline)), "attempt": .int(job.attempt),
-                    ])
+                var data: [String: JSONValue] = [
+                    "node_id": .string(decision.nodeId), "interruption_id": .string(interruptionId),
+                    "deadline": .string(TimeFormat.rfc3339(deadline)), "attempt": .int(job.attempt),
+                ]
+                if job.isGang { data["node_ids"] = .array(job.members.map(JSONValue.string)) }
+                try db.appendEvent("job.checkpoint_requested", subject: "jobs/\(job.id)", actor: actor, at: now, data: data)
                 report.checkpointsRequested += 1
             case .requeue:
                 try db.requeue(job, at: now, actor: actor, interruptionId: interruptionId, reason: Requeue.notCheckpointable)
@@ -184,7 +184,7 @@ extension SQLiteStore {
                     sql: "SELECT \(Job.columns) FROM jobs WHERE state = 'checkpointing' AND checkpoint_deadline <= ? ORDER BY seq"),
                 arguments: [now])
             for job in due {
-                let interruption = try job.nodeId.flatMap { try db.activeTermination(nodeId: $0) }
+                let interruption = try db.activeTermination(job: job)
                 if let interruption { try db.appendStep(interruption.id, "checkpoint_timeout", at: now, jobId: job.id) }
                 try db.requeue(job, at: now, actor: actor, interruptionId: interruption?.id, reason: reason(job))
             }
@@ -216,7 +216,9 @@ extension SQLiteStore {
                 db.cachedStatement(
                     sql: """
                         SELECT \(columns), n.state,
-                            (SELECT COUNT(*) FROM jobs j WHERE j.node_id = i.node_id AND j.state IN ('running', 'checkpointing')),
+                            (SELECT COUNT(*) FROM jobs j WHERE (j.node_id = i.node_id
+                                OR j.id IN (SELECT job_id FROM job_nodes g WHERE g.node_id = i.node_id))
+                                AND j.state IN ('running', 'checkpointing')),
                             (SELECT COUNT(*) FROM provisioning_requests p WHERE p.interruption_id = i.id AND p.state = 'pending')
                         \(Self.closeCandidates) ORDER BY i.seq
                         """), arguments: [now]

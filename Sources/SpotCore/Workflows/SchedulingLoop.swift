@@ -15,12 +15,13 @@ struct SchedulingLoop: Sendable {
 }
 
 /// Premium protection: when a premium job finds no capacity, best-effort jobs on on-demand or reserved nodes yield
-/// (the fewest on one node; checkpointable ones get a 30 s checkpoint deadline, the rest are requeued at once).
+/// (those losing the least work, GPUs × time since their last checkpoint; a gang only whole; checkpointable ones get
+/// a 30 s checkpoint deadline, the rest are requeued at once).
 /// It runs where the refusal happens: in the scheduling loop's pass and in a placement call, so the yield starts in
 /// the same transaction that found no room.
 enum PremiumProtection {
     /// Which jobs yield on which node; pure.
-    static let choose: @Sendable (Job, Policy, [Placement.PreemptionSite]) -> (nodeId: String, jobIds: [String])? = {
-        Placement.choosePreemption(job: $0, policy: $1, sites: $2)
+    static let choose: @Sendable (Job, Policy, [Placement.PreemptionSite], Millis) -> Placement.PreemptionChoice? = {
+        Placement.choosePreemption(job: $0, policy: $1, sites: $2, now: $3)
     }
 }
