@@ -152,6 +152,22 @@ struct GangTests {
         }
     }
 
+    /// One pass of the loop places several gangs and never gives one node to two of them.
+    @Test func theLoopPlacesManyGangsInOnePassWithoutSharingANode() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            try await pools(client)
+            for index in 0..<7 { try await client.expect(.created, .post, "/v1/nodes", Seed.node("a\(index)", pool: "spot-a")) }
+            for index in 0..<5 { try await client.expect(.created, .post, "/v1/nodes", Seed.node("b\(index)", pool: "spot-b")) }
+            for index in 0..<6 { try await client.expect(.created, .post, "/v1/jobs", gang("g\(index)", nodes: 3)) }
+            try await env.step()
+            // Zone a takes two gangs of three full nodes, zone b one.
+            let running = try await client.expect(.ok, .get, "/v1/jobs?state=running")["items"]?.array ?? []
+            #expect(running.count == 3, "\(running)")
+            try await expectFleetConsistent(client)
+        }
+    }
+
     /// A notice on one member: the whole gang is asked to checkpoint once, requeued once, every member freed; the
     /// survivors stay schedulable; only the lost node is replaced, in the survivors' zone.
     @Test func oneMembersNoticeCheckpointsAndRequeuesTheWholeGangOnce() async throws {
@@ -159,7 +175,7 @@ struct GangTests {
         try await env.app().test(.router) { client in
             try await pools(client)
             try await client.expect(
-                .created, .post, "/v1/pools", Seed.pool("spot-a2", "spot", zone: "us-east-1a", instance: "p4d", price: 25))
+                .created, .post, "/v1/pools", Seed.pool("spot-a2", "spot", zone: "us-east-1a", instance: "p4d", price: 40))
             for index in 0..<4 { try await client.expect(.created, .post, "/v1/nodes", Seed.node("a\(index)", pool: "spot-a")) }
             try await client.expect(.created, .post, "/v1/jobs", gang("train", nodes: 4))
             try await env.step()
@@ -175,7 +191,8 @@ struct GangTests {
             let requests = try await client.expect(.ok, .get, "/v1/events?type=job.checkpoint_requested")["items"]?.array ?? []
             #expect(requests.count == 1)
             #expect(requests.first?["data"]?["node_ids"]?.array.count == 4)
-            // The lost node's replacement: another spot pool of the survivors' zone (cheaper spot-b is in another zone).
+            // The lost node's replacement: another spot pool of the survivors' zone, though spot-b (another zone) is
+            // cheaper and would replace a lone node.
             let provisioning = try await client.expect(.ok, .get, "/v1/provisioning-requests")["items"]?.array ?? []
             #expect(provisioning.count == 1)
             #expect(provisioning.first?["pool"] == .string("spot-a2"), "\(provisioning)")
