@@ -29,6 +29,9 @@ struct AuthTests {
         "POST /v1/jobs": schedulers, "GET /v1/jobs": readers, "GET /v1/jobs/:id": readers,
         "POST /v1/jobs/:id/checkpoints": schedulers, "POST /v1/jobs/:id/complete": schedulers, "POST /v1/jobs/:id/fail": schedulers,
         "POST /v1/jobs/:id/cancel": schedulers, "POST /v1/placements": schedulers,
+        "POST /v1/services": schedulers, "GET /v1/services": readers, "GET /v1/services/:id": readers,
+        "PATCH /v1/services/:id": schedulers, "DELETE /v1/services/:id": schedulers,
+        "POST /v1/services/:id/replicas/:rid/ready": schedulers,
         "POST /v1/interruptions": notifiers, "POST /v1/interruptions/aws": notifiers, "POST /v1/interruptions/gcp": notifiers,
         "POST /v1/interruptions/azure": notifiers, "GET /v1/interruptions": readers, "GET /v1/interruptions/:id": readers,
         "GET /v1/provisioning-requests": readers, "GET /v1/provisioning-requests/:id": readers,
@@ -69,6 +72,7 @@ struct AuthTests {
             for route in routes {
                 let allowed = Self.matrix["\(route.method) \(route.path)"] ?? nil
                 let path = route.path.replacingOccurrences(of: ":tier", with: "standard").replacingOccurrences(of: ":name", with: "od")
+                    .replacingOccurrences(of: ":rid", with: "r1")
                     .replacingOccurrences(of: ":id", with: route.path.hasPrefix("/v1/tokens") ? tokenId : "o1")
                 let body: String? = [.post, .put, .patch].contains(route.method) ? "{}" : nil
                 for role in Role.allCases {

@@ -242,4 +242,74 @@ struct ProcessTests {
         }
         server.kill(SIGTERM)
     }
+
+    /// Kill the process at random moments while two replica hosts are reclaimed: after the last restart there is
+    /// exactly one surge replica per doomed replica, and the service is whole again once the surges report ready.
+    @Test func sigkillDuringAServiceSurgeSurgesOncePerDoomedReplica() async throws {
+        var random = TestRandom()
+        let directory = try tempDirectory()
+        let server = SpotdProcess(
+            directory: directory, port: freePort(), extra: ["--sim-boot-seconds", "1", "--drain-margin-seconds", "1"])
+        try await server.start()
+        try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot", zone: "a"))
+        try await server.request("POST", "/v1/pools", Seed.pool("spot-b", "spot", zone: "b"))
+        for index in 0..<3 {
+            try await server.request("POST", "/v1/nodes", Seed.node("a\(index)", pool: "spot-a"))
+            try await server.request("POST", "/v1/nodes", Seed.node("b\(index)", pool: "spot-b"))
+        }
+        try await server.request("POST", "/v1/services", #"{"id":"chat","tier":"best_effort","replicas":4,"gpus_per_replica":8}"#)
+        func members() async throws -> [JSONValue] {
+            try await server.request("GET", "/v1/services/chat").1["members"]?.array ?? []
+        }
+        func readyStarting() async throws {
+            for member in try await members() where member["state"]?.string == "starting" {
+                try await server.request("POST", "/v1/services/chat/replicas/\(member["id"]!.string!)/ready")
+            }
+        }
+        #expect(
+            try await server.eventually {
+                try await members().filter { (m: JSONValue) -> Bool in m["state"]?.string == "starting" }.count == 4
+            })
+        try await readyStarting()
+        let hosts = try await members().compactMap { $0["node_id"]?.string }.prefix(2)
+        for (index, host) in hosts.enumerated() {
+            try await server.request(
+                "POST", "/v1/interruptions", #"{"node_id":"\#(host)","kind":"termination","notice_seconds":8,"event_id":"s\#(index)"}"#)
+        }
+        let firstKill = Int.random(in: 0...300, using: &random)
+        let secondKill = Int.random(in: 50...800, using: &random)
+        print(
+            "[sigkillDuringAServiceSurgeSurgesOncePerDoomedReplica] kills after \(firstKill) ms and \(secondKill) ms (seed \(random.seed))")
+        try await Task.sleep(for: .milliseconds(firstKill))
+        server.kill(SIGKILL)
+        try await server.start()
+        try await Task.sleep(for: .milliseconds(secondKill))
+        server.kill(SIGKILL)
+        try await server.start()
+
+        let surged = try await server.eventually {
+            try await members().filter { (m: JSONValue) -> Bool in m["replaces"]?.string != nil }.count == 2
+        }
+        let afterRestart = try await members()
+        #expect(surged, "\(afterRestart)")
+        // Give the worker more passes: still exactly one surge each.
+        try await Task.sleep(for: .milliseconds(600))
+        let surges = try await members().filter { (m: JSONValue) -> Bool in m["replaces"]?.string != nil }
+        #expect(surges.count == 2)
+        let doomed = try await members().filter { (m: JSONValue) -> Bool in hosts.contains(m["node_id"]?.string ?? "") }
+        #expect(Set(surges.compactMap { $0["replaces"]?.string }) == Set(doomed.compactMap { $0["id"]?.string }))
+        let events = try await server.request("GET", "/v1/events?type=service.replica_surged").1["items"]?.array ?? []
+        #expect(events.count == 2, "\(events)")
+        // The surges serve; the service is whole again, the doomed replicas drain away.
+        #expect(try await server.eventually { try await members().contains { $0["state"]?.string == "starting" } })
+        try await readyStarting()
+        let whole = try await server.eventually(20) {
+            let service = try await server.request("GET", "/v1/services/chat").1
+            return service["ready_replicas"] == .int(4)
+                && (service["members"]?.array ?? []).filter { (m: JSONValue) -> Bool in m["state"]?.string == "gone" }.count == 2
+        }
+        let final = try await members()
+        #expect(whole, "\(final)")
+        server.kill(SIGTERM)
+    }
 }

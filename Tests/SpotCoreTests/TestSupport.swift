@@ -70,12 +70,13 @@ struct TestEnv {
         try store.writer.read { db in
             var text = ""
             for table in [
-                "pools", "nodes", "jobs", "interruptions", "interruption_steps", "provisioning_requests", "events", "tokens",
-                "notice_replays",
-                "policies",
+                "pools", "nodes", "jobs", "job_nodes", "interruptions", "interruption_steps", "provisioning_requests", "events",
+                "tokens", "notice_replays", "policies", "services", "service_replicas",
             ] {
                 // Every column, every row, in a stable order (notice_replays has no rowid: order by its key).
-                let order = table == "notice_replays" ? "signature" : table == "policies" ? "tier" : "rowid"
+                let order =
+                    table == "notice_replays"
+                    ? "signature" : table == "policies" ? "tier" : table == "job_nodes" ? "job_id, member" : "rowid"
                 for row in try Row.fetchAll(db, sql: "SELECT * FROM \(table) ORDER BY \(order)") { text += "\(table) \(row)\n" }
             }
             return text
@@ -86,7 +87,8 @@ struct TestEnv {
     func snapshot() throws -> [String: Int] {
         var counts: [String: Int] = [:]
         for table in [
-            "pools", "nodes", "jobs", "interruptions", "interruption_steps", "provisioning_requests", "events", "tokens", "notice_replays",
+            "pools", "nodes", "jobs", "job_nodes", "interruptions", "interruption_steps", "provisioning_requests", "events", "tokens",
+            "notice_replays", "services", "service_replicas",
         ] {
             counts[table] = try count(table)
         }

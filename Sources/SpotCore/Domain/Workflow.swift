@@ -46,7 +46,7 @@ struct DrainDecision: Sendable {
 struct InterruptionFacts: Sendable {
     var interruption: Interruption
     var nodeState: NodeState?
-    /// Jobs still running or checkpointing on the node.
+    /// Jobs still running or checkpointing on the node, and service replicas still on it.
     var jobsLeft: Int
     /// Provisioning requests of this interruption still pending.
     var pendingRequests: Int

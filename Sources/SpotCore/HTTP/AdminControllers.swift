@@ -259,6 +259,10 @@ struct OpsController {
             "jobs": .object(jobs),
             "gangs": .object(
                 Dictionary(uniqueKeysWithValues: JobState.allCases.map { ($0.rawValue, .int(Int64(summary.gangs[$0] ?? 0))) })),
+            "services": .object([
+                "count": .int(Int64(summary.services.count)), "replicas": .int(Int64(summary.services.replicas)),
+                "ready_replicas": .int(Int64(summary.services.ready)),
+            ]),
             "active_interruptions": .int(Int64(summary.activeInterruptions)),
             "pending_provisioning_requests": .int(Int64(summary.pendingProvisioning)),
         ]).response()

@@ -53,6 +53,26 @@ enum View {
         return .object(fields)
     }
 
+    static func service(_ detail: ServiceDetail) -> JSONValue {
+        let service = detail.service
+        return .object([
+            "id": .string(service.id), "tier": .string(service.tier.rawValue), "replicas": int(service.replicas),
+            "gpus_per_replica": int(service.gpusPerReplica), "gpu_type": string(service.gpuType),
+            "min_available": int(service.minAvailable), "base_on_demand": int(service.baseOnDemand),
+            "ready_replicas": int(detail.readyReplicas), "members": .array(detail.members.map(replica)),
+            "created_at": time(service.createdAt), "updated_at": time(service.updatedAt),
+        ])
+    }
+
+    static func replica(_ replica: ServiceReplica) -> JSONValue {
+        .object([
+            "id": .string(replica.id), "node_id": string(replica.nodeId), "pool": string(replica.pool),
+            "capacity_type": string(replica.capacityType?.rawValue), "state": .string(replica.state.rawValue),
+            "replaces": string(replica.replaces), "leaving": string(replica.doomedReason), "drain_until": time(replica.drainUntil),
+            "created_at": time(replica.createdAt), "ready_at": time(replica.readyAt), "gone_at": time(replica.goneAt),
+        ])
+    }
+
     static func interruption(_ detail: InterruptionDetail) -> JSONValue {
         let value = detail.interruption
         return .object([

@@ -91,6 +91,8 @@ struct StoreSummary: Sendable {
     var jobs: [Tier: [JobState: Int]]
     /// Multi-node jobs by state (counted in `jobs` too).
     var gangs: [JobState: Int] = [:]
+    /// Inference services: how many, replicas wanted, replicas ready.
+    var services = (count: 0, replicas: 0, ready: 0)
     var activeInterruptions: Int
     var pendingProvisioning: Int
 }
@@ -113,13 +115,20 @@ extension SQLiteStore {
                 guard let state = JobState(rawValue: row["state"]) else { continue }
                 gangs[state] = row["n"]
             }
+            let services = try Row.fetchOne(
+                db.cachedStatement(
+                    sql: """
+                        SELECT COUNT(*), COALESCE(SUM(replicas), 0),
+                            (SELECT COUNT(*) FROM service_replicas WHERE state = 'ready') FROM services
+                        """))
             let active =
                 try Int.fetchOne(
                     db.cachedStatement(sql: "SELECT COUNT(*) FROM interruptions WHERE state IN ('received', 'draining', 'drained')")) ?? 0
             let pending =
                 try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM provisioning_requests WHERE state = 'pending'")) ?? 0
             return StoreSummary(
-                pools: pools.map { ($0, stats[$0.name] ?? PoolStats()) }, jobs: jobs, gangs: gangs, activeInterruptions: active,
+                pools: pools.map { ($0, stats[$0.name] ?? PoolStats()) }, jobs: jobs, gangs: gangs,
+                services: (services?[0] ?? 0, services?[1] ?? 0, services?[2] ?? 0), activeInterruptions: active,
                 pendingProvisioning: pending)
         }
     }

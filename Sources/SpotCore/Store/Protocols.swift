@@ -31,6 +31,14 @@ protocol ResourceStore: Sendable {
     func finishJob(_ jobId: String, outcome: JobOutcome, attempt: Int64?, reason: String?, actor: String) async throws -> Job
     func place(jobId: String, dryRun: Bool, actor: String) async throws -> PlacementResult
 
+    // Inference services
+    func createService(_ submission: ServiceSubmission, actor: String) async throws -> ServiceDetail
+    func listServices(_ page: PageRequest) async throws -> Page<ServiceDetail>
+    func service(_ id: String) async throws -> ServiceDetail?
+    func updateService(_ id: String, _ patch: ServicePatch, actor: String) async throws -> ServiceDetail
+    func deleteService(_ id: String, actor: String) async throws
+    func replicaReady(service: String, replica: String, actor: String) async throws -> ServiceDetail
+
     // Interruptions and provisioning
     func recordNotices(_ notices: [Notice], ignored: [IgnoredNotice], replayKey: String?, actor: String) async throws -> NoticeOutcome
     func listInterruptions(_ filter: InterruptionFilter, _ page: PageRequest) async throws -> Page<InterruptionDetail>
@@ -100,6 +108,9 @@ protocol WorkflowStore: EventLog {
         limits: SchedulingLimits, lease: Lease, actor: String, makePlanner: @escaping @Sendable (SchedulingInput) -> SchedulingPlanner,
         protect: @escaping @Sendable (Job, Policy, [Placement.PreemptionSite], Millis) -> Placement.PreemptionChoice?
     ) async throws -> SchedulingReport
+
+    func reconcileServices(lease: Lease, actor: String, plan: @escaping @Sendable (ServiceInput, Millis) -> ServicePlanner)
+        async throws -> ServiceReport
 
     func pruneExpired(before cutoff: Millis, replaysBefore replayCutoff: Millis, batch: Int, lease: Lease) async throws -> PruneReport
 }

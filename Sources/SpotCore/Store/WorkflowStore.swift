@@ -218,7 +218,9 @@ extension SQLiteStore {
                         SELECT \(columns), n.state,
                             (SELECT COUNT(*) FROM jobs j WHERE (j.node_id = i.node_id
                                 OR j.id IN (SELECT job_id FROM job_nodes g WHERE g.node_id = i.node_id))
-                                AND j.state IN ('running', 'checkpointing')),
+                                AND j.state IN ('running', 'checkpointing'))
+                            + (SELECT COUNT(*) FROM service_replicas r WHERE r.node_id = i.node_id
+                                AND r.state IN ('starting', 'ready', 'draining')),
                             (SELECT COUNT(*) FROM provisioning_requests p WHERE p.interruption_id = i.id AND p.state = 'pending')
                         \(Self.closeCandidates) ORDER BY i.seq
                         """), arguments: [now]

@@ -24,6 +24,7 @@ public struct WorkflowWorker: Service {
     let replacement: ReplacementReconciler
     let capacity: CapacityReconciler
     let scheduling: SchedulingLoop
+    let services: ServiceReconciler
     let retention: Retention
 
     static let leaseName = "worker"
@@ -47,6 +48,7 @@ public struct WorkflowWorker: Service {
         self.replacement = ReplacementReconciler(store: store, provider: provider, clock: clock, metrics: metrics, logger: logger)
         self.capacity = CapacityReconciler(store: store, idleSeconds: config.scaleDownIdleSeconds)
         self.scheduling = SchedulingLoop(store: store)
+        self.services = ServiceReconciler(store: store)
         self.retention = Retention(store: store, days: config.retentionDays)
     }
 
@@ -80,6 +82,9 @@ public struct WorkflowWorker: Service {
     /// What passes remember between runs.
     struct PassState {
         var lastPlacementEvent: Int64 = -1
+        /// The services pass runs when events were written since its last run, or when a drain it started ends.
+        var lastServiceEvent: Int64 = -1
+        var serviceDueAt: Millis?
         var lastHousekeeping: Millis = 0
         /// Tests step provisioning inside the pass; the service runs it in its own loop.
         var inlineProvisioning = true
@@ -155,6 +160,19 @@ public struct WorkflowWorker: Service {
         report.drains = try await drains.startDrains(lease: lease)
         if report.drains.moreWaiting { signal.poke() }
         let expired = try await checkpoints.reconcile(lease: lease)
+        // Services place their own replicas (there is no placement API for them), with or without the loop; before the
+        // interruptions close, so that a node whose last replica just went is drained in the same pass.
+        let eventsNow = try await store.lastEventId()
+        if eventsNow != state.lastServiceEvent || state.serviceDueAt.map({ $0 <= clock.now() }) == true {
+            let report = try await services.reconcile(lease: lease)
+            state.serviceDueAt = report.nextDue
+            state.lastServiceEvent = report.placed + report.surged + report.gone > 0 ? -1 : eventsNow
+            if report.placed + report.surged + report.gone > 0 {
+                logger.info(
+                    "service pass",
+                    metadata: ["placed": "\(report.placed)", "surged": "\(report.surged)", "gone": "\(report.gone)"])
+            }
+        }
         report.steps = try await drains.closeInterruptions(lease: lease)
         for duration in report.steps.drainDurations { metrics.drainDuration(seconds: duration) }
         if report.didWork || expired > 0 {
