@@ -10,6 +10,14 @@ func having(_ items: [JSONValue], _ key: String, _ value: String) -> [JSONValue]
     items.filter { (item: JSONValue) -> Bool in item[key]?.string == value }
 }
 
+/// What a sampling task has seen.
+final class Samples: Sendable {
+    private let values = Mutex<[Int64]>([])
+    func append(_ value: Int64) { values.withLock { $0.append(value) } }
+    var count: Int { values.withLock { $0.count } }
+    var all: [Int64] { values.withLock { $0 } }
+}
+
 @Suite("Inference services through HTTP")
 struct ServiceTests {
     /// Spot in two zones (4 nodes each) and on-demand in the first zone (3 nodes), H100 x8.
@@ -143,16 +151,20 @@ struct ServiceTests {
             #expect(try await client.expect(.ok, .get, "/v1/services/chat")["ready_replicas"] == .int(6))
 
             let api = DemoClient(base: "http://127.0.0.1:\(try #require(client.port))")
-            let samples = Mutex<[Int64]>([])
+            let samples = Samples()
             let sampling = Task {
                 while !Task.isCancelled {
                     if let ready = try? await api.call("GET", "/v1/services/chat").1["ready_replicas"]?.int {
-                        samples.withLock { $0.append(ready) }
+                        samples.append(ready)
                     }
                     try? await Task.sleep(for: .milliseconds(100))
                 }
             }
-            func pause() async throws { try await Task.sleep(for: .milliseconds(350)) }
+            /// Lets the sampler see the state in between: waits (with a deadline) for three more samples.
+            func pause() async throws {
+                let target = samples.count + 3
+                #expect(try await pollUntil(10) { samples.count >= target }, "the sampler stopped")
+            }
 
             let hosts = having(members(try await client.expect(.ok, .get, "/v1/services/chat")), "capacity_type", "spot").prefix(2)
                 .compactMap { $0["node_id"]?.string }
@@ -195,7 +207,7 @@ struct ServiceTests {
             }
             sampling.cancel()
             _ = await sampling.result
-            let seen = samples.withLock { $0 }
+            let seen = samples.all
             #expect(seen.count >= 10, "only \(seen.count) samples")
             #expect(seen.allSatisfy { $0 >= 5 }, "ready_replicas dropped below min_available: \(seen)")
             let events = try await client.expect(.ok, .get, "/v1/events?limit=1000")["items"]?.array.compactMap { $0["type"]?.string } ?? []

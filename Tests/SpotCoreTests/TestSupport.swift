@@ -192,3 +192,15 @@ func fixture(_ name: String) throws -> String {
     let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures").appendingPathComponent(name)
     return try String(contentsOf: url, encoding: .utf8)
 }
+
+/// Polls `check` every `every` until it holds (true) or `seconds` pass (false).
+func pollUntil(
+    _ seconds: Double = 5, every: Duration = .milliseconds(20), _ check: () async throws -> Bool
+) async throws -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try await check() { return true }
+        try await Task.sleep(for: every)
+    }
+    return false
+}
