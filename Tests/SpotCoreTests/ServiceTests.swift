@@ -296,3 +296,87 @@ struct ServiceTests {
         }
     }
 }
+
+/// The service planner's decisions, on hand-built inputs.
+@Suite("Service planner (pure)")
+struct ServicePlannerTests {
+    static func service(replicas: Int, base: Int, tier: Tier = .standard) -> InferenceService {
+        InferenceService(
+            id: "s", seq: 1, tier: tier, replicas: replicas, gpusPerReplica: 8, gpuType: nil, minAvailableSetting: nil, baseOnDemand: base,
+            nextReplica: 100, createdAt: 0, updatedAt: 0)
+    }
+
+    static func replica(
+        _ id: String, seq: Int64, node: String?, pool: String?, _ type: CapacityType?, state: ReplicaState = .ready,
+        replaces: String? = nil, doomed: String? = nil
+    ) -> ServiceReplica {
+        ServiceReplica(
+            serviceId: "s", id: id, seq: seq, nodeId: node, pool: pool, capacityType: type, state: state, replaces: replaces,
+            doomedAt: doomed == nil ? nil : 1, doomedReason: doomed, createdAt: 0, updatedAt: 0)
+    }
+
+    static func input(
+        _ service: InferenceService, _ replicas: [ServiceReplica], pools: [Pool], free: [Node], hosts: [String: ReplicaHost] = [:]
+    ) -> ServiceInput {
+        var allHosts = hosts
+        for replica in replicas {
+            if let node = replica.nodeId, allHosts[node] == nil {
+                allHosts[node] = ReplicaHost(state: .ready, terminationDeadline: nil, hasTermination: false)
+            }
+        }
+        return ServiceInput(
+            services: [service], replicas: replicas, nodes: free, pools: pools, policies: Policy.defaults(admissionLimit: 3600, at: 0),
+            stats: [:], hosts: allHosts)
+    }
+
+    /// Scaling down takes an on-demand replica above the base before a spot one, even from a pool with fewer.
+    @Test func scaleDownTakesOnDemandAboveTheBaseFirst() {
+        let pools = [Table.pool("od-a", .onDemand), Table.pool("od-b", .onDemand, zone: "b"), Table.pool("spot-a", .spot)]
+        let replicas = [
+            Self.replica("r1", seq: 1, node: "o1", pool: "od-a", .onDemand),
+            Self.replica("r2", seq: 2, node: "o2", pool: "od-b", .onDemand),
+            Self.replica("r3", seq: 3, node: "s1", pool: "spot-a", .spot),
+            Self.replica("r4", seq: 4, node: "s2", pool: "spot-a", .spot),
+        ]
+        let plan = ServicePlanner.plan(Self.input(Self.service(replicas: 3, base: 1), replicas, pools: pools, free: []), now: 1000)
+        #expect(plan.actions == [.drain(service: "s", replica: "r2", until: 1000 + ServicePlanner.drainSeconds * 1000)])
+    }
+
+    /// A surge avoids the doomed replica's pool when another has room; a replica leaving a reclaimed node drains no
+    /// later than the node's deadline.
+    @Test func aSurgeLeavesTheDoomedPoolAndItsDrainEndsByTheDeadline() {
+        let pools = [Table.pool("spot-a", .spot), Table.pool("spot-b", .spot, zone: "b")]
+        let replicas = [
+            Self.replica("r1", seq: 1, node: "a1", pool: "spot-a", .spot, doomed: ServicePlanner.reclaimed),
+            Self.replica("r2", seq: 2, node: "b1", pool: "spot-b", .spot),
+        ]
+        // spot-a's free node is listed first and prices are equal; the surge still goes to spot-b.
+        let free = [Table.node("a2", pool: "spot-a"), Table.node("b2", pool: "spot-b")]
+        let hosts = ["a1": ReplicaHost(state: .draining, terminationDeadline: 20_000, hasTermination: true)]
+        let plan = ServicePlanner.plan(
+            Self.input(Self.service(replicas: 2, base: 0), replicas, pools: pools, free: free, hosts: hosts), now: 1000)
+        let placed = plan.actions.compactMap { action -> String? in
+            if case .place(_, "r100", let node, _, _, _) = action { return node }
+            return nil
+        }
+        #expect(placed == ["b2"], "\(plan.actions)")
+        let leave = ServicePlanner.leaveAction(replicas[0], host: hosts["a1"], now: 1000)
+        #expect(leave == .drain(service: "s", replica: "r1", until: 20_000))
+    }
+
+    /// Back to spot one replica at a time: with a move under way (a surge starting), no second one starts.
+    @Test func returnToSpotMovesOneReplicaAtATime() {
+        let pools = [Table.pool("od", .onDemand), Table.pool("spot-a", .spot)]
+        let settled = (1...3).map { Self.replica("r\($0)", seq: Int64($0), node: "o\($0)", pool: "od", .onDemand) }
+        let free = (1...3).map { Table.node("s\($0)", pool: "spot-a") }
+        let first = ServicePlanner.plan(Self.input(Self.service(replicas: 3, base: 1), settled, pools: pools, free: free), now: 1000)
+        #expect(first.actions.filter { if case .doom = $0 { true } else { false } }.count == 1, "\(first.actions)")
+        var moving = settled
+        moving[2].doomedAt = 1000
+        moving[2].doomedReason = ServicePlanner.returnToSpot
+        moving.append(Self.replica("r100", seq: 100, node: "s1", pool: "spot-a", .spot, state: .starting, replaces: "r3"))
+        let second = ServicePlanner.plan(
+            Self.input(Self.service(replicas: 3, base: 1), moving, pools: pools, free: Array(free.dropFirst())), now: 2000)
+        #expect(second.actions.isEmpty, "\(second.actions)")
+    }
+}
