@@ -27,7 +27,8 @@ public struct SpotRuntime: Sendable {
         self.clock = clock
         let migrations = try config.migrationsDirectory.map(Migration.load(from:)) ?? Migration.embedded
         self.store = try SQLiteStore(
-            path: config.dbPath, migrations: migrations, admissionLimit: config.admissionLimitSeconds, clock: clock, logger: logger)
+            path: config.dbPath, migrations: migrations, admissionLimit: config.admissionLimitSeconds,
+            replicaDrainSeconds: config.replicaDrainSeconds, clock: clock, logger: logger)
         try store.seedPolicies(admissionLimit: config.admissionLimitSeconds)
         self.signal = WorkerSignal()
         switch config.provider {

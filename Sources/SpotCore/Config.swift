@@ -13,6 +13,8 @@ public struct SpotConfig: Sendable {
     public var webhookSecret: String?
     public var autoPlace = true
     public var drainMarginSeconds: Int64 = 10
+    /// How long a service replica that stops serving drains its in-flight requests before it goes.
+    public var replicaDrainSeconds: Int64 = 30
     public var provider: ProviderKind = .simulated
     public var simBootSeconds: Double = 5
     public var provisionWebhookURL: URL?
@@ -87,6 +89,7 @@ public struct SpotConfig: Sendable {
         let checks: [StartupError?] = [
             outside(port, 0...65535, "--port (SPOTD_PORT)"),
             outside(drainMarginSeconds, 0...3600, "--drain-margin-seconds (SPOTD_DRAIN_MARGIN_SECONDS)"),
+            outside(replicaDrainSeconds, 0...3600, "--replica-drain-seconds (SPOTD_REPLICA_DRAIN_SECONDS)"),
             finite(simBootSeconds, 0...3600, "--sim-boot-seconds (SPOTD_SIM_BOOT_SECONDS)"),
             finite(provisionTimeoutSeconds, 1...86_400, "provision timeout"),
             outside(scaleDownIdleSeconds, 0...2_592_000, "--scale-down-idle-seconds (SPOTD_SCALE_DOWN_IDLE_SECONDS)"),

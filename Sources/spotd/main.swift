@@ -68,6 +68,8 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Turn the scheduling loop off (env SPOTD_AUTO_PLACE=false).") var noAutoPlace = false
     @Option(help: "Seconds before a node's deadline that checkpoints are due (env SPOTD_DRAIN_MARGIN_SECONDS; default 10).")
     var drainMarginSeconds: Int64?
+    @Option(help: "Seconds a service replica that stops serving drains before it goes (env SPOTD_REPLICA_DRAIN_SECONDS; default 30).")
+    var replicaDrainSeconds: Int64?
     @Option(help: "Provisioning provider: simulated or webhook (env SPOTD_PROVIDER; default simulated).") var provider: String?
     @Option(help: "Seconds a simulated node takes to boot (env SPOTD_SIM_BOOT_SECONDS; default 5).") var simBootSeconds: Double?
     @Option(help: "URL the webhook provider POSTs requests to (env SPOTD_PROVISION_WEBHOOK_URL).") var provisionWebhookUrl: String?
@@ -99,6 +101,8 @@ struct Serve: AsyncParsableCommand {
             }
         }
         config.drainMarginSeconds = drainMarginSeconds ?? parsed("SPOTD_DRAIN_MARGIN_SECONDS", env("SPOTD_DRAIN_MARGIN_SECONDS")) ?? 10
+        config.replicaDrainSeconds =
+            replicaDrainSeconds ?? parsed("SPOTD_REPLICA_DRAIN_SECONDS", env("SPOTD_REPLICA_DRAIN_SECONDS")) ?? 30
         if let kind = provider ?? env("SPOTD_PROVIDER") {
             guard let value = SpotConfig.ProviderKind(rawValue: kind) else { fail("provider \(kind) must be simulated or webhook") }
             config.provider = value
@@ -202,10 +206,13 @@ struct DemoCommand: AsyncParsableCommand {
         commandName: "demo", abstract: "Play the reference scenario on a throwaway store and print its timeline.")
 
     @Flag(help: "Put the other spot pool in stockout, so replacements fall back to on-demand.") var stockout = false
+    @Flag(help: "Add a 4-node best-effort gang and a 6-replica standard service (base_on_demand 2) to the fleet.")
+    var workloads = false
 
     func run() async throws {
         var options = Demo.Options()
         options.stockout = stockout
+        options.workloads = workloads
         let passed = try await Demo.run(options) { line in print(line) }
         if !passed { throw ExitCode(1) }
     }

@@ -16,6 +16,8 @@ struct DemoTests {
         /// Premium jobs' events after their first placement (anything at all means one was touched).
         var premiumEventsAfterPlacement: [String]
         var jobs: [(id: String, state: String, requeues: Int64)]
+        /// Every event, oldest first.
+        var events: [(type: String, subject: String, data: JSONValue)]
     }
 
     func run(_ configure: (inout Demo.Options) -> Void = { _ in }) async throws -> Outcome {
@@ -44,6 +46,10 @@ struct DemoTests {
                         """),
                 jobs: try Row.fetchAll(db, sql: "SELECT id, state, requeue_count FROM jobs").map {
                     ($0["id"], $0["state"], $0["requeue_count"])
+                },
+                events: try Row.fetchAll(db, sql: "SELECT type, subject, data FROM events ORDER BY id").map {
+                    let text: String = $0["data"]
+                    return ($0["type"], $0["subject"], (try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))) ?? .null)
                 })
         }
     }
@@ -78,5 +84,42 @@ struct DemoTests {
         #expect(outcome.fallbacks.count == 5 && outcome.fallbacks.allSatisfy { $0 == ("fulfilled", "on-demand") }, "\(outcome.fallbacks)")
         #expect(outcome.premiumEventsAfterPlacement.isEmpty)
         #expect(outcome.jobs.allSatisfy { $0.state == "running" })
+    }
+
+    /// `--workloads`: the gang and the service share the 20 spot nodes; the reclaim takes a gang member and two
+    /// replica hosts. Graded from the event log: the gang is asked to checkpoint once and requeued once, each doomed
+    /// replica gets one surge, and the number of ready replicas, replayed event by event, never drops below
+    /// min_available once the service first served.
+    @Test func workloadsScenarioKeepsTheGangWholeAndTheServiceServing() async throws {
+        let outcome = try await run { $0.workloads = true }
+        #expect(outcome.output.contains("result: OK"), "\(outcome.output)")
+        #expect(
+            outcome.interruptions.count == 5 && outcome.interruptions.allSatisfy { $0.state == "completed" }, "\(outcome.interruptions)")
+        let gang = outcome.events.filter { $0.subject == "jobs/train-gang" }.map(\.type)
+        #expect(gang.filter { $0 == "job.checkpoint_requested" }.count == 1, "\(gang)")
+        #expect(gang.filter { $0 == "job.requeued" }.count == 1, "\(gang)")
+        #expect(outcome.jobs.first { $0.id == "train-gang" }.map { $0.state == "running" && $0.requeues == 1 } == true)
+        #expect(outcome.premiumEventsAfterPlacement.isEmpty, "\(outcome.premiumEventsAfterPlacement)")
+        #expect(outcome.jobs.allSatisfy { $0.state == "running" && $0.requeues <= 1 })
+        // One surge per replica on a reclaimed node.
+        let surges = outcome.events.filter { $0.type == "service.replica_surged" }
+        #expect(surges.filter { $0.data["reason"]?.string?.hasSuffix("(node reclaimed)") == true }.count == 2, "\(surges)")
+        // Ready replicas, replayed from the log.
+        var ready = Set<String>()
+        var lowest: Int?
+        var served = false
+        for event in outcome.events where event.subject == "services/chat" {
+            guard let replica = event.data["replica"]?.string else { continue }
+            switch event.type {
+            case "service.replica_ready": ready.insert(replica)
+            case "service.replica_draining", "service.replica_gone": ready.remove(replica)
+            default: continue
+            }
+            served = served || ready.count == 6
+            if served { lowest = min(lowest ?? ready.count, ready.count) }
+        }
+        #expect(served)
+        #expect((lowest ?? 0) >= 5, "ready replicas fell to \(lowest ?? 0)")
+        #expect(ready.count == 6)
     }
 }

@@ -339,7 +339,7 @@ struct ServicePlannerTests {
             Self.replica("r4", seq: 4, node: "s2", pool: "spot-a", .spot),
         ]
         let plan = ServicePlanner.plan(Self.input(Self.service(replicas: 3, base: 1), replicas, pools: pools, free: []), now: 1000)
-        #expect(plan.actions == [.drain(service: "s", replica: "r2", until: 1000 + ServicePlanner.drainSeconds * 1000)])
+        #expect(plan.actions == [.drain(service: "s", replica: "r2", until: 1000 + ServicePlanner.defaultDrainSeconds * 1000)])
     }
 
     /// A surge avoids the doomed replica's pool when another has room; a replica leaving a reclaimed node drains no
@@ -360,7 +360,7 @@ struct ServicePlannerTests {
             return nil
         }
         #expect(placed == ["b2"], "\(plan.actions)")
-        let leave = ServicePlanner.leaveAction(replicas[0], host: hosts["a1"], now: 1000)
+        let leave = ServicePlanner.leaveAction(replicas[0], host: hosts["a1"], drainSeconds: 30, now: 1000)
         #expect(leave == .drain(service: "s", replica: "r1", until: 20_000))
     }
 

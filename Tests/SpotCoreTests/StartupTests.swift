@@ -63,6 +63,7 @@ struct StartupTests {
             (["--sim-boot-seconds", "nan"], [:], "--sim-boot-seconds"),
             (["--sim-boot-seconds", "inf"], [:], "--sim-boot-seconds"),
             (["--drain-margin-seconds=-1"], [:], "--drain-margin-seconds"),
+            (["--replica-drain-seconds=3601"], [:], "--replica-drain-seconds"),
             (["--retention-days", "0"], [:], "--retention-days"),
             (["--max-event-streams=-5"], [:], "--max-event-streams"),
             (["--body-timeout-seconds", "0"], [:], "--body-timeout-seconds"),

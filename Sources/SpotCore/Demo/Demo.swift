@@ -8,11 +8,16 @@ import ServiceLifecycle
 #endif
 
 /// `spotd demo`: the reference scenario on a throwaway store, with the real server, worker and simulated provider.
-/// 20 spot nodes run best-effort jobs, premium jobs run on on-demand nodes, and the cloud reclaims 5 spot nodes at once.
+/// 20 spot nodes run best-effort jobs, premium jobs run on on-demand nodes, and the cloud reclaims 5 spot nodes at once;
+/// with `workloads`, a 4-node gang and a 6-replica inference service share the fleet, and the reclaim hits both.
 public enum Demo {
     public struct Options: Sendable {
         public var stockout = false
+        /// Add a 4-node best-effort gang and a 6-replica standard service to the same fleet (`--workloads`).
+        public var workloads = false
         public var bootSeconds = 3.0
+        /// How long a replica that stops serving drains (short, so that the demo ends within a minute).
+        public var replicaDrainSeconds: Int64 = 3
         /// Keep the store in this folder (for a test to check the outcome itself); by default a throwaway folder.
         public var directory: URL?
         public init() {}
@@ -28,6 +33,7 @@ public enum Demo {
         // Port 0: the kernel picks a free one, and the server says which once it listens.
         config.port = 0
         config.simBootSeconds = options.bootSeconds
+        config.replicaDrainSeconds = options.replicaDrainSeconds
         config.workerIntervalSeconds = 0.1
         var logger = Logger(label: "spotd-demo")
         logger.logLevel = .error
@@ -100,4 +106,5 @@ extension JSONValue {
 
     var demoString: String? { if case .string(let text) = self { return text } else { return nil } }
     var demoInt: Int64? { if case .int(let number) = self { return number } else { return nil } }
+    var demoArray: [JSONValue]? { if case .array(let items) = self { return items } else { return nil } }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// The reference scenario, step by step, told as it happens.
 struct Scenario {
@@ -8,6 +9,11 @@ struct Scenario {
 
     static let spotNodes = 20
     static let reclaimed = 5
+    /// With `--workloads`: the gang, the service, and their sizes.
+    static let gang = "train-gang"
+    static let gangNodes = 4
+    static let service = "chat"
+    static let serviceReplicas = 6
 
     func expect(_ status: Int, _ method: String, _ path: String, _ body: String? = nil) async throws {
         let (got, json) = try await client.call(method, path, body)
@@ -19,15 +25,35 @@ struct Scenario {
         try await setUp()
         let premiumBefore = try await client.items("/v1/jobs?tier=premium&state=running")
         let bestEffortRunning = try await client.items("/v1/jobs?tier=best_effort&state=running").count
-        write(
-            "ready: \(Self.spotNodes) spot nodes run \(bestEffortRunning) best-effort jobs; \(premiumBefore.count) premium jobs run on on-demand"
-        )
+        if options.workloads {
+            write(
+                "ready: \(Self.spotNodes) spot nodes run a \(Self.gangNodes)-node best-effort gang, \(Self.serviceReplicas - 2) of the "
+                    + "\(Self.serviceReplicas) replicas of a standard service (the other 2 on on-demand: base_on_demand 2) and "
+                    + "\(bestEffortRunning - 1) more best-effort jobs; \(premiumBefore.count) premium jobs run on on-demand")
+            write("(service replicas drain \(options.replicaDrainSeconds) s in this demo; --replica-drain-seconds is 30 by default)")
+        } else {
+            write(
+                "ready: \(Self.spotNodes) spot nodes run \(bestEffortRunning) best-effort jobs; \(premiumBefore.count) premium jobs run on on-demand"
+            )
+        }
         if options.stockout { write("spot-b is in stockout: replacements will fall back to on-demand") }
         let since = try await client.items("/v1/events?limit=1000").compactMap { $0[demo: "id"]?.demoInt }.max() ?? 0
+        let victims = try await chooseVictims()
+        // The service's ready replicas, sampled every 100 ms from the notices to the end.
+        let samples = ReadySamples()
+        let sampler = Task { [client] in
+            guard options.workloads else { return }
+            while !Task.isCancelled {
+                if let ready = try? await client.call("GET", "/v1/services/\(Self.service)").1[demo: "ready_replicas"]?.demoInt {
+                    samples.add(ready)
+                }
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        defer { sampler.cancel() }
 
         // The cloud reclaims 5 spot nodes at once: AWS EventBridge warnings, fired together.
         let noticeAt = Date()
-        let victims = try await client.items("/v1/nodes?pool=spot-a&limit=\(Self.reclaimed)").compactMap { $0[demo: "id"]?.demoString }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for node in victims {
                 group.addTask {
@@ -45,11 +71,14 @@ struct Scenario {
             "t+\(Self.seconds(since: noticeAt))s  \(victims.count) AWS interruption warnings answered 202; every node cordoned before its answer\n"
         )
 
-        // Node agents checkpoint when asked; the cloud takes each node once it is drained.
+        // Node agents checkpoint when asked; replicas report ready once loaded; the cloud takes each node once it is
+        // drained.
         var requeueTimes: [String: Date] = [:]
+        var startingSince: [String: Date] = [:]
         let deadline = Date().addingTimeInterval(55)
         var done = false
         while Date() < deadline && !done {
+            if options.workloads { try await reportLoadedReplicas(&startingSince) }
             for job in try await client.items("/v1/jobs?state=checkpointing") {
                 guard let id = job[demo: "id"]?.demoString, let attempt = job[demo: "attempt"]?.demoInt else { continue }
                 try? await Task.sleep(for: .milliseconds(300))
@@ -63,9 +92,12 @@ struct Scenario {
             let queued = try await client.items("/v1/jobs?state=queued").count
             let checkpointing = try await client.items("/v1/jobs?state=checkpointing").count
             done = interruptions.allSatisfy { $0[demo: "state"]?.demoString == "completed" } && queued == 0 && checkpointing == 0
+            if done && options.workloads { done = try await serviceSettled() }
             if !done { try await Task.sleep(for: .milliseconds(200)) }
         }
         let fullAt = Date()
+        sampler.cancel()
+        _ = await sampler.result
 
         // The timeline, from the audit log.
         write("timeline (seconds after the notices):")
@@ -80,7 +112,9 @@ struct Scenario {
             let data = event[demo: "data"]
             switch type {
             case "interruption.received", "node.cordoned", "node.drained", "node.terminated", "provisioning.requested",
-                "provisioning.fulfilled", "provisioning.failed", "interruption.completed", "job.checkpoint_requested", "job.checkpointed":
+                "provisioning.fulfilled", "provisioning.failed", "interruption.completed", "job.checkpoint_requested", "job.checkpointed",
+                "service.replica_surged", "service.replica_placed", "service.replica_ready", "service.replica_draining",
+                "service.replica_gone":
                 write("  t+\(offset)s  \(type.padding(toLength: 26, withPad: " ", startingAt: 0)) \(subject)\(Self.note(type, data))")
                 lines += 1
             case "job.requeued":
@@ -88,8 +122,9 @@ struct Scenario {
                 write("  t+\(offset)s  \(type.padding(toLength: 26, withPad: " ", startingAt: 0)) \(subject)\(Self.note(type, data))")
                 lines += 1
             case "job.placed" where data?[demo: "attempt"]?.demoInt ?? 1 > 1:
+                let nodes = data?[demo: "node_ids"]?.demoArray?.compactMap(\.demoString).joined(separator: ",")
                 write(
-                    "  t+\(offset)s  \(type.padding(toLength: 26, withPad: " ", startingAt: 0)) \(subject) -> \(data?[demo: "node_id"]?.demoString ?? "?")"
+                    "  t+\(offset)s  \(type.padding(toLength: 26, withPad: " ", startingAt: 0)) \(subject) -> \(nodes ?? data?[demo: "node_id"]?.demoString ?? "?")"
                 )
                 lines += 1
             default:
@@ -101,7 +136,7 @@ struct Scenario {
         let jobs = try await client.items("/v1/jobs?limit=1000")
         var lostGPUMinutes = 0.0
         for job in jobs where (job[demo: "requeue_count"]?.demoInt ?? 0) > 0 {
-            let gpus = Double(job[demo: "gpus"]?.demoInt ?? 0)
+            let gpus = Double((job[demo: "gpus"]?.demoInt ?? 0) * (job[demo: "nodes"]?.demoInt ?? 1))
             let started = job[demo: "started_at"]?.demoString.flatMap(TimeFormat.parseRFC3339) ?? start
             let checkpoint = job[demo: "resume_from"]?[demo: "at"]?.demoString.flatMap(TimeFormat.parseRFC3339)
             let requeuedAt =
@@ -131,8 +166,77 @@ struct Scenario {
         )
         write("  time to full capacity:    \(Self.seconds(since: noticeAt, until: fullAt)) s")
         write("  premium jobs touched:     \(touched)")
-        write(done && touched == 0 ? "\nresult: OK, nothing lost and no premium job touched" : "\nresult: NOT OK")
-        return done && touched == 0 && lines > 0
+        var workloadsOK = true
+        if options.workloads {
+            let gangEvents = events.filter { $0[demo: "subject"]?.demoString == "jobs/\(Self.gang)" }.compactMap {
+                $0[demo: "type"]?.demoString
+            }
+            let checkpoints = gangEvents.filter { $0 == "job.checkpoint_requested" }.count
+            let requeues = gangEvents.filter { $0 == "job.requeued" }.count
+            let gang = try await client.call("GET", "/v1/jobs/\(Self.gang)").1
+            let gangNodes = gang[demo: "node_ids"]?.demoArray?.compactMap(\.demoString) ?? []
+            let service = try await client.call("GET", "/v1/services/\(Self.service)").1
+            let minAvailable = service[demo: "min_available"]?.demoInt ?? 0
+            let seen = samples.all
+            let lowest = seen.min() ?? 0
+            write(
+                "  \("gang \(Self.gang):".padding(toLength: 26, withPad: " ", startingAt: 0))checkpoint requested \(checkpoints)x, requeued \(requeues)x, "
+                    + "\(gang[demo: "state"]?.demoString ?? "?") on \(gangNodes.joined(separator: ", "))")
+            write(
+                "  \("service \(Self.service):".padding(toLength: 26, withPad: " ", startingAt: 0))ready_replicas never below \(lowest) (min_available \(minAvailable); \(seen.count) samples, "
+                    + "every 100 ms); now \(service[demo: "ready_replicas"]?.demoInt ?? 0) of \(Self.serviceReplicas)")
+            workloadsOK =
+                checkpoints == 1 && requeues == 1 && gang[demo: "state"]?.demoString == "running" && !seen.isEmpty && lowest >= minAvailable
+        }
+        let passed = done && touched == 0 && lines > 0 && workloadsOK
+        if options.workloads {
+            write(
+                passed
+                    ? "\nresult: OK, gang checkpointed and requeued once, ready_replicas never below min_available, premium untouched"
+                    : "\nresult: NOT OK")
+        } else {
+            write(passed ? "\nresult: OK, nothing lost and no premium job touched" : "\nresult: NOT OK")
+        }
+        return passed
+    }
+
+    /// The 5 nodes the cloud takes: the first of spot-a; with `--workloads`, one gang member, two replica hosts and
+    /// two nodes of single-node jobs.
+    func chooseVictims() async throws -> [String] {
+        guard options.workloads else {
+            return try await client.items("/v1/nodes?pool=spot-a&limit=\(Self.reclaimed)").compactMap { $0[demo: "id"]?.demoString }
+        }
+        let gangNodes = try await client.call("GET", "/v1/jobs/\(Self.gang)").1[demo: "node_ids"]?.demoArray?.compactMap(\.demoString) ?? []
+        let members = try await client.call("GET", "/v1/services/\(Self.service)").1[demo: "members"]?.demoArray ?? []
+        let replicaHosts = members.filter { $0[demo: "capacity_type"]?.demoString == "spot" }.compactMap { $0[demo: "node_id"]?.demoString }
+        let others = try await client.items("/v1/nodes?pool=spot-a&limit=100").compactMap { $0[demo: "id"]?.demoString }.filter {
+            !gangNodes.contains($0) && !replicaHosts.contains($0)
+        }
+        let victims = Array(gangNodes.prefix(1)) + Array(replicaHosts.prefix(2)) + Array(others.prefix(2))
+        guard victims.count == Self.reclaimed else { throw DemoError.setupFailed("could not pick the victims: \(victims)") }
+        return victims
+    }
+
+    /// The service's replicas load in half a second: each starting replica reports ready once it has been seen
+    /// starting that long.
+    func reportLoadedReplicas(_ startingSince: inout [String: Date]) async throws {
+        let members = try await client.call("GET", "/v1/services/\(Self.service)").1[demo: "members"]?.demoArray ?? []
+        for member in members where member[demo: "state"]?.demoString == "starting" {
+            guard let id = member[demo: "id"]?.demoString else { continue }
+            let since = startingSince[id] ?? Date()
+            startingSince[id] = since
+            if Date().timeIntervalSince(since) >= 0.5 {
+                _ = try await client.call("POST", "/v1/services/\(Self.service)/replicas/\(id)/ready")
+            }
+        }
+    }
+
+    /// Every replica serves and none is on its way in or out.
+    func serviceSettled() async throws -> Bool {
+        let service = try await client.call("GET", "/v1/services/\(Self.service)").1
+        let states = (service[demo: "members"]?.demoArray ?? []).compactMap { $0[demo: "state"]?.demoString }
+        return service[demo: "ready_replicas"]?.demoInt == Int64(Self.serviceReplicas)
+            && states.allSatisfy { $0 == "ready" || $0 == "gone" }
     }
 
     func setUp() async throws {
@@ -143,8 +247,31 @@ struct Scenario {
         for index in 0..<Self.spotNodes {
             try await expect(201, "POST", "/v1/nodes", #"{"id":"i-spot\#(String(format: "%02d", index))","pool":"spot-a"}"#)
         }
-        for index in 0..<4 { try await expect(201, "POST", "/v1/nodes", #"{"id":"i-od\#(index)","pool":"on-demand"}"#) }
-        for index in 0..<(Self.spotNodes * 2) {
+        // With the service, two more on-demand nodes hold its base_on_demand replicas.
+        for index in 0..<(options.workloads ? 6 : 4) {
+            try await expect(201, "POST", "/v1/nodes", #"{"id":"i-od\#(index)","pool":"on-demand"}"#)
+        }
+        var singleJobs = Self.spotNodes * 2
+        if options.workloads {
+            // The gang and the service go first, so that each finds whole nodes; the single-node jobs fill the rest.
+            try await expect(
+                201, "POST", "/v1/jobs",
+                #"{"id":"\#(Self.gang)","tier":"best_effort","nodes":\#(Self.gangNodes),"gpus":8,"checkpointable":true,"expected_duration_seconds":7200}"#
+            )
+            try await waitFor("the gang to run") {
+                try await client.call("GET", "/v1/jobs/\(Self.gang)").1[demo: "state"]?.demoString == "running"
+            }
+            try await expect(
+                201, "POST", "/v1/services",
+                #"{"id":"\#(Self.service)","tier":"standard","replicas":\#(Self.serviceReplicas),"gpus_per_replica":8,"base_on_demand":2}"#)
+            var startingSince: [String: Date] = [:]
+            try await waitFor("the service's replicas to serve") {
+                try await reportLoadedReplicas(&startingSince)
+                return try await serviceSettled()
+            }
+            singleJobs -= (Self.gangNodes + Self.serviceReplicas - 2) * 2
+        }
+        for index in 0..<singleJobs {
             let checkpointable = index % 2 == 0
             try await expect(
                 201, "POST", "/v1/jobs",
@@ -161,6 +288,14 @@ struct Scenario {
         let queued = try await client.items("/v1/jobs?state=queued").compactMap { $0[demo: "id"]?.demoString }
         let ready = try await client.items("/v1/nodes?state=ready&limit=1000").count
         throw DemoError.setupFailed("jobs were not all placed: still queued \(queued), \(ready) ready nodes")
+    }
+
+    func waitFor(_ what: String, _ check: () async throws -> Bool) async throws {
+        for _ in 0..<100 {
+            if try await check() { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw DemoError.setupFailed("waited 10 s for \(what)")
     }
 
     static func pool(_ name: String, _ type: String, zone: String, price: Double) -> String {
@@ -182,8 +317,26 @@ struct Scenario {
             return " -> node \(data?[demo: "node_id"]?.demoString ?? "?")"
         case "provisioning.failed":
             return " (\(data?[demo: "error"]?.demoString ?? ""))"
+        case "service.replica_surged":
+            return " \(data?[demo: "replica"]?.demoString ?? "?"): \(data?[demo: "reason"]?.demoString ?? "")"
+        case "service.replica_placed":
+            return
+                " \(data?[demo: "replica"]?.demoString ?? "?") -> \(data?[demo: "node_id"]?.demoString ?? "?") (\(data?[demo: "pool"]?.demoString ?? "?"))"
+        case "service.replica_ready":
+            return " \(data?[demo: "replica"]?.demoString ?? "?") on \(data?[demo: "node_id"]?.demoString ?? "?")"
+        case "service.replica_draining":
+            return " \(data?[demo: "replica"]?.demoString ?? "?") (its surge serves)"
+        case "service.replica_gone":
+            return " \(data?[demo: "replica"]?.demoString ?? "?") (\(data?[demo: "reason"]?.demoString ?? ""))"
         default:
             return ""
         }
     }
+}
+
+/// What the demo's sampler has seen.
+final class ReadySamples: Sendable {
+    private let values = Mutex<[Int64]>([])
+    func add(_ value: Int64) { values.withLock { $0.append(value) } }
+    var all: [Int64] { values.withLock { $0 } }
 }

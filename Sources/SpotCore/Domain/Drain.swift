@@ -34,23 +34,19 @@ enum Autoscaler {
     /// Spot nodes: another spot pool of the same GPU type (other zone or instance type), lowest interruption rate, then price;
     /// on-demand when none can take it, or when `onDemandOnly` (a spot request already failed).
     /// Stable nodes: the same capacity type, the same pool first.
-    /// With `preferZone` (a gang member's node: the survivors' zone), a pool of that zone comes first: another spot
-    /// pool there, else an on-demand one; else the replacement is chosen as for any node.
+    /// With `preferZone` (a gang member's node: the survivors' zone), another spot pool of that zone comes first;
+    /// without one the replacement is chosen as for any node (an on-demand node in the zone would be no use to a
+    /// best-effort gang, which may not run there).
     static func replacementPool(
         lost: Pool, pools: [Pool], stats: [String: PoolStats], excluding: Set<String> = [], onDemandOnly: Bool = false,
         preferZone: String? = nil
     ) -> Pool? {
         func hasRoom(_ pool: Pool) -> Bool { (stats[pool.name]?.committedNodes ?? 0) < pool.maxNodes }
         let usable = pools.filter { $0.gpuType == lost.gpuType && !excluding.contains($0.name) && hasRoom($0) }
-        if let zone = preferZone, lost.capacityType == .spot {
-            let local = usable.filter { $0.zone == zone && $0.name != lost.name }
+        if let zone = preferZone, lost.capacityType == .spot, !onDemandOnly {
             let rate = { (pool: Pool) in stats[pool.name]?.interruptionRate ?? 0 }
-            let spot = onDemandOnly ? [] : local.filter { $0.capacityType == .spot }
-            if let best = spot.min(by: { (rate($0), $0.hourlyPrice, $0.name) < (rate($1), $1.hourlyPrice, $1.name) }) {
-                return best
-            }
-            if let best = local.filter({ $0.capacityType == .onDemand }).min(by: { ($0.hourlyPrice, $0.name) < ($1.hourlyPrice, $1.name) })
-            {
+            let local = usable.filter { $0.zone == zone && $0.name != lost.name && $0.capacityType == .spot }
+            if let best = local.min(by: { (rate($0), $0.hourlyPrice, $0.name) < (rate($1), $1.hourlyPrice, $1.name) }) {
                 return best
             }
         }

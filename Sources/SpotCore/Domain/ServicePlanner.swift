@@ -84,6 +84,8 @@ struct ServiceInput: Sendable {
     var stats: [String: PoolStats]
     /// The nodes replicas are on.
     var hosts: [String: ReplicaHost]
+    /// How long a replica that stops serving drains (`--replica-drain-seconds`).
+    var drainSeconds: Int64 = ServicePlanner.defaultDrainSeconds
 }
 
 /// One change the service reconciler makes, in the order it is to be applied.
@@ -104,9 +106,9 @@ enum ServiceAction: Sendable, Equatable {
 
 /// The decisions of one pass of the service reconciler. Pure.
 struct ServicePlanner {
-    /// How long a replica that stops serving drains its in-flight requests before it goes (a reclaimed node's
-    /// deadline cuts it shorter).
-    static let drainSeconds: Int64 = 30
+    /// How long a replica that stops serving drains its in-flight requests before it goes, unless set (a reclaimed
+    /// node's deadline cuts it shorter).
+    static let defaultDrainSeconds: Int64 = 30
     /// Why replicas are doomed.
     static let reclaimed = "node reclaimed"
     static let returnToSpot = "return to spot"
@@ -117,6 +119,7 @@ struct ServicePlanner {
     private let policies: [Tier: Policy]
     private let stats: [String: PoolStats]
     private let hosts: [String: ReplicaHost]
+    private let drainSeconds: Int64
     private(set) var actions: [ServiceAction] = []
     /// New replica numbers taken this pass, per service.
     private(set) var nextReplica: [String: Int64] = [:]
@@ -128,6 +131,7 @@ struct ServicePlanner {
         policies = Dictionary(input.policies.map { ($0.tier, $0) }, uniquingKeysWith: { first, _ in first })
         stats = input.stats
         hosts = input.hosts
+        drainSeconds = input.drainSeconds
     }
 
     /// Plans every service of `input`.
@@ -217,17 +221,17 @@ struct ServicePlanner {
     /// What a replica's ready report changes besides the replica: the replica it surged for, if that one is still
     /// serving or starting, leaves (drains, or goes if it never served). Pure.
     static func afterReady(
-        _ replica: ServiceReplica, predecessor: ServiceReplica?, host: ReplicaHost?, now: Millis
+        _ replica: ServiceReplica, predecessor: ServiceReplica?, host: ReplicaHost?, drainSeconds: Int64, now: Millis
     ) -> [ServiceAction] {
         guard let old = predecessor, old.id == replica.replaces, old.isDoomed, old.state != .draining, old.state != .gone else {
             return []
         }
-        return [leaveAction(old, host: host, now: now)]
+        return [leaveAction(old, host: host, drainSeconds: drainSeconds, now: now)]
     }
 
     /// How a doomed or surplus replica leaves: a serving one drains (for `drainSeconds`, or until its node's
     /// deadline if that comes first); one that never served goes at once.
-    static func leaveAction(_ replica: ServiceReplica, host: ReplicaHost?, now: Millis) -> ServiceAction {
+    static func leaveAction(_ replica: ServiceReplica, host: ReplicaHost?, drainSeconds: Int64, now: Millis) -> ServiceAction {
         guard replica.state == .ready else {
             return .gone(service: replica.serviceId, replica: replica.id, reason: replica.isDoomed ? "replaced" : "scaled down")
         }
@@ -238,7 +242,7 @@ struct ServicePlanner {
 
     private mutating func leave(_ replica: ServiceReplica, service: InferenceService, now: Millis, live: inout [ServiceReplica]) {
         guard let position = live.firstIndex(where: { $0.id == replica.id }) else { return }
-        let action = Self.leaveAction(replica, host: replica.nodeId.flatMap { hosts[$0] }, now: now)
+        let action = Self.leaveAction(replica, host: replica.nodeId.flatMap { hosts[$0] }, drainSeconds: drainSeconds, now: now)
         actions.append(action)
         if case .drain(_, _, let until) = action {
             live[position].state = .draining

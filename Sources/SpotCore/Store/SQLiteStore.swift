@@ -17,11 +17,14 @@ public final class SQLiteStore: Sendable {
     let migrations: [Migration]
     /// The admission limit (`--admission-limit`) of the default policies, for a tier with no stored policy.
     let admissionLimit: Int64
+    /// How long a replica that stops serving drains (`--replica-drain-seconds`).
+    let replicaDrainSeconds: Int64
 
     /// Opens (creating if needed) the store at `path` and applies `migrations` (by default those built into the
     /// binary). Errors name the path and what is wrong with it.
     public init(
-        path: String, migrations: [Migration] = Migration.embedded, admissionLimit: Int64 = 3600, clock: any SpotClock = SystemClock(),
+        path: String, migrations: [Migration] = Migration.embedded, admissionLimit: Int64 = 3600, replicaDrainSeconds: Int64 = 30,
+        clock: any SpotClock = SystemClock(),
         logger: Logger = Logger(label: "spotd.store")
     ) throws {
         var configuration = Configuration()
@@ -44,6 +47,7 @@ public final class SQLiteStore: Sendable {
         self.logger = logger
         self.migrations = migrations
         self.admissionLimit = admissionLimit
+        self.replicaDrainSeconds = replicaDrainSeconds
         do {
             try Migrator(migrations: migrations, logger: logger).apply(to: writer)
         } catch let error as MigrationError {

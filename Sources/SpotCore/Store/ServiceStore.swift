@@ -330,7 +330,8 @@ extension SQLiteStore {
                 data: ["replica": .string(replicaId), "node_id": replica.nodeId.map(JSONValue.string) ?? .null])
             let predecessor = try replica.replaces.flatMap { try db.fetchReplica(service: serviceId, id: $0) }
             for action in ServicePlanner.afterReady(
-                replica, predecessor: predecessor, host: try db.replicaHost(predecessor?.nodeId), now: now)
+                replica, predecessor: predecessor, host: try db.replicaHost(predecessor?.nodeId), drainSeconds: replicaDrainSeconds,
+                now: now)
             {
                 try db.apply(action, at: now, actor: actor, gpus: { _ in service.gpusPerReplica })
             }
@@ -361,7 +362,8 @@ extension SQLiteStore {
             let catalog = try catalog.current(db)
             let input = ServiceInput(
                 services: services, replicas: replicas, nodes: nodes, pools: catalog.pools,
-                policies: Self.withDefaults(catalog.policies, admissionLimit: admissionLimit, now: now), stats: hints.stats, hosts: hosts)
+                policies: Self.withDefaults(catalog.policies, admissionLimit: admissionLimit, now: now), stats: hints.stats, hosts: hosts,
+                drainSeconds: replicaDrainSeconds)
             let planner = plan(input, now)
             let gpus = Dictionary(services.map { ($0.id, $0.gpusPerReplica) }, uniquingKeysWith: { first, _ in first })
             var report = ServiceReport()
