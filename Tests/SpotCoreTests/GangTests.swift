@@ -56,10 +56,14 @@ struct GangTests {
         try await env.app().test(.router) { client in
             try await pools(client, maxA: 20)
             let before = try env.digest()
-            // Zone a holds 20 spot + 10 on-demand nodes, zone b 6: a gang of 31 fits in no zone.
-            let wide = try await client.expectProblem(.unprocessableContent, .post, "/v1/jobs", gang("wide", nodes: 31), field: "nodes")
-            #expect(wide["detail"]?.string?.contains("wider than any zone") == true, "\(wide.text)")
-            #expect(wide["detail"]?.string?.contains("30 node(s) in us-east-1a/H100") == true, "\(wide.text)")
+            // Zone a holds 20 spot + 10 on-demand nodes, zone b 6. Counted for the tier's capacity types: a standard or
+            // best-effort gang (spot and on-demand) of 31 fits in no zone, nor a premium one (on-demand only) of 11.
+            for (tier, nodes, most) in [("standard", 31, 30), ("best_effort", 31, 30), ("premium", 11, 10)] {
+                let wide = try await client.expectProblem(
+                    .unprocessableContent, .post, "/v1/jobs", gang("wide", nodes: nodes, tier: tier), field: "nodes")
+                #expect(wide["detail"]?.string?.hasPrefix("nodes (\(nodes)) is wider than any zone can hold") == true, "\(wide.text)")
+                #expect(wide["detail"]?.string?.contains("\(most) node(s) in us-east-1a/H100") == true, "\(wide.text)")
+            }
             // No pool has nodes of 16 GPUs or of another GPU type.
             try await client.expectProblem(.unprocessableContent, .post, "/v1/jobs", gang("big", nodes: 2, gpus: 16), field: "nodes")
             try await client.expectProblem(
@@ -72,8 +76,9 @@ struct GangTests {
             try await client.expectProblem(.badRequest, .post, "/v1/jobs", Seed.job("x", tier: "best_effort", extra: #","members":2"#))
             #expect(try env.digest() == before)
             // A gang that fits some zone is taken.
-            let fits = try await client.expect(.created, .post, "/v1/jobs", gang("fits", nodes: 30))
+            let fits = try await client.expect(.created, .post, "/v1/jobs", gang("fits", nodes: 30, tier: "standard"))
             #expect(fits["nodes"] == .int(30))
+            try await client.expect(.created, .post, "/v1/jobs", gang("fits-too", nodes: 20))
             #expect(fits["node_ids"] == .array([]))
         }
     }

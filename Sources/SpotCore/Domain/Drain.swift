@@ -35,8 +35,8 @@ enum Autoscaler {
     /// on-demand when none can take it, or when `onDemandOnly` (a spot request already failed).
     /// Stable nodes: the same capacity type, the same pool first.
     /// With `preferZone` (a gang member's node: the survivors' zone), another spot pool of that zone comes first;
-    /// without one the replacement is chosen as for any node (an on-demand node in the zone would be no use to a
-    /// best-effort gang, which may not run there).
+    /// without one the replacement is chosen as for any node (spot elsewhere before on-demand in the zone: the gang
+    /// can reassemble in the zone the replacements land in, at the spot price).
     static func replacementPool(
         lost: Pool, pools: [Pool], stats: [String: PoolStats], excluding: Set<String> = [], onDemandOnly: Bool = false,
         preferZone: String? = nil

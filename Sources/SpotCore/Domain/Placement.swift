@@ -143,19 +143,23 @@ enum Placement {
     /// The pool group a pool belongs to for gangs: its zone and GPU type.
     static func gangGroup(_ pool: Pool) -> String { "\(pool.zone)/\(pool.gpuType)" }
 
-    /// Why no zone could ever hold a gang of `nodes` nodes with `gpus` GPUs each (counting every pool's `max_nodes`),
-    /// or nil when one could. Checked when a gang is submitted.
-    static func gangRefusal(nodes: Int, gpus: Int, gpuType: String?, pools: [Pool]) -> String? {
+    /// Why no zone could ever hold a gang of `nodes` nodes with `gpus` GPUs each, or nil when one could: per zone and
+    /// GPU type, the `max_nodes` of every pool whose nodes are big enough and whose capacity type the tier's policy
+    /// uses. Checked when a gang is submitted. The wording follows the field name (`nodes`).
+    static func gangRefusal(nodes: Int, gpus: Int, gpuType: String?, policy: Policy, pools: [Pool]) -> String? {
         var room: [String: Int] = [:]
-        for pool in pools where pool.gpusPerNode >= gpus && (gpuType == nil || gpuType == pool.gpuType) {
+        for pool in pools
+        where pool.gpusPerNode >= gpus && (gpuType == nil || gpuType == pool.gpuType) && policy.capacityTypes.contains(pool.capacityType) {
             room[gangGroup(pool), default: 0] += pool.maxNodes
         }
-        let needs = "a gang of \(nodes) nodes with \(gpus) GPU(s) each\(gpuType.map { " of type \($0)" } ?? "")"
+        let usable = policy.capacityTypes.map(\.rawValue).joined(separator: " or ")
+        let shape = "\(gpus) GPU(s)\(gpuType.map { " of type \($0)" } ?? "") per node"
         guard let most = room.max(by: { ($0.value, $1.key) < ($1.value, $0.key) }) else {
-            return "no pool has nodes for \(needs)"
+            return "(\(nodes)): no \(usable) pool has nodes with \(shape) for a \(policy.tier.rawValue) gang"
         }
         guard most.value < nodes else { return nil }
-        return "\(needs) is wider than any zone can hold: the most is \(most.value) node(s) in \(most.key) (the max_nodes of its pools)"
+        return "(\(nodes)) is wider than any zone can hold for a \(policy.tier.rawValue) gang with \(shape): the most is "
+            + "\(most.value) node(s) in \(most.key) (the max_nodes of its \(usable) pools)"
     }
 
     /// Chooses every member of a gang, all or nothing: `job.nodes` distinct nodes with `job.gpus` free GPUs each, in

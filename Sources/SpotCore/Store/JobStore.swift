@@ -30,8 +30,10 @@ extension SQLiteStore {
             let now = clock.now()
             if try db.fetchJob(submission.id) != nil { throw StoreError.conflict("job '\(submission.id)' already exists") }
             if submission.nodes > 1,
+                let policy = try Self.policies(db, defaults: admissionLimit, now: now).first(where: { $0.tier == submission.tier }),
                 let refusal = Placement.gangRefusal(
-                    nodes: submission.nodes, gpus: submission.gpus, gpuType: submission.gpuType, pools: try catalog.current(db).pools)
+                    nodes: submission.nodes, gpus: submission.gpus, gpuType: submission.gpuType, policy: policy,
+                    pools: try catalog.current(db).pools)
             {
                 throw StoreError.unprocessable(field: "nodes", refusal)
             }

@@ -277,9 +277,9 @@ extension SQLiteStore {
     /// Why a service's counts do not agree, or nil when they do.
     static func serviceRefusal(replicas: Int, minAvailable: Int, base: Int) -> (field: String, detail: String)? {
         if minAvailable > replicas {
-            return ("min_available", "min_available (\(minAvailable)) must not exceed replicas (\(replicas))")
+            return ("min_available", "(\(minAvailable)) must not exceed replicas (\(replicas))")
         }
-        if base > replicas { return ("base_on_demand", "base_on_demand (\(base)) must not exceed replicas (\(replicas))") }
+        if base > replicas { return ("base_on_demand", "(\(base)) must not exceed replicas (\(replicas))") }
         return nil
     }
 
