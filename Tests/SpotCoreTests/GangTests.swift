@@ -58,9 +58,13 @@ struct GangTests {
             let before = try env.digest()
             // Zone a holds 20 spot + 10 on-demand nodes, zone b 6. Counted for the tier's capacity types: a standard or
             // best-effort gang (spot and on-demand) of 31 fits in no zone, nor a premium one (on-demand only) of 11.
-            for (tier, nodes, most) in [("standard", 31, 30), ("best_effort", 31, 30), ("premium", 11, 10)] {
+            // A standard gang that cannot checkpoint may not use spot: 11 is too wide for it.
+            for (tier, nodes, most, checkpointable) in [
+                ("standard", 31, 30, true), ("best_effort", 31, 30, true), ("premium", 11, 10, true), ("standard", 11, 10, false),
+            ] {
                 let wide = try await client.expectProblem(
-                    .unprocessableContent, .post, "/v1/jobs", gang("wide", nodes: nodes, tier: tier), field: "nodes")
+                    .unprocessableContent, .post, "/v1/jobs", gang("wide", nodes: nodes, tier: tier, checkpointable: checkpointable),
+                    field: "nodes")
                 #expect(wide["detail"]?.string?.hasPrefix("nodes (\(nodes)) is wider than any zone can hold") == true, "\(wide.text)")
                 #expect(wide["detail"]?.string?.contains("\(most) node(s) in us-east-1a/H100") == true, "\(wide.text)")
             }

@@ -280,6 +280,12 @@ struct RetentionTests {
             try await client.expect(.created, .post, "/v1/jobs", Seed.job("waiting", tier: "premium", gpus: 64))
             try await client.expect(.accepted, .post, "/v1/interruptions", #"{"node_id":"nobody","kind":"termination"}"#)
             try await client.expect(.ok, .delete, "/v1/nodes/gone")
+            // A service scaled down: its surplus replica (never ready) is gone at once, the other stays.
+            try await client.expect(.created, .post, "/v1/services", #"{"id":"svc","tier":"premium","replicas":2,"gpus_per_replica":1}"#)
+            try await env.step()
+            try await client.expect(.ok, .patch, "/v1/services/svc", #"{"replicas":1}"#)
+            try await env.step()
+            #expect(try env.count("service_replicas") == 2)
             let retention = Retention(store: env.store, days: 30, batch: 2)
 
             // Inside the window nothing goes.
@@ -293,6 +299,8 @@ struct RetentionTests {
             #expect(removed.jobs == 1)
             #expect(removed.interruptions == 1)
             #expect(removed.nodes == 1)
+            #expect(removed.replicas == 1)
+            #expect(try env.count("service_replicas") == 1)
             #expect(removed.events == eventsBefore - 1)
             #expect(try await env.store.job("done") == nil)
             #expect(try await env.store.job("live")?.0.state == .running)

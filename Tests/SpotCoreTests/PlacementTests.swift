@@ -210,7 +210,7 @@ struct PlacementDecisionTests {
         #expect(Placement.lostWork(stale, now: now) == 4 * 3600)
         let sites = [
             Placement.PreemptionSite(node: Table.node("o1", pool: "od", used: 8), pool: onDemand, bestEffortJobs: [fresh]),
-            Placement.PreemptionSite(node: Table.node("o2", pool: "od", used: 4), pool: onDemand, bestEffortJobs: [stale]),
+            Placement.PreemptionSite(node: Table.node("o2", pool: "od", used: 8), pool: onDemand, bestEffortJobs: [stale]),
         ]
         let choice = Placement.choosePreemption(
             job: Table.job(tier: .premium, gpus: 4), policy: Table.policy(.premium), sites: sites, now: now)

@@ -57,6 +57,30 @@ struct WorkflowDecisionTests {
         #expect(unavailable[0].jobs.map(\.action) == [.requeue], "no time left to checkpoint")
     }
 
+    /// A gang member's replacement stays in the survivors' zone: another spot pool there, else on-demand there when
+    /// the gang's tier may use it; a tier that may not gets spot in another zone.
+    @Test func aGangMembersReplacementStaysInItsZone() {
+        let now: Millis = 1_000_000
+        var gang = Table.job("g", tier: .bestEffort, gpus: 8, checkpointable: true)
+        gang.state = .running
+        gang.nodes = 2
+        gang.nodeIds = ["n1", "n2"]
+        let drain = DrainCase(
+            interruption: interruption("n1", deadline: now + 120_000), node: Table.node("n1", pool: "spot-a"), jobs: [gang])
+        let policies = Dictionary(uniqueKeysWithValues: Policy.defaults(admissionLimit: 3600, at: 0).map { ($0.tier, $0) })
+        let otherZone = Table.pool("spot-y", .spot, zone: "y")
+        func replacement(_ pools: [Pool], _ policies: [Tier: Policy]) -> DrainDecision.Replacement? {
+            Drain.decide([drain], capacity: CapacityView(pools: pools, stats: [:], policies: policies), now: now, marginSeconds: 10)
+                .first?.replacement
+        }
+        let spotA2 = Table.pool("spot-a2", .spot, zone: "a")
+        #expect(replacement([spotA, otherZone, onDemand, spotA2], policies) == .pool(spotA2))
+        #expect(replacement([spotA, otherZone, onDemand], policies) == .pool(onDemand))
+        var spotOnly = policies
+        spotOnly[.bestEffort]?.capacityTypes = [.spot]
+        #expect(replacement([spotA, otherZone, onDemand], spotOnly) == .pool(otherZone))
+    }
+
     @Test func interruptionRulesCloseInOrder() {
         var facts = InterruptionFacts(interruption: interruption("n", deadline: 100), nodeState: .draining, jobsLeft: 1, pendingRequests: 1)
         facts.interruption.state = .draining

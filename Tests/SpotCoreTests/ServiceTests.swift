@@ -364,6 +364,28 @@ struct ServicePlannerTests {
         #expect(leave == .drain(service: "s", replica: "r1", until: 20_000))
     }
 
+    /// A reclaimed replica of a service scaled down under it gets no surge when the replicas staying are enough: it
+    /// drains. Replica numbers far past a million do not trap.
+    @Test func aDoomedReplicaOfAScaledDownServiceLeavesWithoutASurge() {
+        let pools = [Table.pool("spot-a", .spot), Table.pool("spot-b", .spot, zone: "b")]
+        var service = Self.service(replicas: 2, base: 0)
+        service.nextReplica = 5_000_000_000
+        let replicas = [
+            Self.replica("r1", seq: 1, node: "a1", pool: "spot-a", .spot, doomed: ServicePlanner.reclaimed),
+            Self.replica("r2", seq: 2, node: "b1", pool: "spot-b", .spot),
+            Self.replica("r3", seq: 3, node: "b2", pool: "spot-b", .spot),
+        ]
+        let hosts = ["a1": ReplicaHost(state: .draining, terminationDeadline: 20_000, hasTermination: true)]
+        let free = [Table.node("b3", pool: "spot-b")]
+        let plan = ServicePlanner.plan(Self.input(service, replicas, pools: pools, free: free, hosts: hosts), now: 1000)
+        #expect(plan.actions == [.drain(service: "s", replica: "r1", until: 20_000)], "\(plan.actions)")
+        // With one more wanted, it surges, numbered past five billion.
+        service.replicas = 3
+        let surging = ServicePlanner.plan(Self.input(service, replicas, pools: pools, free: free, hosts: hosts), now: 1000)
+        #expect(
+            surging.actions.first == .create(service: "s", replica: "r5000000000", replaces: "r1", reason: "surge for r1 (node reclaimed)"))
+    }
+
     /// Back to spot one replica at a time: with a move under way (a surge starting), no second one starts.
     @Test func returnToSpotMovesOneReplicaAtATime() {
         let pools = [Table.pool("od", .onDemand), Table.pool("spot-a", .spot)]

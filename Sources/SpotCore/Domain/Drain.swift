@@ -34,12 +34,12 @@ enum Autoscaler {
     /// Spot nodes: another spot pool of the same GPU type (other zone or instance type), lowest interruption rate, then price;
     /// on-demand when none can take it, or when `onDemandOnly` (a spot request already failed).
     /// Stable nodes: the same capacity type, the same pool first.
-    /// With `preferZone` (a gang member's node: the survivors' zone), another spot pool of that zone comes first;
-    /// without one the replacement is chosen as for any node (spot elsewhere before on-demand in the zone: the gang
-    /// can reassemble in the zone the replacements land in, at the spot price).
+    /// With `preferZone` (a gang member's node: the survivors' zone), a pool of that zone comes first, so that the
+    /// gang can reassemble: another spot pool there, else a pool of a stable type the gang's tier may use
+    /// (`zoneStable`); without one the replacement is chosen as for any node.
     static func replacementPool(
         lost: Pool, pools: [Pool], stats: [String: PoolStats], excluding: Set<String> = [], onDemandOnly: Bool = false,
-        preferZone: String? = nil
+        preferZone: String? = nil, zoneStable: Set<CapacityType> = []
     ) -> Pool? {
         func hasRoom(_ pool: Pool) -> Bool { (stats[pool.name]?.committedNodes ?? 0) < pool.maxNodes }
         let usable = pools.filter { $0.gpuType == lost.gpuType && !excluding.contains($0.name) && hasRoom($0) }
@@ -49,6 +49,8 @@ enum Autoscaler {
             if let best = local.min(by: { (rate($0), $0.hourlyPrice, $0.name) < (rate($1), $1.hourlyPrice, $1.name) }) {
                 return best
             }
+            let stable = usable.filter { $0.zone == zone && zoneStable.contains($0.capacityType) }
+            if let best = stable.min(by: { ($0.hourlyPrice, $0.name) < ($1.hourlyPrice, $1.name) }) { return best }
         }
         if lost.capacityType != .spot {
             return usable.filter { $0.capacityType == lost.capacityType }

@@ -143,23 +143,27 @@ enum Placement {
     /// The pool group a pool belongs to for gangs: its zone and GPU type.
     static func gangGroup(_ pool: Pool) -> String { "\(pool.zone)/\(pool.gpuType)" }
 
-    /// Why no zone could ever hold a gang of `nodes` nodes with `gpus` GPUs each, or nil when one could: per zone and
-    /// GPU type, the `max_nodes` of every pool whose nodes are big enough and whose capacity type the tier's policy
-    /// uses. Checked when a gang is submitted. The wording follows the field name (`nodes`).
-    static func gangRefusal(nodes: Int, gpus: Int, gpuType: String?, policy: Policy, pools: [Pool]) -> String? {
+    /// Why no zone could ever hold `gang`, or nil when one could: per zone and GPU type, the `max_nodes` of every
+    /// pool the gang may use (its nodes big enough, its capacity type in the tier's policy, the policy's spot rules).
+    /// Checked when a gang is submitted. The wording follows the field name (`nodes`).
+    static func gangRefusal(_ gang: Job, policy: Policy, pools: [Pool]) -> String? {
         var room: [String: Int] = [:]
-        for pool in pools
-        where pool.gpusPerNode >= gpus && (gpuType == nil || gpuType == pool.gpuType) && policy.capacityTypes.contains(pool.capacityType) {
-            room[gangGroup(pool), default: 0] += pool.maxNodes
+        var refusals: [String] = []
+        for pool in pools {
+            if let refusal = poolRefusal(job: gang, policy: policy, pool: pool) {
+                refusals.append("\(pool.name): \(refusal)")
+            } else {
+                room[gangGroup(pool), default: 0] += pool.maxNodes
+            }
         }
-        let usable = policy.capacityTypes.map(\.rawValue).joined(separator: " or ")
-        let shape = "\(gpus) GPU(s)\(gpuType.map { " of type \($0)" } ?? "") per node"
+        let shape = "\(gang.gpus) GPU(s)\(gang.gpuType.map { " of type \($0)" } ?? "") per node"
         guard let most = room.max(by: { ($0.value, $1.key) < ($1.value, $0.key) }) else {
-            return "(\(nodes)): no \(usable) pool has nodes with \(shape) for a \(policy.tier.rawValue) gang"
+            let why = refusals.isEmpty ? "there are no pools" : refusals.prefix(5).joined(separator: "; ")
+            return "(\(gang.nodes)): no pool can take a \(gang.tier.rawValue) gang with \(shape) (\(why))"
         }
-        guard most.value < nodes else { return nil }
-        return "(\(nodes)) is wider than any zone can hold for a \(policy.tier.rawValue) gang with \(shape): the most is "
-            + "\(most.value) node(s) in \(most.key) (the max_nodes of its \(usable) pools)"
+        guard most.value < gang.nodes else { return nil }
+        return "(\(gang.nodes)) is wider than any zone can hold for a \(gang.tier.rawValue) gang with \(shape): the most is "
+            + "\(most.value) node(s) in \(most.key) (the max_nodes of the pools it may use there)"
     }
 
     /// Chooses every member of a gang, all or nothing: `job.nodes` distinct nodes with `job.gpus` free GPUs each, in

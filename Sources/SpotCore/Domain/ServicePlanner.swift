@@ -112,6 +112,8 @@ struct ServicePlanner {
     /// Why replicas are doomed.
     static let reclaimed = "node reclaimed"
     static let returnToSpot = "return to spot"
+    /// Replicas made in this pass sort after every stored one (stored `seq`s are row ids, far below this).
+    static let newSeq = Int64.max / 2
 
     private var index: CapacityIndex
     private let pools: [String: Pool]
@@ -178,9 +180,15 @@ struct ServicePlanner {
             }
         }
         // Every doomed replica still serving has one surge replica. A move back to spot whose surge was lost is
-        // called off (the replica stays); a reclaimed one gets a new surge.
+        // called off (the replica stays); a reclaimed one gets a new surge, unless the replicas not leaving are
+        // already as many as wanted (the service was scaled down under it): then it simply leaves.
         for replica in live where replica.isDoomed && replica.state == .ready {
             guard !live.contains(where: { $0.replaces == replica.id }) else { continue }
+            let staying = live.filter { !$0.isDoomed && $0.state != .draining }.count
+            if replica.doomedReason == Self.reclaimed && staying >= service.replicas {
+                leave(replica, service: service, now: now, live: &live)
+                continue
+            }
             if replica.doomedReason == Self.returnToSpot {
                 actions.append(.spare(service: service.id, replica: replica.id))
                 if let position = live.firstIndex(where: { $0.id == replica.id }) {
@@ -306,7 +314,7 @@ struct ServicePlanner {
         let id = "r\(number)"
         actions.append(.create(service: service.id, replica: id, replaces: replaces, reason: reason))
         return ServiceReplica(
-            serviceId: service.id, id: id, seq: Int64.max - 1_000_000 + number, state: .pending, replaces: replaces, createdAt: 0,
+            serviceId: service.id, id: id, seq: Self.newSeq &+ number, state: .pending, replaces: replaces, createdAt: 0,
             updatedAt: 0)
     }
 

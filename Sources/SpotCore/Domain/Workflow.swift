@@ -5,6 +5,8 @@
 struct CapacityView: Sendable {
     var pools: [Pool]
     var stats: [String: PoolStats]
+    /// The tier policies (for a gang's replacement: may it run on on-demand in its zone).
+    var policies: [Tier: Policy] = [:]
 }
 
 /// The worker lease as held: who holds it, and the fencing token of this holding. Every workflow write checks, in
@@ -82,8 +84,12 @@ extension Drain {
             var replacement = DrainDecision.Replacement.none
             if drain.interruption.nodeWasLive, let lost = capacity.pools.first(where: { $0.name == drain.node.pool }) {
                 // A gang member's replacement goes to the survivors' zone first, so that the gang can reassemble.
-                let gangZone = drain.jobs.contains(where: \.isGang) ? lost.zone : nil
-                if let target = Autoscaler.replacementPool(lost: lost, pools: capacity.pools, stats: capacity.stats, preferZone: gangZone) {
+                let gang = drain.jobs.first(where: \.isGang)
+                let stableTypes = gang.flatMap { capacity.policies[$0.tier] }.map { Set($0.capacityTypes).subtracting([.spot]) } ?? []
+                if let target = Autoscaler.replacementPool(
+                    lost: lost, pools: capacity.pools, stats: capacity.stats, preferZone: gang.map { _ in lost.zone },
+                    zoneStable: stableTypes)
+                {
                     replacement = .pool(target)
                     capacity.stats[target.name, default: PoolStats()].committedNodes += 1
                 } else {

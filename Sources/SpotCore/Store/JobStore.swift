@@ -17,6 +17,14 @@ struct JobSubmission: Sendable {
     var priority: Int64
     /// Nodes the job spans, with `gpus` on each.
     var nodes: Int = 1
+
+    /// The job as it will be stored (queued).
+    func job(at now: Millis) -> Job {
+        Job(
+            id: id, seq: 0, tier: tier, gpus: gpus, gpuType: gpuType, checkpointable: checkpointable,
+            expectedDurationSeconds: expectedDurationSeconds, priority: priority, state: .queued, attempt: 0, requeueCount: 0,
+            submittedAt: now, updatedAt: now, nodes: nodes)
+    }
 }
 
 /// How a running job ended.
@@ -31,9 +39,7 @@ extension SQLiteStore {
             if try db.fetchJob(submission.id) != nil { throw StoreError.conflict("job '\(submission.id)' already exists") }
             if submission.nodes > 1,
                 let policy = try Self.policies(db, defaults: admissionLimit, now: now).first(where: { $0.tier == submission.tier }),
-                let refusal = Placement.gangRefusal(
-                    nodes: submission.nodes, gpus: submission.gpus, gpuType: submission.gpuType, policy: policy,
-                    pools: try catalog.current(db).pools)
+                let refusal = Placement.gangRefusal(submission.job(at: now), policy: policy, pools: try catalog.current(db).pools)
             {
                 throw StoreError.unprocessable(field: "nodes", refusal)
             }

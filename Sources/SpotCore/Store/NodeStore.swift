@@ -96,7 +96,7 @@ extension SQLiteStore {
         let pool = try db.fetchPool(node.pool)
         let jobs = try String.fetchAll(
             db.cachedStatement(
-                sql: "SELECT id FROM jobs WHERE \(Database.onNode) AND state IN ('running', 'checkpointing') ORDER BY seq"),
+                sql: "SELECT id FROM jobs WHERE \(Database.onNode) AND \(Database.holdsGPUs) ORDER BY seq"),
             arguments: [id, id])
         let interruption = try String.fetchOne(
             db.cachedStatement(

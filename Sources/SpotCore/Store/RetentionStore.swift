@@ -3,8 +3,8 @@ import GRDB
 extension SQLiteStore {
     /// Removes, in one transaction, at most `batch` rows of each kind that are finished and older than `cutoff`:
     /// events (whole, oldest first), finished jobs, completed or unmatched interruptions with their timelines,
-    /// resolved provisioning requests, terminated nodes that nothing points at; and replay records older than
-    /// `replayCutoff`. Live records are never touched. Callers repeat while a kind filled its batch.
+    /// resolved provisioning requests, terminated nodes that nothing points at, service replicas gone; and replay
+    /// records older than `replayCutoff`. Live records are never touched. Callers repeat while a kind filled its batch.
     func pruneExpired(before cutoff: Millis, replaysBefore replayCutoff: Millis, batch: Int, lease: Lease) async throws -> PruneReport {
         try await write { [self] db in
             try Self.checkFence(db, lease, now: clock.now())
@@ -56,6 +56,13 @@ extension SQLiteStore {
                 sql: "DELETE FROM notice_replays WHERE signature IN (SELECT signature FROM notice_replays WHERE received_at < ? LIMIT ?)"
             ).execute(arguments: [replayCutoff, batch])
             report.replays = db.changesCount
+            try db.cachedStatement(
+                sql: """
+                    DELETE FROM service_replicas WHERE seq IN (
+                        SELECT seq FROM service_replicas WHERE gone_at IS NOT NULL AND gone_at < ? AND state = 'gone' LIMIT ?)
+                    """
+            ).execute(arguments: [cutoff, batch])
+            report.replicas = db.changesCount
             return report
         }
     }

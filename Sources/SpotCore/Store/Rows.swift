@@ -196,13 +196,17 @@ extension Database {
     func jobsOnNode(_ nodeId: String) throws -> [Job] {
         try Job.fetchAll(
             self.cachedStatement(
-                sql: "SELECT \(Job.columns) FROM jobs WHERE \(Self.onNode) AND state IN ('running', 'checkpointing') ORDER BY seq"),
+                sql: "SELECT \(Job.columns) FROM jobs WHERE \(Self.onNode) AND \(Self.holdsGPUs) ORDER BY seq"),
             arguments: [nodeId, nodeId]
         )
     }
 
     /// The condition "the job is on node ?" (bind the node id twice): its first node, or a member of its gang.
     static let onNode = "(node_id = ? OR id IN (SELECT job_id FROM job_nodes WHERE node_id = ?))"
+    /// The condition "the job holds GPUs", to go with `onNode`. The unary `+` keeps SQLite from reading every running
+    /// job through `jobs_state_order` instead of the two node lookups (a multi-index OR): 2 ms against 0.01 ms per
+    /// node at 20,000 running jobs.
+    static let holdsGPUs = "+state IN ('running', 'checkpointing')"
 
     /// The active termination of any node the job is on (its first member's, when several have one).
     func activeTermination(job: Job) throws -> Interruption? {

@@ -46,8 +46,9 @@ struct PruneReport: Sendable, Equatable {
     var provisioningRequests = 0
     var nodes = 0
     var replays = 0
+    var replicas = 0
 
-    var total: Int { events + jobs + interruptions + provisioningRequests + nodes + replays }
+    var total: Int { events + jobs + interruptions + provisioningRequests + nodes + replays + replicas }
 }
 
 /// What a provider did with a pending request.

@@ -87,7 +87,10 @@ extension SQLiteStore {
             guard !cases.isEmpty else { return report }
             let capacity = CapacityView(
                 pools: try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")),
-                stats: try Self.poolStats(db, now: now))
+                stats: try Self.poolStats(db, now: now),
+                policies: Dictionary(
+                    try Self.policies(db, defaults: admissionLimit, now: now).map { ($0.tier, $0) }, uniquingKeysWith: { first, _ in first }
+                ))
             for decision in decide(cases, capacity, now) {
                 try Self.apply(db, decision, now: now, actor: actor, report: &report)
             }
@@ -218,7 +221,7 @@ extension SQLiteStore {
                         SELECT \(columns), n.state,
                             (SELECT COUNT(*) FROM jobs j WHERE (j.node_id = i.node_id
                                 OR j.id IN (SELECT job_id FROM job_nodes g WHERE g.node_id = i.node_id))
-                                AND j.state IN ('running', 'checkpointing'))
+                                AND +j.state IN ('running', 'checkpointing'))
                             + (SELECT COUNT(*) FROM service_replicas r WHERE r.node_id = i.node_id
                                 AND r.state IN ('starting', 'ready', 'draining')),
                             (SELECT COUNT(*) FROM provisioning_requests p WHERE p.interruption_id = i.id AND p.state = 'pending')

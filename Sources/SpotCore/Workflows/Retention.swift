@@ -28,8 +28,12 @@ struct Retention: Sendable {
             total.provisioningRequests += report.provisioningRequests
             total.nodes += report.nodes
             total.replays += report.replays
-            let full = [report.events, report.jobs, report.interruptions, report.provisioningRequests, report.nodes, report.replays]
-                .contains(batch)
+            total.replicas += report.replicas
+            let full = [
+                report.events, report.jobs, report.interruptions, report.provisioningRequests, report.nodes, report.replays,
+                report.replicas,
+            ]
+            .contains(batch)
             if !full { break }
             try await Task.sleep(for: pause)
         }
