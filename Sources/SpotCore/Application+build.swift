@@ -28,15 +28,16 @@ public struct SpotRuntime: Sendable {
         let migrations = try config.migrationsDirectory.map(Migration.load(from:)) ?? Migration.embedded
         self.store = try SQLiteStore(
             path: config.dbPath, migrations: migrations, admissionLimit: config.admissionLimitSeconds,
-            replicaDrainSeconds: config.replicaDrainSeconds, clock: clock, logger: logger)
+            replicaDrainSeconds: config.replicaDrainSeconds, simulatedCloud: config.provider == .simulated, clock: clock, logger: logger)
         try store.seedPolicies(admissionLimit: config.admissionLimitSeconds)
         self.signal = WorkerSignal()
         switch config.provider {
         case .simulated:
-            self.provider = SimulatedProvider(bootSeconds: config.simBootSeconds)
+            self.provider = SimulatedProvider(bootSeconds: config.simBootSeconds, cloud: store)
         case .webhook:
             self.provider = WebhookProvider(
-                url: config.provisionWebhookURL!, secret: config.webhookSecret, timeoutSeconds: config.provisionTimeoutSeconds)
+                url: config.provisionWebhookURL!, secret: config.webhookSecret, bootTimeoutSeconds: config.provisionBootTimeoutSeconds,
+                callTimeoutSeconds: config.provisionTimeoutSeconds)
         }
         let metrics = SpotMetrics()
         self.metrics = metrics

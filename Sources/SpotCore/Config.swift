@@ -18,7 +18,13 @@ public struct SpotConfig: Sendable {
     public var provider: ProviderKind = .simulated
     public var simBootSeconds: Double = 5
     public var provisionWebhookURL: URL?
-    public var provisionTimeoutSeconds: Double = 300
+    /// How long one call to the provisioner may take before it counts as failed (and is retried).
+    public var provisionTimeoutSeconds: Double = 30
+    /// Calls to the provisioner per request in all, with backoff between them, before the request fails.
+    public var provisionRetries = 3
+    /// With no node registered this long after the provisioner took a request, the request fails (and the fallback
+    /// starts).
+    public var provisionBootTimeoutSeconds: Double = 300
     public var scaleDownIdleSeconds: Int64 = 600
     public var admissionLimitSeconds: Int64 = 3600
     /// Finished records (jobs, interruptions, provisioning requests, terminated nodes) and events older than this go.
@@ -91,7 +97,9 @@ public struct SpotConfig: Sendable {
             outside(drainMarginSeconds, 0...3600, "--drain-margin-seconds (SPOTD_DRAIN_MARGIN_SECONDS)"),
             outside(replicaDrainSeconds, 0...3600, "--replica-drain-seconds (SPOTD_REPLICA_DRAIN_SECONDS)"),
             finite(simBootSeconds, 0...3600, "--sim-boot-seconds (SPOTD_SIM_BOOT_SECONDS)"),
-            finite(provisionTimeoutSeconds, 1...86_400, "provision timeout"),
+            finite(provisionTimeoutSeconds, 0.1...3600, "--provision-timeout-seconds (SPOTD_PROVISION_TIMEOUT_SECONDS)"),
+            outside(provisionRetries, 1...100, "--provision-retries (SPOTD_PROVISION_RETRIES)"),
+            finite(provisionBootTimeoutSeconds, 1...86_400, "--provision-boot-timeout-seconds (SPOTD_PROVISION_BOOT_TIMEOUT_SECONDS)"),
             outside(scaleDownIdleSeconds, 0...2_592_000, "--scale-down-idle-seconds (SPOTD_SCALE_DOWN_IDLE_SECONDS)"),
             outside(admissionLimitSeconds, 0...31_536_000, "admission limit"),
             outside(retentionDays, 1...3650, "--retention-days (SPOTD_RETENTION_DAYS)"),

@@ -73,6 +73,13 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Provisioning provider: simulated or webhook (env SPOTD_PROVIDER; default simulated).") var provider: String?
     @Option(help: "Seconds a simulated node takes to boot (env SPOTD_SIM_BOOT_SECONDS; default 5).") var simBootSeconds: Double?
     @Option(help: "URL the webhook provider POSTs requests to (env SPOTD_PROVISION_WEBHOOK_URL).") var provisionWebhookUrl: String?
+    @Option(help: "Seconds one call to the provisioner may take (env SPOTD_PROVISION_TIMEOUT_SECONDS; default 30).")
+    var provisionTimeoutSeconds: Double?
+    @Option(help: "Calls to the provisioner per request, with backoff, before it fails (env SPOTD_PROVISION_RETRIES; default 3).")
+    var provisionRetries: Int?
+    @Option(
+        help: "Seconds a taken request may wait for its node to register (env SPOTD_PROVISION_BOOT_TIMEOUT_SECONDS; default 300).")
+    var provisionBootTimeoutSeconds: Double?
     @Option(help: "Seconds an idle on-demand fallback node lives once spot is back (env SPOTD_SCALE_DOWN_IDLE_SECONDS; default 600).")
     var scaleDownIdleSeconds: Int64?
     @Option(help: "Days finished records and events are kept (env SPOTD_RETENTION_DAYS; default 30).") var retentionDays: Int64?
@@ -114,6 +121,14 @@ struct Serve: AsyncParsableCommand {
             }
             config.provisionWebhookURL = parsed
         }
+        config.provisionTimeoutSeconds =
+            provisionTimeoutSeconds ?? parsed("SPOTD_PROVISION_TIMEOUT_SECONDS", env("SPOTD_PROVISION_TIMEOUT_SECONDS"))
+            ?? config.provisionTimeoutSeconds
+        config.provisionRetries =
+            provisionRetries ?? parsed("SPOTD_PROVISION_RETRIES", env("SPOTD_PROVISION_RETRIES")) ?? config.provisionRetries
+        config.provisionBootTimeoutSeconds =
+            provisionBootTimeoutSeconds ?? parsed("SPOTD_PROVISION_BOOT_TIMEOUT_SECONDS", env("SPOTD_PROVISION_BOOT_TIMEOUT_SECONDS"))
+            ?? config.provisionBootTimeoutSeconds
         config.scaleDownIdleSeconds =
             scaleDownIdleSeconds ?? parsed("SPOTD_SCALE_DOWN_IDLE_SECONDS", env("SPOTD_SCALE_DOWN_IDLE_SECONDS")) ?? 600
         config.retentionDays = retentionDays ?? parsed("SPOTD_RETENTION_DAYS", env("SPOTD_RETENTION_DAYS")) ?? config.retentionDays

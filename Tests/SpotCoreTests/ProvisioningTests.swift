@@ -140,7 +140,7 @@ struct ProvisioningTests {
                 $0.provider = .webhook
                 $0.provisionWebhookURL = URL(string: "http://127.0.0.1:\(port)/provision")
                 $0.webhookSecret = "s3cret"
-                $0.provisionTimeoutSeconds = 30
+                $0.provisionBootTimeoutSeconds = 30
             }
             try await env.app().test(.router) { client in
                 try await Seed.standardPools(client)
@@ -184,7 +184,7 @@ struct ProvisioningTests {
             let env = try TestEnv {
                 $0.provider = .webhook
                 $0.provisionWebhookURL = URL(string: "http://127.0.0.1:\(port)/provision")
-                $0.provisionTimeoutSeconds = 30
+                $0.provisionBootTimeoutSeconds = 30
             }
             try await env.app().test(.router) { client in
                 try await Seed.standardPools(client)

@@ -51,7 +51,8 @@ public enum InterruptionState: String, Sendable, CaseIterable, Codable {
 }
 
 public enum ProvisioningState: String, Sendable, CaseIterable, Codable {
-    case pending, fulfilled, failed
+    /// `cancelled`: the demand it was asked for went away before a node came.
+    case pending, fulfilled, failed, cancelled
 }
 
 /// Roles of API tokens.

@@ -115,6 +115,25 @@ public struct ProvisioningRequest: Sendable, Equatable {
     public var createdAt: Millis
     public var submittedAt: Millis?
     public var resolvedAt: Millis?
+    /// Calls made to the provider so far, when the next may be made (after a failed one), and why the last failed.
+    public var attempts: Int = 0
+    public var nextAttemptAt: Millis?
+    public var lastError: String?
+}
+
+/// A node spotd gives back through the provider, asked until the provider acknowledges it.
+public struct NodeRelease: Sendable, Equatable {
+    public var nodeId: String
+    public var pool: String
+    public var reason: String
+    /// The same on every try, so that the provider acts once.
+    public var idempotencyKey: String
+    public var acknowledged: Bool
+    public var attempts: Int
+    public var nextAttemptAt: Millis
+    public var lastError: String?
+    public var createdAt: Millis
+    public var acknowledgedAt: Millis?
 }
 
 /// Per-tier placement policy.

@@ -193,6 +193,13 @@ extension Autoscaler {
     /// A pool whose floor request failed waits this long before the next.
     static let floorRetryAfter: Millis = 60_000
 
+    /// How long to wait after the `attempt`-th failed call to the provider before the next: 1 s, 2 s, 4 s, …, at most
+    /// a minute (releases are retried until acknowledged, so the cap matters).
+    static func retryDelay(afterAttempt attempt: Int) -> Millis {
+        let doublings = min(max(attempt - 1, 0), 6)
+        return min(1000 << doublings, 60_000)
+    }
+
     /// How a provisioning request for a lost node is labelled: the first is the replacement, later ones fallbacks.
     static func requestReason(attempt: Int) -> String { attempt == 1 ? "replacement" : "fallback" }
 

@@ -27,6 +27,9 @@ extension SQLiteStore {
             }
             if try db.fetchNode(id) != nil { throw StoreError.conflict("node '\(id)' is already registered") }
             let gpuCount = gpus ?? pool.gpusPerNode
+            // A node for a request that failed (it timed out) or was cancelled (its demand went away) came late: it
+            // is registered, so that it can be given back at once, and nothing is left running.
+            var late = false
             if let requestId = provisioningRequestId {
                 guard
                     let request = try ProvisioningRequest.fetchOne(
@@ -36,9 +39,10 @@ extension SQLiteStore {
                 else {
                     throw StoreError.unknownReference(field: "provisioning_request_id", what: "provisioning request", id: requestId)
                 }
-                guard request.state == .pending else {
+                guard request.state != .fulfilled else {
                     throw StoreError.conflict("provisioning request '\(requestId)' is already \(request.state.rawValue)")
                 }
+                late = request.state != .pending
                 guard request.pool == poolName else {
                     throw StoreError.conflict("provisioning request '\(requestId)' asked for pool '\(request.pool)', not '\(poolName)'")
                 }
@@ -52,8 +56,18 @@ extension SQLiteStore {
             try db.appendEvent(
                 "node.registered", subject: "nodes/\(id)", actor: actor, at: now,
                 data: ["pool": .string(poolName), "gpus": .int(Int64(gpuCount))])
+            if simulatedCloud {
+                try db.cachedStatement(sql: "INSERT INTO sim_instances (id, pool, launched_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+                    .execute(arguments: [id, poolName, now])
+            }
             if let requestId = provisioningRequestId {
-                try Self.fulfill(db, requestId: requestId, nodeId: id, at: now, actor: actor)
+                if late {
+                    try Self.requestRelease(
+                        db, node: try db.fetchNode(id)!, reason: "late: its provisioning request \(requestId) was no longer pending",
+                        at: now, actor: actor)
+                } else {
+                    try Self.fulfill(db, requestId: requestId, nodeId: id, at: now, actor: actor)
+                }
             }
             return try Self.nodeDetail(db, id: id)!
         }
@@ -162,7 +176,12 @@ extension SQLiteStore {
         try await write { [self] db in
             guard let node = try db.fetchNode(id) else { throw StoreError.notFound(what: "node", id: id) }
             if node.state != .terminated {
-                try Self.terminate(db, node: node, at: clock.now(), actor: actor, reason: "deleted")
+                let now = clock.now()
+                // A node under a termination notice that goes away was taken by the cloud: its release is sent too (a
+                // node deregistered by hand is the operator's to stop).
+                let reclaimed = try db.activeTermination(nodeId: id) != nil
+                try Self.terminate(db, node: node, at: now, actor: actor, reason: "deleted")
+                if reclaimed { try Self.requestRelease(db, node: node, reason: Self.reclaimedRelease, at: now, actor: actor) }
             }
             return try Self.nodeDetail(db, id: id)!
         }

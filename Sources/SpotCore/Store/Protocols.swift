@@ -94,9 +94,11 @@ protocol WorkflowStore: EventLog {
 
     func pendingProvisioning() async throws -> [(ProvisioningRequest, Pool?)]
     func applyProvisioning(
-        _ requestId: String, _ step: ProviderStep, lease: Lease, actor: String,
+        _ requestId: String, _ step: ProviderStep, maxAttempts: Int, lease: Lease, actor: String,
         fallback: @escaping @Sendable (_ lostPool: String, _ tried: Set<String>, CapacityView) -> Pool?
     ) async throws -> Bool
+    func dueReleases(limit: Int) async throws -> [(NodeRelease, Pool?)]
+    func applyRelease(_ nodeId: String, _ step: ReleaseStep, lease: Lease, actor: String) async throws -> Bool
     func ensureMinimums(lease: Lease, actor: String, decide: @escaping @Sendable ([FloorFacts]) -> [(pool: String, count: Int)])
         async throws -> Int
     func scaleDown(

@@ -17,12 +17,15 @@ extension SQLiteStore {
         }
     }
 
-    /// Pending requests with their pools, oldest first.
+    /// Pending requests with their pools, oldest first, except those waiting out a backoff.
     func pendingProvisioning() async throws -> [(ProvisioningRequest, Pool?)] {
-        try await read { db in
+        try await read { [self] db in
             try Row.fetchAll(
                 db.cachedStatement(
-                    sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE state = 'pending' ORDER BY seq")
+                    sql: """
+                        SELECT \(ProvisioningRequest.columns) FROM provisioning_requests
+                        WHERE state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY seq
+                        """), arguments: [clock.now()]
             ).map { row in
                 let request = ProvisioningRequest(row: row)
                 return (request, try db.fetchPool(request.pool))
@@ -30,11 +33,13 @@ extension SQLiteStore {
         }
     }
 
-    /// Applies what the provider did, in one transaction. When a replacement failed, `fallback` (from `Domain/`)
-    /// chooses the pool to ask instead, given the pools already tried for that node.
+    /// Applies what the provider did, in one transaction. A call that failed for now (`retry`) is tried again after
+    /// `Autoscaler.retryDelay`, up to `maxAttempts` calls in all; then, or at once when the provider refused, the
+    /// request fails, and for a replacement `fallback` (from `Domain/`) chooses the pool to ask instead, given the
+    /// pools already tried for that node.
     @discardableResult
     func applyProvisioning(
-        _ requestId: String, _ step: ProviderStep, lease: Lease, actor: String,
+        _ requestId: String, _ step: ProviderStep, maxAttempts: Int, lease: Lease, actor: String,
         fallback: @escaping @Sendable (_ lostPool: String, _ tried: Set<String>, CapacityView) -> Pool?
     ) async throws -> Bool {
         try await write { [self] db in
@@ -51,9 +56,25 @@ extension SQLiteStore {
             case .wait:
                 return false
             case .submitted:
-                try db.cachedStatement(sql: "UPDATE provisioning_requests SET submitted_at = ? WHERE id = ?").execute(arguments: [
-                    now, requestId,
-                ])
+                try db.cachedStatement(
+                    sql: "UPDATE provisioning_requests SET submitted_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?"
+                ).execute(arguments: [now, requestId])
+                return true
+            case .retry(let message):
+                let attempts = request.attempts + 1
+                guard attempts >= maxAttempts else {
+                    try db.cachedStatement(
+                        sql: "UPDATE provisioning_requests SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?"
+                    ).execute(arguments: [attempts, now + Autoscaler.retryDelay(afterAttempt: attempts), message, requestId])
+                    try db.appendEvent(
+                        "provisioning.retrying", subject: "provisioning-requests/\(requestId)", actor: actor, at: now,
+                        data: ["pool": .string(request.pool), "attempt": .int(Int64(attempts)), "error": .string(message)])
+                    return true
+                }
+                try db.cachedStatement(sql: "UPDATE provisioning_requests SET attempts = ?, last_error = ? WHERE id = ?")
+                    .execute(arguments: [attempts, message, requestId])
+                try Self.failRequest(
+                    db, request, "gave up after \(attempts) attempt(s): \(message)", at: now, actor: actor, fallback: fallback)
                 return true
             case .fulfilled(let nodeId, let gpus):
                 guard try db.fetchNode(nodeId) == nil else { return false }
@@ -69,38 +90,43 @@ extension SQLiteStore {
                 try Self.fulfill(db, requestId: requestId, nodeId: nodeId, at: now, actor: actor)
                 return true
             case .failed(let message):
-                try db.cachedStatement(sql: "UPDATE provisioning_requests SET state = 'failed', error = ?, resolved_at = ? WHERE id = ?")
-                    .execute(arguments: [message, now, requestId])
-                try db.appendEvent(
-                    "provisioning.failed", subject: "provisioning-requests/\(requestId)", actor: actor, at: now,
-                    data: ["pool": .string(request.pool), "error": .string(message)])
-                if let interruptionId = request.interruptionId {
-                    try db.appendStep(interruptionId, "replacement_failed", at: now, detail: "\(request.pool): \(message)")
-                }
-                if let lostId = request.replacesNodeId, let lost = try db.fetchNode(lostId) {
-                    let tried = Set(
-                        try String.fetchAll(
-                            db.cachedStatement(sql: "SELECT pool FROM provisioning_requests WHERE replaces_node_id = ?"),
-                            arguments: [lostId]))
-                    let capacity = CapacityView(
-                        pools: try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")),
-                        stats: try Self.poolStats(db, now: now))
-                    if let target = fallback(lost.pool, tried, capacity) {
-                        _ = try Self.requestReplacement(
-                            db, nodeId: lostId, pool: target, interruptionId: request.interruptionId,
-                            attemptNumber: request.attemptNumber + 1, now: now, actor: actor)
-                    } else if let gpuType = capacity.pools.first(where: { $0.name == lost.pool })?.gpuType {
-                        if let interruptionId = request.interruptionId {
-                            try db.appendStep(
-                                interruptionId, "replacement_unavailable", at: now, detail: "no pool with room for \(gpuType)")
-                        }
-                        try db.appendEvent(
-                            "provisioning.unavailable", subject: "nodes/\(lostId)", actor: actor, at: now,
-                            data: ["gpu_type": .string(gpuType)])
-                    }
-                }
+                try Self.failRequest(db, request, message, at: now, actor: actor, fallback: fallback)
                 return true
             }
+        }
+    }
+
+    /// A request fails for good; a replacement's fallback is asked for, if one can be.
+    static func failRequest(
+        _ db: Database, _ request: ProvisioningRequest, _ message: String, at now: Millis, actor: String,
+        fallback: (_ lostPool: String, _ tried: Set<String>, CapacityView) -> Pool?
+    ) throws {
+        let requestId = request.id
+        try db.cachedStatement(sql: "UPDATE provisioning_requests SET state = 'failed', error = ?, resolved_at = ? WHERE id = ?")
+            .execute(arguments: [message, now, requestId])
+        try db.appendEvent(
+            "provisioning.failed", subject: "provisioning-requests/\(requestId)", actor: actor, at: now,
+            data: ["pool": .string(request.pool), "error": .string(message)])
+        if let interruptionId = request.interruptionId {
+            try db.appendStep(interruptionId, "replacement_failed", at: now, detail: "\(request.pool): \(message)")
+        }
+        guard let lostId = request.replacesNodeId, let lost = try db.fetchNode(lostId) else { return }
+        let tried = Set(
+            try String.fetchAll(
+                db.cachedStatement(sql: "SELECT pool FROM provisioning_requests WHERE replaces_node_id = ?"), arguments: [lostId]))
+        let capacity = CapacityView(
+            pools: try Pool.fetchAll(db.cachedStatement(sql: "SELECT \(Pool.columns) FROM pools ORDER BY seq")),
+            stats: try Self.poolStats(db, now: now))
+        if let target = fallback(lost.pool, tried, capacity) {
+            _ = try Self.requestReplacement(
+                db, nodeId: lostId, pool: target, interruptionId: request.interruptionId, attemptNumber: request.attemptNumber + 1,
+                now: now, actor: actor)
+        } else if let gpuType = capacity.pools.first(where: { $0.name == lost.pool })?.gpuType {
+            if let interruptionId = request.interruptionId {
+                try db.appendStep(interruptionId, "replacement_unavailable", at: now, detail: "no pool with room for \(gpuType)")
+            }
+            try db.appendEvent(
+                "provisioning.unavailable", subject: "nodes/\(lostId)", actor: actor, at: now, data: ["gpu_type": .string(gpuType)])
         }
     }
 
@@ -206,7 +232,7 @@ extension SQLiteStore {
             var released = 0
             for nodeId in decide(idle, spotFree, liveNodes) {
                 guard let node = try db.fetchNode(nodeId) else { continue }
-                try Self.terminate(db, node: node, at: now, actor: actor, reason: "scaled down: idle on-demand fallback, spot is back")
+                try Self.requestRelease(db, node: node, reason: "scaled down: idle on-demand fallback, spot is back", at: now, actor: actor)
                 released += 1
             }
             return released

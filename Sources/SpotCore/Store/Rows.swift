@@ -106,7 +106,7 @@ extension Interruption: ColumnDecodable {
 extension ProvisioningRequest: ColumnDecodable {
     static let columns = """
         seq, id, pool, reason, interruption_id, replaces_node_id, attempt_number, state, node_id, error, created_at, \
-        submitted_at, resolved_at
+        submitted_at, resolved_at, attempts, next_attempt_at, last_error
         """
 
     init(columns row: some ColumnSource) {
@@ -123,6 +123,28 @@ extension ProvisioningRequest: ColumnDecodable {
         createdAt = row.int(10)
         submittedAt = row.optionalInt(11)
         resolvedAt = row.optionalInt(12)
+        attempts = row.int(13)
+        nextAttemptAt = row.optionalInt(14)
+        lastError = row.optionalText(15)
+    }
+}
+
+extension NodeRelease: ColumnDecodable {
+    static let columns = """
+        node_id, pool, reason, idempotency_key, state, attempts, next_attempt_at, last_error, created_at, acknowledged_at
+        """
+
+    init(columns row: some ColumnSource) {
+        nodeId = row.text(0)
+        pool = row.text(1)
+        reason = row.text(2)
+        idempotencyKey = row.text(3)
+        acknowledged = row.text(4) == "acknowledged"
+        attempts = row.int(5)
+        nextAttemptAt = row.int(6)
+        lastError = row.optionalText(7)
+        createdAt = row.int(8)
+        acknowledgedAt = row.optionalInt(9)
     }
 }
 

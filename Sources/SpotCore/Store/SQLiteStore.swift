@@ -19,11 +19,14 @@ public final class SQLiteStore: Sendable {
     let admissionLimit: Int64
     /// How long a replica that stops serving drains (`--replica-drain-seconds`).
     let replicaDrainSeconds: Int64
+    /// Whether the simulated provider is the cloud: then a node registered through the API is one of its instances.
+    let simulatedCloud: Bool
 
     /// Opens (creating if needed) the store at `path` and applies `migrations` (by default those built into the
     /// binary). Errors name the path and what is wrong with it.
     public init(
         path: String, migrations: [Migration] = Migration.embedded, admissionLimit: Int64 = 3600, replicaDrainSeconds: Int64 = 30,
+        simulatedCloud: Bool = false,
         clock: any SpotClock = SystemClock(),
         logger: Logger = Logger(label: "spotd.store")
     ) throws {
@@ -48,6 +51,7 @@ public final class SQLiteStore: Sendable {
         self.migrations = migrations
         self.admissionLimit = admissionLimit
         self.replicaDrainSeconds = replicaDrainSeconds
+        self.simulatedCloud = simulatedCloud
         do {
             try Migrator(migrations: migrations, logger: logger).apply(to: writer)
         } catch let error as MigrationError {

@@ -58,5 +58,8 @@ public enum ProviderStep: Sendable, Equatable {
     case submitted
     /// The provider made a node; spotd registers it.
     case fulfilled(nodeId: String, gpus: Int)
+    /// For good: the fallback, if any, starts.
     case failed(String)
+    /// This call failed (a timeout, a transport error, a 5xx): tried again after a backoff, until the retries run out.
+    case retry(String)
 }

@@ -239,6 +239,7 @@ extension SQLiteStore {
                     case .terminate:
                         guard let node = try db.fetchNode(interruption.nodeId) else { continue }
                         try Self.terminate(db, node: node, at: now, actor: actor, reason: Requeue.atDeadline)
+                        try Self.requestRelease(db, node: node, reason: Self.reclaimedRelease, at: now, actor: actor)
                         report.nodesTerminated += 1
                     case .markDrained:
                         try db.cachedStatement(

@@ -45,7 +45,8 @@ public struct WorkflowWorker: Service {
         self.owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(Ids.new("w"))"
         self.drains = DrainReconciler(store: store, marginSeconds: config.drainMarginSeconds)
         self.checkpoints = CheckpointExpiry(store: store)
-        self.replacement = ReplacementReconciler(store: store, provider: provider, clock: clock, metrics: metrics, logger: logger)
+        self.replacement = ReplacementReconciler(
+            store: store, provider: provider, clock: clock, metrics: metrics, logger: logger, maxAttempts: config.provisionRetries)
         self.capacity = CapacityReconciler(store: store, idleSeconds: config.scaleDownIdleSeconds)
         self.scheduling = SchedulingLoop(store: store)
         self.services = ServiceReconciler(store: store)
