@@ -99,7 +99,10 @@ func registerRoutes(_ runtime: SpotRuntime, on routes: RouteBook) {
     PolicyController(store: store, clock: clock, signal: signal).register(on: routes)
     EventController(store: store, feed: runtime.feed).register(on: routes)
     TokenController(store: store, feed: runtime.feed).register(on: routes)
-    OpsController(store: store, metrics: runtime.metrics).register(on: routes)
+    OpsController(
+        store: store, metrics: runtime.metrics, providerKind: runtime.config.provider.rawValue,
+        cloud: (runtime.provider as? SimulatedProvider)?.cloud
+    ).register(on: routes)
 }
 
 /// Every route `buildRouter` serves, with the access each needs (for the role-matrix test).

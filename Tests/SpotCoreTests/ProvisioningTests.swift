@@ -113,6 +113,14 @@ struct ProvisioningTests {
             try await env.advance(61)
             try await env.advance(1)
             #expect(try await client.call(.get, "/v1/nodes?pool=od&state=terminated")["items"]?.array.count == 1)
+            // Nothing is left running in the simulated cloud: every instance it started is a live node, or was released.
+            let live = (try await client.call(.get, "/v1/nodes?limit=100")["items"]?.array ?? []).filter {
+                $0["state"] != .string("terminated")
+            }
+            let provider = try await client.call(.get, "/v1/summary")["provider"]
+            #expect(provider?["live_instances"] == .int(Int64(live.count)), "\(live)")
+            #expect(provider?["pending_releases"] == .int(0))
+            #expect(try env.count("sim_instances") == 4, "2 floor nodes, 1 fallback, 1 refill")
         }
     }
 

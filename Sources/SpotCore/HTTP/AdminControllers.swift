@@ -195,6 +195,9 @@ struct TokenController {
 struct OpsController {
     let store: any ResourceStore
     let metrics: SpotMetrics
+    /// The provider's kind, and (for the simulated one) how many instances its cloud runs.
+    var providerKind = "simulated"
+    var cloud: (any SimulatedCloud)?
 
     func register(on routes: RouteBook) {
         routes.add(.get, "/healthz", .open, use: health)
@@ -244,6 +247,8 @@ struct OpsController {
             for state in JobState.allCases { states[state.rawValue] = .int(Int64(summary.jobs[tier]?[state] ?? 0)) }
             jobs[tier.rawValue] = .object(states)
         }
+        var live = JSONValue.null
+        if let cloud { live = .int(Int64(try await cloud.liveInstances())) }
         return JSONValue.object([
             "pools": .array(
                 summary.pools.map { pool, stats in
@@ -265,6 +270,10 @@ struct OpsController {
             ]),
             "active_interruptions": .int(Int64(summary.activeInterruptions)),
             "pending_provisioning_requests": .int(Int64(summary.pendingProvisioning)),
+            "provider": .object([
+                "kind": .string(providerKind), "live_instances": live,
+                "pending_releases": .int(Int64(summary.pendingReleases)),
+            ]),
         ]).response()
     }
 }

@@ -94,7 +94,8 @@ enum View {
             "id": .string(request.id), "pool": .string(request.pool), "reason": .string(request.reason),
             "interruption_id": string(request.interruptionId), "replaces_node_id": string(request.replacesNodeId),
             "state": .string(request.state.rawValue), "node_id": string(request.nodeId), "error": string(request.error),
-            "created_at": time(request.createdAt), "resolved_at": time(request.resolvedAt),
+            "created_at": time(request.createdAt), "resolved_at": time(request.resolvedAt), "attempts": .int(Int64(request.attempts)),
+            "next_attempt_at": time(request.nextAttemptAt), "last_error": string(request.lastError),
         ])
     }
 

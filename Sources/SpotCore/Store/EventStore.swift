@@ -95,6 +95,8 @@ struct StoreSummary: Sendable {
     var services = (count: 0, replicas: 0, ready: 0)
     var activeInterruptions: Int
     var pendingProvisioning: Int
+    /// Releases asked of the provider and not yet acknowledged.
+    var pendingReleases = 0
 }
 
 extension SQLiteStore {
@@ -126,10 +128,11 @@ extension SQLiteStore {
                     db.cachedStatement(sql: "SELECT COUNT(*) FROM interruptions WHERE state IN ('received', 'draining', 'drained')")) ?? 0
             let pending =
                 try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM provisioning_requests WHERE state = 'pending'")) ?? 0
+            let releases = try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM node_releases WHERE state = 'pending'")) ?? 0
             return StoreSummary(
                 pools: pools.map { ($0, stats[$0.name] ?? PoolStats()) }, jobs: jobs, gangs: gangs,
                 services: (services?[0] ?? 0, services?[1] ?? 0, services?[2] ?? 0), activeInterruptions: active,
-                pendingProvisioning: pending)
+                pendingProvisioning: pending, pendingReleases: releases)
         }
     }
 
