@@ -163,3 +163,131 @@ struct ProviderContractTests {
         }
     }
 }
+
+@Suite("Capacity that follows demand")
+struct DemandTests {
+    func demandRequests(_ client: some TestClientProtocol, state: String? = nil) async throws -> [JSONValue] {
+        let items =
+            try await client.expect(.ok, .get, "/v1/provisioning-requests?limit=500" + (state.map { "&state=\($0)" } ?? ""))["items"]?
+            .array ?? []
+        return items.filter { $0["reason"] == .string("demand") }
+    }
+
+    /// Nothing left running: the simulated cloud's instances are the live nodes.
+    func expectNoLeak(_ client: some TestClientProtocol, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let nodes = try await client.expect(.ok, .get, "/v1/nodes?limit=500")["items"]?.array ?? []
+        let live = nodes.filter { $0["state"] != .string("terminated") }.count
+        let provider = try await client.expect(.ok, .get, "/v1/summary")["provider"]
+        #expect(provider?["live_instances"] == .int(Int64(live)), sourceLocation: sourceLocation)
+    }
+
+    /// A premium job and no on-demand node: it gets an on-demand node, asked for it, and runs there. While it waits,
+    /// `pending_reason` says what for.
+    @Test func aPremiumJobWithNoOnDemandNodeGetsOneAndRuns() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            try await Seed.standardPools(client)
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("p", tier: "premium", gpus: 8))
+            try await env.step()
+            let requests = try await demandRequests(client)
+            #expect(requests.count == 1)
+            #expect(requests.first?["pool"] == .string("od"))
+            let waiting = try await client.expect(.ok, .get, "/v1/jobs/p")
+            #expect(waiting["state"] == .string("queued"))
+            let reason = waiting["pending_reason"]?.string ?? ""
+            #expect(reason.contains(requests.first?["id"]?.string ?? "?") && reason.contains("od"), "\(reason)")
+            try await env.advance(6)
+            try await env.step()
+            let job = try await client.expect(.ok, .get, "/v1/jobs/p")
+            #expect(job["state"] == .string("running"))
+            #expect(job["pending_reason"] == .null)
+            let node = try await client.expect(.ok, .get, "/v1/nodes/\(job["node_id"]?.string ?? "")")
+            #expect(node["pool"] == .string("od"))
+            #expect(try await demandRequests(client).count == 1, "asked once")
+            try await expectNoLeak(client)
+        }
+    }
+
+    /// 100 queued 2-GPU jobs on 8-GPU pools: exactly 25 nodes are asked for, once, however many passes run while
+    /// they boot; then all 100 run.
+    @Test func aHundredSmallJobsAskForExactlyTwentyFiveNodes() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            try await Seed.standardPools(client)
+            for index in 0..<100 {
+                try await client.expect(
+                    .created, .post, "/v1/jobs", Seed.job("j\(index)", tier: "best_effort", gpus: 2, checkpointable: true))
+            }
+            try await env.step()
+            #expect(try await demandRequests(client).count == 25)
+            for _ in 0..<3 {
+                try await env.advance(1)
+                #expect(try await demandRequests(client).count == 25)
+            }
+            try await env.advance(2)
+            try await env.step()
+            #expect(try await client.expect(.ok, .get, "/v1/summary")["jobs"]?["best_effort"]?["running"] == .int(100))
+            let nodes = try await client.expect(.ok, .get, "/v1/nodes?limit=500")["items"]?.array ?? []
+            #expect(nodes.count == 25)
+            #expect(nodes.allSatisfy { $0["gpus_allocated"] == .int(8) })
+            #expect(try await demandRequests(client, state: "fulfilled").count == 25)
+            try await expectNoLeak(client)
+        }
+    }
+
+    /// Demand that goes away before its node boots: the request is cancelled and no node is left behind. Demand
+    /// that goes away after: the idle node is released once idle long enough.
+    @Test func demandThatGoesAwayLeavesNoNodeBehind() async throws {
+        let env = try TestEnv { $0.scaleDownIdleSeconds = 30 }
+        try await env.app().test(.router) { client in
+            try await Seed.standardPools(client)
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("early", tier: "premium", gpus: 8))
+            try await env.step()
+            #expect(try await demandRequests(client, state: "pending").count == 1)
+            try await client.expect(.ok, .post, "/v1/jobs/early/cancel")
+            try await env.step()
+            #expect(try await demandRequests(client, state: "cancelled").count == 1)
+            try await env.advance(10)
+            #expect(try await client.expect(.ok, .get, "/v1/nodes")["items"]?.array.isEmpty == true)
+            try await expectNoLeak(client)
+
+            // Late: the node boots, the job runs and ends; 30 s idle later the node is given back.
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("late", tier: "premium", gpus: 8))
+            try await env.step()
+            try await env.advance(6)
+            try await env.step()
+            #expect(try await client.expect(.ok, .get, "/v1/jobs/late")["state"] == .string("running"))
+            try await client.expect(.ok, .post, "/v1/jobs/late/complete")
+            try await env.advance(20)
+            #expect(try await client.expect(.ok, .get, "/v1/summary")["provider"]?["live_instances"] == .int(1))
+            try await env.advance(11)
+            try await env.advance(1)
+            let nodes = try await client.expect(.ok, .get, "/v1/nodes")["items"]?.array ?? []
+            #expect(nodes.count == 1 && nodes.first?["state"] == .string("terminated"), "\(nodes)")
+            try await expectNoLeak(client)
+            #expect(try await client.expect(.ok, .get, "/v1/summary")["provider"]?["live_instances"] == .int(0))
+        }
+    }
+
+    /// A gang's demand lands in one zone, and the gang runs there once its nodes are up.
+    @Test func aGangsDemandLandsInOneZone() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            try await Seed.standardPools(client)
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("b1", pool: "spot-b"))
+            try await client.expect(
+                .created, .post, "/v1/jobs", Seed.job("g", tier: "best_effort", gpus: 8, checkpointable: true, extra: #","nodes":3"#))
+            try await env.step()
+            let requests = try await demandRequests(client)
+            // spot-b already has one free node: two more there make the gang, fewer than three in spot-a.
+            #expect(requests.count == 2)
+            #expect(requests.allSatisfy { $0["pool"] == .string("spot-b") }, "\(requests)")
+            try await env.advance(6)
+            try await env.step()
+            let gang = try await client.expect(.ok, .get, "/v1/jobs/g")
+            #expect(gang["state"] == .string("running"))
+            #expect(gang["node_ids"]?.array.count == 3)
+        }
+    }
+}

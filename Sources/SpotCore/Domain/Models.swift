@@ -65,6 +65,8 @@ public struct Job: Sendable, Equatable {
     public var nodes: Int = 1
     /// Every node the job is on, the first being `nodeId`; empty while it is on none.
     public var nodeIds: [String] = []
+    /// Why a queued job waits (written by the demand pass).
+    public var pendingReason: String?
 
     /// Whether the job spans several nodes.
     var isGang: Bool { nodes > 1 }

@@ -44,6 +44,8 @@ enum View {
             "expected_duration_seconds": job.expectedDurationSeconds.map(JSONValue.int) ?? .null, "priority": .int(job.priority),
             "state": .string(job.state.rawValue), "node_id": string(job.nodeId), "nodes": int(job.nodes),
             "node_ids": .array(job.members.map(JSONValue.string)), "attempt": .int(job.attempt),
+            "pending_reason": job.state == .queued
+                ? string(job.pendingReason ?? "not yet weighed: the demand pass runs every second") : .null,
             "requeue_count": .int(job.requeueCount), "last_checkpoint": checkpoint(job.lastCheckpoint),
             "resume_from": checkpoint(job.resumeFrom), "checkpoint_deadline": time(job.checkpointDeadline),
             "submitted_at": time(job.submittedAt), "updated_at": time(job.updatedAt), "started_at": time(job.startedAt),

@@ -114,6 +114,11 @@ protocol WorkflowStore: EventLog {
     func reconcileServices(lease: Lease, actor: String, plan: @escaping @Sendable (ServiceInput, Millis) -> ServicePlanner)
         async throws -> ServiceReport
 
+    func planDemand(lease: Lease, actor: String, autoPlace: Bool, plan: @escaping @Sendable (DemandInput) -> DemandPlan)
+        async throws -> DemandReport
+    func releaseIdle(idleSeconds: Int64, lease: Lease, actor: String, decide: @escaping @Sendable ([IdleNode]) -> [(String, String)])
+        async throws -> Int
+
     func pruneExpired(before cutoff: Millis, replaysBefore replayCutoff: Millis, batch: Int, lease: Lease) async throws -> PruneReport
 }
 

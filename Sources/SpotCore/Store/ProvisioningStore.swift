@@ -47,11 +47,25 @@ extension SQLiteStore {
             try Self.checkFence(db, lease, now: now)
             guard
                 let request = try ProvisioningRequest.fetchOne(
-                    db.cachedStatement(
-                        sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ? AND state = 'pending'"),
+                    db.cachedStatement(sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE id = ?"),
                     arguments: [requestId]
                 )
             else { return false }
+            guard request.state == .pending else {
+                // Cancelled (its demand went away) while the provider was starting its node: the node is taken and
+                // given back at once, so that nothing is left running.
+                guard case .fulfilled(let nodeId, let gpus) = step, try db.fetchNode(nodeId) == nil else { return false }
+                try db.cachedStatement(
+                    sql: """
+                        INSERT INTO nodes (id, pool, gpus, gpus_allocated, state, provisioning_request_id, created_at, updated_at, idle_since)
+                        VALUES (?, ?, ?, 0, 'ready', ?, ?, ?, ?)
+                        """
+                ).execute(arguments: [nodeId, request.pool, gpus, requestId, now, now, now])
+                try Self.requestRelease(
+                    db, node: try db.fetchNode(nodeId)!, reason: "late: its provisioning request was \(request.state.rawValue)", at: now,
+                    actor: actor)
+                return true
+            }
             switch step {
             case .wait:
                 return false

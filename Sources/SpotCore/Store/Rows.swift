@@ -47,7 +47,8 @@ extension Job: ColumnDecodable {
     static let columns = """
         seq, id, tier, gpus, gpu_type, checkpointable, expected_duration_seconds, priority, state, node_id, attempt, \
         requeue_count, last_checkpoint_uri, last_checkpoint_step, last_checkpoint_at, resume_from_uri, resume_from_step, \
-        resume_from_at, checkpoint_deadline, preempted_for, submitted_at, updated_at, started_at, finished_at, nodes, node_ids
+        resume_from_at, checkpoint_deadline, preempted_for, submitted_at, updated_at, started_at, finished_at, nodes, node_ids, \
+        pending_reason
         """
 
     init(columns row: some ColumnSource) {
@@ -81,6 +82,7 @@ extension Job: ColumnDecodable {
         } else if let nodeId {
             nodeIds = [nodeId]
         }
+        pendingReason = row.optionalText(26)
     }
 }
 
@@ -265,7 +267,8 @@ extension Database {
             sql: """
                 UPDATE jobs SET state = 'queued', node_id = NULL, node_ids = NULL, attempt = attempt + 1, requeue_count = requeue_count + 1,
                     resume_from_uri = last_checkpoint_uri, resume_from_step = last_checkpoint_step,
-                    resume_from_at = last_checkpoint_at, checkpoint_deadline = NULL, preempted_for = NULL, updated_at = ?
+                    resume_from_at = last_checkpoint_at, checkpoint_deadline = NULL, preempted_for = NULL, pending_reason = NULL,
+                    updated_at = ?
                 WHERE id = ?
                 """
         ).execute(arguments: [now, job.id])

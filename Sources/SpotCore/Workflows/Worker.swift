@@ -47,7 +47,7 @@ public struct WorkflowWorker: Service {
         self.checkpoints = CheckpointExpiry(store: store)
         self.replacement = ReplacementReconciler(
             store: store, provider: provider, clock: clock, metrics: metrics, logger: logger, maxAttempts: config.provisionRetries)
-        self.capacity = CapacityReconciler(store: store, idleSeconds: config.scaleDownIdleSeconds)
+        self.capacity = CapacityReconciler(store: store, idleSeconds: config.scaleDownIdleSeconds, autoPlace: config.autoPlace)
         self.scheduling = SchedulingLoop(store: store)
         self.services = ServiceReconciler(store: store)
         self.retention = Retention(store: store, days: config.retentionDays)
