@@ -220,7 +220,10 @@ struct DemandTests {
                     .created, .post, "/v1/jobs", Seed.job("j\(index)", tier: "best_effort", gpus: 2, checkpointable: true))
             }
             try await env.step()
-            #expect(try await demandRequests(client).count == 25)
+            let asked = try await demandRequests(client)
+            #expect(asked.count == 25)
+            // Best-effort prefers spot, then the lower interruption rate, then the price: spot-a (30) before spot-b (32).
+            #expect(asked.allSatisfy { $0["pool"] == .string("spot-a") })
             for _ in 0..<3 {
                 try await env.advance(1)
                 #expect(try await demandRequests(client).count == 25)
