@@ -77,3 +77,6 @@ CREATE TABLE usage_hourly (
     lost_gpu_ms INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (hour, pool, tier)
 ) WITHOUT ROWID;
+
+-- When a replica got its node (its GPU time counts from then).
+ALTER TABLE service_replicas ADD COLUMN started_at INTEGER;

@@ -95,6 +95,7 @@ func registerRoutes(_ runtime: SpotRuntime, on routes: RouteBook) {
         store: store, clock: clock, signal: signal, metrics: runtime.metrics, webhookSecret: runtime.config.webhookSecret
     ).register(on: routes)
     ServiceController(store: store, signal: signal).register(on: routes)
+    ReportController(store: store, clock: runtime.clock).register(on: routes)
     ProvisioningController(store: store).register(on: routes)
     PolicyController(store: store, clock: clock, signal: signal).register(on: routes)
     EventController(store: store, feed: runtime.feed).register(on: routes)

@@ -20,7 +20,7 @@ struct AuthTests {
     /// The role matrix of the product contract, written out by hand for every route: "method template" -> the roles
     /// that may call it (nil: no token needed). The test fails when a route is added without a row here.
     static let matrix: [String: Set<Role>?] = [
-        "GET /healthz": nil, "GET /readyz": nil, "GET /metrics": readers, "GET /v1/summary": readers,
+        "GET /healthz": nil, "GET /readyz": nil, "GET /metrics": readers, "GET /v1/summary": readers, "GET /v1/reports/cost": readers,
         "POST /v1/pools": operators, "GET /v1/pools": readers, "GET /v1/pools/:name": readers,
         "PATCH /v1/pools/:name": operators, "DELETE /v1/pools/:name": operators,
         "POST /v1/nodes": operators, "GET /v1/nodes": readers, "GET /v1/nodes/:id": readers,

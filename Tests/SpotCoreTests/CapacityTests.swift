@@ -294,3 +294,89 @@ struct DemandTests {
         }
     }
 }
+
+@Suite("The cost report")
+struct CostReportTests {
+    /// A scenario on a fixed clock, and the report's numbers computed by hand.
+    ///
+    /// From T0 (a whole hour): spot-a (8 × H100, $30/h) runs node s1, on-demand (8 × H100, $98/h, so $12.25 per
+    /// GPU-hour) runs o1. A best-effort 4-GPU job (never checkpointed) runs on s1 from T0; a premium 8-GPU job on o1
+    /// from T0. At T0+1.5h s1 is reclaimed (notice 120 s): the best-effort job is requeued at once (6 GPU-hours lost)
+    /// and s1 ends at its deadline, T0+1.5h+120s. The premium job completes at T0+2h. The report runs at T0+3h.
+    @Test func theNumbersMatchAHandComputedScenario() async throws {
+        let env = try TestEnv()
+        let t0 = try #require(TimeFormat.parseRFC3339("2026-11-30T00:00:00Z"))
+        env.clock.set(t0)
+        try await env.app().test(.router) { client in
+            try await client.expect(.created, .post, "/v1/pools", Seed.pool("spot-a", "spot", zone: "us-east-1a", price: 30, max: 1))
+            try await client.expect(.created, .post, "/v1/pools", Seed.pool("od", "on_demand", zone: "us-east-1a", price: 98, max: 1))
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("o1", pool: "od"))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("a", tier: "best_effort", gpus: 4))
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("p", tier: "premium", gpus: 8))
+            try await env.step()
+            #expect(try await client.expect(.ok, .get, "/v1/jobs/a")["node_id"] == .string("s1"))
+            #expect(try await client.expect(.ok, .get, "/v1/jobs/p")["node_id"] == .string("o1"))
+            env.clock.set(t0 + 5_400_000)
+            try await client.expect(
+                .accepted, .post, "/v1/interruptions", #"{"node_id":"s1","kind":"termination","notice_seconds":120}"#)
+            // No more spot for the requeued job (and on-demand is at its max_nodes): the numbers stay as computed.
+            try await client.expect(.ok, .patch, "/v1/pools/spot-a", #"{"stockout":true}"#)
+            try await env.step()
+            #expect(try await client.expect(.ok, .get, "/v1/jobs/a")["state"] == .string("queued"))
+            env.clock.set(t0 + 5_400_000 + 120_000)
+            try await env.step()
+            #expect(try await client.expect(.ok, .get, "/v1/nodes/s1")["state"] == .string("terminated"))
+            env.clock.set(t0 + 7_200_000)
+            try await client.expect(.ok, .post, "/v1/jobs/p/complete")
+            env.clock.set(t0 + 10_800_000)
+
+            let report = try await client.expect(.ok, .get, "/v1/reports/cost?since=2026-11-30T00:00:00Z&until=2026-11-30T03:00:00Z")
+            func close(_ value: JSONValue?, _ expected: Double, _ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
+                var got = Double.nan
+                if case .double(let number)? = value { got = number }
+                if case .int(let number)? = value { got = Double(number) }
+                #expect(abs(got - expected) < 1e-5, "\(what): \(got) != \(expected)", sourceLocation: sourceLocation)
+            }
+            let pools = report["pools"]?.array ?? []
+            let spot = try #require(pools.first { $0["pool"] == .string("spot-a") })
+            let od = try #require(pools.first { $0["pool"] == .string("od") })
+            let spotNodeHours = 1.5 + 120.0 / 3600
+            close(spot["node_hours"], spotNodeHours, "spot node-hours")
+            close(spot["gpu_hours"], spotNodeHours * 8, "spot GPU-hours")
+            close(spot["gpu_hours_used"], 6, "spot GPU-hours used")
+            close(spot["cost"], 30 * spotNodeHours, "spot cost")
+            close(spot["interruptions"], 1, "spot interruptions")
+            close(spot["gpu_hours_lost"], 6, "spot GPU-hours lost")
+            close(spot["saving"], spotNodeHours * 8 * 12.25 - 30 * spotNodeHours, "spot saving")
+            close(od["node_hours"], 3, "od node-hours")
+            close(od["gpu_hours_used"], 16, "od GPU-hours used")
+            close(od["cost"], 294, "od cost")
+            close(od["saving"], 0, "od saving")
+            let tiers = report["tiers"]?.array ?? []
+            let premium = try #require(tiers.first { $0["tier"] == .string("premium") })
+            let bestEffort = try #require(tiers.first { $0["tier"] == .string("best_effort") })
+            close(premium["gpu_hours"], 16, "premium GPU-hours")
+            close(premium["cost"], 16 * 12.25, "premium cost")
+            close(bestEffort["gpu_hours"], 6, "best-effort GPU-hours")
+            close(bestEffort["cost"], 6 * 30.0 / 8, "best-effort cost")
+            close(bestEffort["interruptions"], 1, "best-effort interruptions")
+            close(bestEffort["gpu_hours_lost"], 6, "best-effort GPU-hours lost")
+            close(bestEffort["saving"], 6 * 12.25 - 6 * 30.0 / 8, "best-effort saving")
+            close(report["total"]?["cost"], 30 * spotNodeHours + 294, "total cost")
+            close(report["total"]?["gpu_hours_lost"], 6, "total lost")
+
+            // One hour in the middle: the rolled-up pieces of that hour only.
+            let middle = try await client.expect(.ok, .get, "/v1/reports/cost?since=2026-11-30T01:00:00Z&until=2026-11-30T02:00:00Z")
+            let spotMiddle = try #require(middle["pools"]?.array.first { $0["pool"] == .string("spot-a") })
+            close(spotMiddle["node_hours"], 0.5 + 120.0 / 3600, "spot node-hours, second hour")
+            close(spotMiddle["gpu_hours_used"], 2, "spot GPU-hours used, second hour")
+            close(middle["pools"]?.array.first { $0["pool"] == .string("od") }?["node_hours"], 1, "od node-hours, second hour")
+            // The default period is the last 24 hours; a period must go forward; times are RFC 3339.
+            #expect(try await client.expect(.ok, .get, "/v1/reports/cost")["until"] == .string("2026-11-30T03:00:00.000Z"))
+            try await client.expectProblem(.badRequest, .get, "/v1/reports/cost?since=2026-11-30T02:00:00Z&until=2026-11-30T01:00:00Z")
+            try await client.expectProblem(.badRequest, .get, "/v1/reports/cost?since=yesterday")
+            try await client.expectProblem(.badRequest, .get, "/v1/reports/cost?from=2026-11-30T01:00:00Z")
+        }
+    }
+}

@@ -378,6 +378,9 @@ CREATE TABLE usage_hourly (
     PRIMARY KEY (hour, pool, tier)
 ) WITHOUT ROWID;
 
+-- When a replica got its node (its GPU time counts from then).
+ALTER TABLE service_replicas ADD COLUMN started_at INTEGER;
+
 """#)!,
     ]
 }

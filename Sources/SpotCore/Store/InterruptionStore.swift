@@ -96,6 +96,7 @@ extension SQLiteStore {
             return (id, true)
         }
         try db.appendEvent("interruption.received", subject: "nodes/\(nodeId)", actor: actor, at: now, data: data)
+        if notice.kind == .termination { try db.addUsage(hour: Usage.hourStart(now), pool: node.pool, tier: "", interruptions: 1) }
         switch node.state {
         case .ready, .provisioning:
             try SQLiteStore.cordon(db, node: node, at: now, actor: actor, reason: "\(notice.kind.rawValue) notice \(id)")

@@ -194,6 +194,7 @@ extension SQLiteStore {
             try db.requeue(job, at: now, actor: actor, interruptionId: interruption?.id, reason: "node \(reason)")
         }
         try db.replicasGoWithNode(node.id, at: now, actor: actor)
+        try db.rollUpNode(node, until: now)
         try db.cachedStatement(
             sql: "UPDATE nodes SET state = 'terminated', gpus_allocated = 0, terminated_at = ?, updated_at = ? WHERE id = ?"
         ).execute(arguments: [now, now, node.id])

@@ -48,6 +48,7 @@ protocol ResourceStore: Sendable {
 
     // Operations
     func summary() async throws -> StoreSummary
+    func costReport(since: Millis, until: Millis) async throws -> CostReport
     func isReady() async -> Bool
 }
 

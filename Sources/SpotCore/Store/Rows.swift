@@ -243,6 +243,7 @@ extension Database {
     /// Takes a job off its nodes: every member's GPUs are given back and the gang's membership rows removed.
     /// The caller updates the job row itself (`node_id` and `node_ids` to NULL).
     func releaseJob(_ job: Job, at now: Millis) throws {
+        try rollUpWork(tier: job.tier, gpus: job.gpus, nodeIds: job.members, from: job.startedAt, until: now)
         for nodeId in job.members { try releaseGPUs(nodeId: nodeId, gpus: job.gpus, at: now) }
         if job.isGang {
             try self.cachedStatement(sql: "DELETE FROM job_nodes WHERE job_id = ?").execute(arguments: [job.id])
@@ -262,6 +263,7 @@ extension Database {
 
     /// Puts a job back in the queue, resuming from its newest checkpoint; one step of the workflow.
     func requeue(_ job: Job, at now: Millis, actor: String, interruptionId: String?, reason: String) throws {
+        try rollUpLoss(job, at: now, interrupted: interruptionId != nil)
         try releaseJob(job, at: now)
         try self.cachedStatement(
             sql: """

@@ -128,10 +128,10 @@ extension Database {
             guard changesCount == 1 else { throw StoreError.conflict("node '\(nodeId)' no longer has room for replica \(replica)") }
             try self.cachedStatement(
                 sql: """
-                    UPDATE service_replicas SET state = 'starting', node_id = ?, pool = ?, capacity_type = ?, updated_at = ?
+                    UPDATE service_replicas SET state = 'starting', node_id = ?, pool = ?, capacity_type = ?, updated_at = ?, started_at = ?
                     WHERE service_id = ? AND id = ? AND state = 'pending'
                     """
-            ).execute(arguments: [nodeId, pool, capacityType.rawValue, now, service, replica])
+            ).execute(arguments: [nodeId, pool, capacityType.rawValue, now, now, service, replica])
             guard changesCount == 1 else { throw StoreError.conflict("replica \(replica) of '\(service)' is no longer pending") }
             try appendEvent(
                 "service.replica_placed", subject: "services/\(service)", actor: actor, at: now,
@@ -162,6 +162,14 @@ extension Database {
         case .gone(let service, let replica, let reason):
             guard let current = try fetchReplica(service: service, id: replica), current.state != .gone else { return }
             if current.state.onNode, let nodeId = current.nodeId {
+                let started = try Int64.fetchOne(
+                    cachedStatement(sql: "SELECT started_at FROM service_replicas WHERE service_id = ? AND id = ?"),
+                    arguments: [service, replica])
+                if let tier = try String.fetchOne(cachedStatement(sql: "SELECT tier FROM services WHERE id = ?"), arguments: [service])
+                    .flatMap(Tier.init(rawValue:))
+                {
+                    try rollUpWork(tier: tier, gpus: try gpus(service), nodeIds: [nodeId], from: started, until: now)
+                }
                 try releaseGPUs(nodeId: nodeId, gpus: try gpus(service), at: now)
             }
             // A replica that goes gives up its claim as a surge: the replica it surged for may get another.
