@@ -1,4 +1,7 @@
 import Foundation
+import HTTPTypes
+import Hummingbird
+import Synchronization
 import Testing
 
 @testable import SpotCore
@@ -245,6 +248,49 @@ struct ProcessTests {
 
     /// Kill the process at random moments while two replica hosts are reclaimed: after the last restart there is
     /// exactly one surge replica per doomed replica, and the service is whole again once the surges report ready.
+    /// SIGKILL while a release is asked and not yet acknowledged (the provisioner holds the call): after the restart
+    /// the release is asked again with the same Idempotency-Key, and the node ends `terminated` once.
+    @Test func sigkillBetweenReleaseAskedAndAcknowledgedAsksAgainWithTheSameKey() async throws {
+        let log = ProvisionerLog()
+        let hold = Mutex(true)
+        let router = Router()
+        router.post("/provision") { request, _ -> HTTPResponse.Status in
+            try await log.record(request)
+            guard log.all.last?.action == "release" else { return .accepted }
+            while hold.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(50)) }
+            return .ok
+        }
+        try await withLoopbackProvisioner(router) { port in
+            let directory = try tempDirectory()
+            let server = SpotdProcess(
+                directory: directory, port: freePort(),
+                extra: [
+                    "--provider", "webhook", "--provision-webhook-url", "http://127.0.0.1:\(port)/provision", "--drain-margin-seconds", "1",
+                ])
+            try await server.start()
+            try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot", zone: "a"))
+            try await server.request("POST", "/v1/pools", Seed.pool("spot-b", "spot", zone: "b"))
+            try await server.request("POST", "/v1/nodes", Seed.node("s1", pool: "spot-a"))
+            try await server.request("POST", "/v1/interruptions", #"{"node_id":"s1","kind":"termination","notice_seconds":2}"#)
+            // At the deadline the node is terminated and its release asked; the provisioner sits on the call.
+            #expect(try await server.eventually { log.count("release") == 1 })
+            server.kill(SIGKILL)
+            hold.withLock { $0 = false }
+            try await server.start()
+            #expect(
+                try await server.eventually { try await server.request("GET", "/v1/summary").1["provider"]?["pending_releases"] == .int(0) }
+            )
+            let releases = log.all.filter { $0.action == "release" }
+            #expect(releases.count >= 2)
+            #expect(Set(releases.map(\.key)).count == 1, "\(releases.map(\.key))")
+            let events = try await server.request("GET", "/v1/events?limit=1000").1["items"]?.array ?? []
+            #expect(events.filter { $0["type"] == .string("node.terminated") && $0["subject"] == .string("nodes/s1") }.count == 1)
+            #expect(events.filter { $0["type"] == .string("node.released") }.count == 1)
+            #expect(try await server.request("GET", "/v1/nodes/s1").1["state"] == .string("terminated"))
+            server.kill(SIGTERM)
+        }
+    }
+
     @Test func sigkillDuringAServiceSurgeSurgesOncePerDoomedReplica() async throws {
         var random = TestRandom()
         let directory = try tempDirectory()

@@ -188,6 +188,7 @@ struct Scenario {
             workloadsOK =
                 checkpoints == 1 && requeues == 1 && gang[demo: "state"]?.demoString == "running" && !seen.isEmpty && lowest >= minAvailable
         }
+        try await writeCost()
         let passed = done && touched == 0 && lines > 0 && workloadsOK
         if options.workloads {
             write(
@@ -198,6 +199,30 @@ struct Scenario {
             write(passed ? "\nresult: OK, nothing lost and no premium job touched" : "\nresult: NOT OK")
         }
         return passed
+    }
+
+    /// The cost lines (`GET /v1/reports/cost`): per pool, then the total.
+    func writeCost() async throws {
+        let report = try await client.call("GET", "/v1/reports/cost").1
+        func number(_ value: JSONValue?) -> Double {
+            switch value {
+            case .double(let number)?: number
+            case .int(let number)?: Double(number)
+            default: 0
+            }
+        }
+        func line(_ name: String, _ fields: JSONValue?) -> String {
+            let saving = fields?[demo: "saving"].flatMap { $0 == .null ? nil : number($0) }
+            return "  \(name.padding(toLength: 12, withPad: " ", startingAt: 0)) "
+                + String(
+                    format: "%7.2f node-h  $%9.2f  %2lld notices  %6.2f GPU-h lost  saving %@", number(fields?[demo: "node_hours"]),
+                    number(fields?[demo: "cost"]), Int64(number(fields?[demo: "interruptions"])), number(fields?[demo: "gpu_hours_lost"]),
+                    saving.map { String(format: "$%.2f", $0) } ?? "n/a")
+        }
+        write("")
+        write("cost so far (GET /v1/reports/cost):")
+        for pool in report[demo: "pools"]?.demoArray ?? [] { write(line(pool[demo: "pool"]?.demoString ?? "?", pool)) }
+        write(line("total", report[demo: "total"]))
     }
 
     /// The 5 nodes the cloud takes: the first of spot-a; with `--workloads`, one gang member, two replica hosts and
