@@ -132,6 +132,24 @@ struct ProviderContractTests {
         }
     }
 
+    /// A provider call that never returns (and ignores cancellation) counts as failed after the deadline: the loop
+    /// goes on.
+    @Test func aCallThatNeverReturnsDoesNotStopTheLoop() async throws {
+        let env = try TestEnv()
+        var reconciler = env.worker.replacement
+        reconciler.callDeadline = 0.2
+        let started = Date()
+        let value = await reconciler.bounded(fallback: ProviderStep.retry("late")) {
+            await Task.detached { () -> ProviderStep in
+                try? await Task.sleep(for: .seconds(5))
+                return .submitted
+            }.value
+        }
+        #expect(value == .retry("late"))
+        #expect(Date().timeIntervalSince(started) < 2)
+        #expect(await reconciler.bounded(fallback: ProviderStep.retry("late")) { .submitted } == .submitted)
+    }
+
     /// A reclaimed node's release is sent at its deadline, and asked again (same Idempotency-Key) until the
     /// provisioner acknowledges it; the node is terminated once.
     @Test func aReleaseIsAskedUntilAcknowledged() async throws {

@@ -1,4 +1,5 @@
 import Logging
+import Synchronization
 
 /// Replacement, fallback and release: moves every pending provisioning request forward through the provider (a
 /// node boots, the provisioner takes it, a call fails and is retried after a backoff, or the request fails), gives
@@ -15,6 +16,9 @@ struct ReplacementReconciler: Sendable {
     /// Calls per request in all (`--provision-retries`).
     var maxAttempts = 3
     var parallelCalls = 16
+    /// A provider call that has not returned after this long counts as failed, whatever the HTTP client does
+    /// (`--provision-timeout-seconds` plus a margin): one stuck call must never stop the loop.
+    var callDeadline: Double = 35
     var actor = "provisioner"
 
     func reconcile(lease: Lease) async throws {
@@ -25,7 +29,9 @@ struct ReplacementReconciler: Sendable {
         try await forEach(requests) { request, pool in try await advance(request, pool: pool, lease: lease) }
         let releases = try await store.dueReleases(limit: 256)
         try await forEach(releases) { release, pool in
-            let step = await provider.release(release, pool: pool, now: clock.now())
+            let step = await bounded(fallback: .retry("no answer within \(Int(callDeadline)) s")) {
+                await provider.release(release, pool: pool, now: clock.now())
+            }
             guard try await store.applyRelease(release.nodeId, step, lease: lease, actor: actor) else { return }
             switch step {
             case .acknowledged: metrics.provisioning("released")
@@ -38,7 +44,9 @@ struct ReplacementReconciler: Sendable {
     func advance(_ request: ProvisioningRequest, pool: Pool?, lease: Lease) async throws {
         let step: ProviderStep
         if let pool {
-            step = await provider.advance(request, pool: pool, now: clock.now())
+            step = await bounded(fallback: .retry("no answer within \(Int(callDeadline)) s")) {
+                await provider.advance(request, pool: pool, now: clock.now())
+            }
         } else {
             step = .failed("pool \(request.pool) no longer exists")
         }
@@ -58,6 +66,26 @@ struct ReplacementReconciler: Sendable {
         }
     }
 
+    /// `body`'s result, or `fallback` if it has not returned within `callDeadline` (then it is cancelled and left
+    /// behind: the loop does not wait for it).
+    func bounded<T: Sendable>(fallback: T, _ body: @escaping @Sendable () async -> T) async -> T {
+        let once = Once()
+        let deadline = callDeadline
+        return await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
+            let work = Task {
+                let value = await body()
+                if once.first() { continuation.resume(returning: value) }
+            }
+            Task {
+                try? await Task.sleep(for: .milliseconds(Int64(deadline * 1000)))
+                if once.first() {
+                    work.cancel()
+                    continuation.resume(returning: fallback)
+                }
+            }
+        }
+    }
+
     /// Runs `body` for every item, at most `parallelCalls` at once; the first error is thrown once all are done.
     func forEach<Item: Sendable>(_ items: [Item], _ body: @escaping @Sendable (Item) async throws -> Void) async throws {
         guard !items.isEmpty else { return }
@@ -70,6 +98,18 @@ struct ReplacementReconciler: Sendable {
             while try await group.next() != nil {
                 if let item = next.next() { group.addTask { try await body(item) } }
             }
+        }
+    }
+}
+
+/// True the first time only.
+final class Once: Sendable {
+    private let done = Mutex(false)
+
+    func first() -> Bool {
+        done.withLock { done in
+            defer { done = true }
+            return !done
         }
     }
 }

@@ -46,7 +46,8 @@ public struct WorkflowWorker: Service {
         self.drains = DrainReconciler(store: store, marginSeconds: config.drainMarginSeconds)
         self.checkpoints = CheckpointExpiry(store: store)
         self.replacement = ReplacementReconciler(
-            store: store, provider: provider, clock: clock, metrics: metrics, logger: logger, maxAttempts: config.provisionRetries)
+            store: store, provider: provider, clock: clock, metrics: metrics, logger: logger, maxAttempts: config.provisionRetries,
+            callDeadline: config.provisionTimeoutSeconds + 5)
         self.capacity = CapacityReconciler(store: store, idleSeconds: config.scaleDownIdleSeconds, autoPlace: config.autoPlace)
         self.scheduling = SchedulingLoop(store: store)
         self.services = ServiceReconciler(store: store)
