@@ -214,14 +214,25 @@ struct ServicePlanner {
                 leave(victim, service: service, now: now, live: &live)
             }
         }
-        // Pending replicas get nodes, surges first.
+        // Pending replicas get nodes, surges first. The spread counts are kept as replicas are placed (not recounted
+        // for each: a service of a thousand pending replicas must not cost a million steps).
         let pending = live.filter { $0.state == .pending }.sorted {
             ($0.replaces == nil ? 1 : 0, $0.seq) < ($1.replaces == nil ? 1 : 0, $1.seq)
         }
+        var spread = Spread(live, pools: pools)
+        let poolOf = Dictionary(
+            live.compactMap { replica in replica.pool.map { (replica.id, $0) } }, uniquingKeysWith: { first, _ in first })
+        var noRoom = false
         for replica in pending {
-            let doomedPool = replica.replaces.flatMap { id in live.first { $0.id == id }?.pool }
-            guard let choice = choosePlace(service, live: live, avoid: doomedPool, spotOnly: false) else { continue }
+            let doomedPool = replica.replaces.flatMap { poolOf[$0] }
+            // Once a replica found no place, the next (the same size, nothing to avoid) finds none either.
+            if doomedPool == nil && noRoom { continue }
+            guard let choice = choosePlace(service, spread: spread, avoid: doomedPool, spotOnly: false) else {
+                noRoom = noRoom || doomedPool == nil
+                continue
+            }
             bind(service, replica: replica.id, choice, live: &live)
+            spread.add(choice.pool)
         }
         returnToSpot(service, live: &live, now: now)
     }
@@ -296,7 +307,7 @@ struct ServicePlanner {
         let pools = self.pools
         let price = { (replica: ServiceReplica) in replica.pool.flatMap { pools[$0]?.hourlyPrice } ?? 0 }
         guard let mover = stable.max(by: { (price($0), $0.seq) < (price($1), $1.seq) }),
-            let choice = choosePlace(service, live: live, avoid: nil, spotOnly: true)
+            let choice = choosePlace(service, spread: Spread(live, pools: pools), avoid: nil, spotOnly: true)
         else { return }
         actions.append(.doom(service: service.id, replica: mover.id, reason: Self.returnToSpot))
         if let position = live.firstIndex(where: { $0.id == mover.id }) {
@@ -330,13 +341,34 @@ struct ServicePlanner {
     /// `base_on_demand` replicas on stable capacity and the rest on spot where the policy allows it (stable capacity
     /// when spot has no room), spread over pools and then zones by the fewest replicas of this service, then risk,
     /// price and the tightest fit. `avoid` (a doomed replica's pool) ranks last; `spotOnly` is a move back to spot.
-    private func choosePlace(_ service: InferenceService, live: [ServiceReplica], avoid: String?, spotOnly: Bool) -> Choice? {
+    /// How a service's placed replicas (not leaving) spread: on stable capacity, per pool, per zone.
+    struct Spread {
+        var stable = 0
+        var perPool: [String: Int] = [:]
+        var perZone: [String: Int] = [:]
+
+        init(_ live: [ServiceReplica], pools: [String: Pool]) {
+            for replica in live where !replica.isDoomed && replica.state.onNode && replica.state != .draining {
+                if replica.capacityType != .spot { stable += 1 }
+                guard let name = replica.pool else { continue }
+                perPool[name, default: 0] += 1
+                if let zone = pools[name]?.zone { perZone[zone, default: 0] += 1 }
+            }
+        }
+
+        mutating func add(_ pool: Pool) {
+            if pool.capacityType != .spot { stable += 1 }
+            perPool[pool.name, default: 0] += 1
+            perZone[pool.zone, default: 0] += 1
+        }
+    }
+
+    private func choosePlace(_ service: InferenceService, spread: Spread, avoid: String?, spotOnly: Bool) -> Choice? {
         guard let policy = policies[service.tier] else { return nil }
         let job = Job(
             id: service.id, seq: 0, tier: service.tier, gpus: service.gpusPerReplica, gpuType: service.gpuType, checkpointable: true,
             priority: 0, state: .queued, attempt: 0, requeueCount: 0, submittedAt: 0, updatedAt: 0)
-        let placed = live.filter { !$0.isDoomed && $0.state.onNode && $0.state != .draining }
-        let stable = placed.filter { $0.capacityType != .spot }.count
+        let stable = spread.stable
         let spotAllowed = policy.capacityTypes.contains(.spot)
         var order: [CapacityType]
         if spotOnly {
@@ -347,13 +379,8 @@ struct ServicePlanner {
         } else {
             order = policy.capacityTypes
         }
-        var perZone: [String: Int] = [:]
-        var perPool: [String: Int] = [:]
-        for replica in placed {
-            guard let name = replica.pool else { continue }
-            perPool[name, default: 0] += 1
-            if let zone = pools[name]?.zone { perZone[zone, default: 0] += 1 }
-        }
+        let perZone = spread.perZone
+        let perPool = spread.perPool
         for (rank, type) in order.enumerated() {
             var best: (key: [Double], index: Int, pool: Pool)?
             for pool in poolOrder where pool.capacityType == type && Placement.poolRefusal(job: job, policy: policy, pool: pool) == nil {

@@ -27,58 +27,18 @@ extension SQLiteStore {
                 LIMIT 1
                 """)
         else { return DemandReport() }
+        // Decided on a read first: a steady queue (nothing to ask, cancel or reword) never takes the writer.
+        let steady = try await read { [self] db in
+            let (input, current) = try Self.demandInput(
+                db, now: clock.now(), autoPlace: autoPlace, admissionLimit: admissionLimit, catalog: catalog)
+            let decided = plan(input)
+            return decided.requests.isEmpty && decided.cancel.isEmpty && decided.reasons.allSatisfy { current[$0.key] == $0.value }
+        }
+        guard !steady else { return DemandReport() }
         return try await write { [self] db in
             let now = clock.now()
             try Self.checkFence(db, lease, now: now)
-            let jobs = try Job.fetchAll(
-                db.cachedStatement(
-                    sql: """
-                        SELECT \(Job.columns) FROM jobs WHERE state = 'queued'
-                        ORDER BY CASE tier WHEN 'premium' THEN 0 WHEN 'standard' THEN 1 ELSE 2 END, priority DESC, seq LIMIT ?
-                        """), arguments: [Self.demandHorizon])
-            var items = jobs.map { DemandItem(id: $0.id, kind: .job, job: $0) }
-            for row in try Row.fetchAll(
-                db.cachedStatement(
-                    sql: """
-                        SELECT r.service_id, r.id, s.tier, s.gpus_per_replica, s.gpu_type FROM service_replicas r
-                        JOIN services s ON s.id = r.service_id WHERE r.state = 'pending' ORDER BY s.seq, r.seq LIMIT ?
-                        """), arguments: [Self.demandHorizon])
-            {
-                let service: String = row[0]
-                let replica: String = row[1]
-                let job = Job(
-                    id: "\(service)/\(replica)", seq: 0, tier: Tier(rawValue: row[2]) ?? .bestEffort, gpus: row[3], gpuType: row[4],
-                    checkpointable: true, priority: 0, state: .queued, attempt: 0, requeueCount: 0, submittedAt: now, updatedAt: now)
-                items.append(DemandItem(id: job.id, kind: .replica(service: service), job: job))
-            }
-            // The scheduler's order: by tier, a tier's replicas before its jobs (the service pass places them first).
-            items = items.enumerated().sorted { lhs, rhs in
-                let left = (lhs.element.job.tier.rank, lhs.element.kind == .job ? 1 : 0, lhs.offset)
-                let right = (rhs.element.job.tier.rank, rhs.element.kind == .job ? 1 : 0, rhs.offset)
-                return left < right
-            }.map(\.element)
-            let catalog = try catalog.current(db)
-            let input = DemandInput(
-                items: items,
-                freeNodes: try Node.fetchAll(
-                    db.cachedStatement(
-                        sql: "SELECT \(Node.columns) FROM nodes WHERE state = 'ready' AND gpus_allocated < gpus ORDER BY seq")),
-                pending: try ProvisioningRequest.fetchAll(
-                    db.cachedStatement(
-                        sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE state = 'pending' ORDER BY seq")),
-                pools: catalog.pools,
-                policies: Dictionary(
-                    Self.withDefaults(catalog.policies, admissionLimit: admissionLimit, now: now).map { ($0.tier, $0) },
-                    uniquingKeysWith: { first, _ in first }),
-                stats: try Self.poolStats(db, now: now),
-                failedLately: Set(
-                    try String.fetchAll(
-                        db.cachedStatement(
-                            sql: """
-                                SELECT DISTINCT pool FROM provisioning_requests
-                                WHERE reason = 'demand' AND state = 'failed' AND resolved_at > ?
-                                """), arguments: [now - Autoscaler.floorRetryAfter])),
-                autoPlace: autoPlace)
+            let (input, _) = try Self.demandInput(db, now: now, autoPlace: autoPlace, admissionLimit: admissionLimit, catalog: catalog)
             let decided = plan(input)
             var report = DemandReport()
             var ids: [String] = []
@@ -119,6 +79,62 @@ extension SQLiteStore {
 }
 
 extension SQLiteStore {
+    /// What the demand pass weighs, read in `db` at `now`; with each queued job's current `pending_reason`.
+    static func demandInput(_ db: Database, now: Millis, autoPlace: Bool, admissionLimit: Int64, catalog: Catalog)
+        throws -> (DemandInput, [String: String?])
+    {
+        let jobs = try Job.fetchAll(
+            db.cachedStatement(
+                sql: """
+                    SELECT \(Job.columns) FROM jobs WHERE state = 'queued'
+                    ORDER BY CASE tier WHEN 'premium' THEN 0 WHEN 'standard' THEN 1 ELSE 2 END, priority DESC, seq LIMIT ?
+                    """), arguments: [Self.demandHorizon])
+        var items = jobs.map { DemandItem(id: $0.id, kind: .job, job: $0) }
+        for row in try Row.fetchAll(
+            db.cachedStatement(
+                sql: """
+                    SELECT r.service_id, r.id, s.tier, s.gpus_per_replica, s.gpu_type FROM service_replicas r
+                    JOIN services s ON s.id = r.service_id WHERE r.state = 'pending' ORDER BY s.seq, r.seq LIMIT ?
+                    """), arguments: [Self.demandHorizon])
+        {
+            let service: String = row[0]
+            let replica: String = row[1]
+            let job = Job(
+                id: "\(service)/\(replica)", seq: 0, tier: Tier(rawValue: row[2]) ?? .bestEffort, gpus: row[3], gpuType: row[4],
+                checkpointable: true, priority: 0, state: .queued, attempt: 0, requeueCount: 0, submittedAt: now, updatedAt: now)
+            items.append(DemandItem(id: job.id, kind: .replica(service: service), job: job))
+        }
+        // The scheduler's order: by tier, a tier's replicas before its jobs (the service pass places them first).
+        items = items.enumerated().sorted { lhs, rhs in
+            let left = (lhs.element.job.tier.rank, lhs.element.kind == .job ? 1 : 0, lhs.offset)
+            let right = (rhs.element.job.tier.rank, rhs.element.kind == .job ? 1 : 0, rhs.offset)
+            return left < right
+        }.map(\.element)
+        let catalog = try catalog.current(db)
+        let input = DemandInput(
+            items: items,
+            freeNodes: try Node.fetchAll(
+                db.cachedStatement(
+                    sql: "SELECT \(Node.columns) FROM nodes WHERE state = 'ready' AND gpus_allocated < gpus ORDER BY seq")),
+            pending: try ProvisioningRequest.fetchAll(
+                db.cachedStatement(
+                    sql: "SELECT \(ProvisioningRequest.columns) FROM provisioning_requests WHERE state = 'pending' ORDER BY seq")),
+            pools: catalog.pools,
+            policies: Dictionary(
+                Self.withDefaults(catalog.policies, admissionLimit: admissionLimit, now: now).map { ($0.tier, $0) },
+                uniquingKeysWith: { first, _ in first }),
+            stats: try Self.poolStats(db, now: now),
+            failedLately: Set(
+                try String.fetchAll(
+                    db.cachedStatement(
+                        sql: """
+                            SELECT DISTINCT pool FROM provisioning_requests
+                            WHERE reason = 'demand' AND state = 'failed' AND resolved_at > ?
+                            """), arguments: [now - Autoscaler.floorRetryAfter])),
+            autoPlace: autoPlace)
+        return (input, Dictionary(jobs.map { ($0.id, $0.pendingReason) }, uniquingKeysWith: { first, _ in first }))
+    }
+
     /// Gives back the idle nodes `decide` (from `Domain/`) picks among those idle for `idleSeconds`: nodes asked for
     /// demand that went away, and any idle node of a pool above its `max_nodes`. Each is released through the
     /// provider (`requestRelease`).

@@ -25,6 +25,8 @@ struct ServiceDetail: Sendable {
 
     /// Gone replicas stay in a service's `members` this long, so that an operator sees what just happened.
     static let goneShownMillis: Millis = 600_000
+    /// At most this many gone replicas are shown.
+    static let goneShown = 100
 
     var readyReplicas: Int { members.filter { $0.state == .ready }.count }
 }
@@ -248,13 +250,19 @@ extension SQLiteStore {
     }
 
     static func serviceDetail(_ db: Database, _ service: InferenceService, now: Millis) throws -> ServiceDetail {
-        let members = try ServiceReplica.fetchAll(
+        // Every replica not gone, and the newest gone ones of the last 10 minutes (at most `goneShown`: a service
+        // that churned must not answer with megabytes).
+        let live = try ServiceReplica.fetchAll(
+            db.cachedStatement(
+                sql: "SELECT \(ServiceReplica.columns) FROM service_replicas WHERE service_id = ? AND state <> 'gone' ORDER BY seq"),
+            arguments: [service.id])
+        let gone = try ServiceReplica.fetchAll(
             db.cachedStatement(
                 sql: """
                     SELECT \(ServiceReplica.columns) FROM service_replicas
-                    WHERE service_id = ? AND (state <> 'gone' OR gone_at >= ?) ORDER BY seq
-                    """), arguments: [service.id, now - ServiceDetail.goneShownMillis])
-        return ServiceDetail(service: service, members: members)
+                    WHERE service_id = ? AND state = 'gone' AND gone_at >= ? ORDER BY gone_at DESC, seq DESC LIMIT ?
+                    """), arguments: [service.id, now - ServiceDetail.goneShownMillis, ServiceDetail.goneShown])
+        return ServiceDetail(service: service, members: (live + gone).sorted { $0.seq < $1.seq })
     }
 
     func updateService(_ id: String, _ patch: ServicePatch, actor: String) async throws -> ServiceDetail {
@@ -349,6 +357,28 @@ extension SQLiteStore {
 
     // MARK: - The reconciler
 
+    /// Everything a service pass weighs, read in `db`.
+    func serviceInput(_ db: Database, now: Millis, stats: [String: PoolStats]) throws -> ServiceInput {
+        let services = try InferenceService.fetchAll(
+            db.cachedStatement(sql: "SELECT \(InferenceService.columns) FROM services ORDER BY seq"))
+        let replicas = try ServiceReplica.fetchAll(
+            db.cachedStatement(sql: "SELECT \(ServiceReplica.columns) FROM service_replicas WHERE state <> 'gone' ORDER BY seq"))
+        var hosts: [String: ReplicaHost] = [:]
+        for nodeId in Set(replicas.compactMap(\.nodeId)) { hosts[nodeId] = try db.replicaHost(nodeId) }
+        let nodes = try Node.fetchAll(
+            db.cachedStatement(sql: "SELECT \(Node.columns) FROM nodes WHERE state = 'ready' AND gpus_allocated < gpus ORDER BY seq"))
+        let catalog = try catalog.current(db)
+        return ServiceInput(
+            services: services, replicas: replicas, nodes: nodes, pools: catalog.pools,
+            policies: Self.withDefaults(catalog.policies, admissionLimit: admissionLimit, now: now), stats: stats, hosts: hosts,
+            drainSeconds: replicaDrainSeconds)
+    }
+
+    /// When the next drain ends (a pass is due then), if any replica drains.
+    static func nextServiceDue(_ db: Database) throws -> Millis? {
+        try Int64.fetchOne(db.cachedStatement(sql: "SELECT MIN(drain_until) FROM service_replicas WHERE state = 'draining'"))
+    }
+
     /// One pass of the service reconciler, in one transaction: `plan` (from `Domain/`) decides from every service,
     /// its replicas, the free capacity and the replicas' nodes; this writes its actions in order.
     func reconcileServices(
@@ -356,22 +386,20 @@ extension SQLiteStore {
     ) async throws -> ServiceReport {
         guard try await anyRow("SELECT 1 FROM services") else { return ServiceReport() }
         let hints = try await placementHints.current(self, now: clock.now())
+        // Decided on a read first: a pass with nothing to do (replicas that cannot be placed yet, say) never takes
+        // the writer.
+        let idle = try await read { [self] db in
+            let now = clock.now()
+            let input = try serviceInput(db, now: now, stats: hints.stats)
+            let planner = plan(input, now)
+            return (planner.actions.isEmpty, try Self.nextServiceDue(db))
+        }
+        if idle.0 { return ServiceReport(nextDue: idle.1) }
         return try await write { [self] db in
             let now = clock.now()
             try Self.checkFence(db, lease, now: now)
-            let services = try InferenceService.fetchAll(
-                db.cachedStatement(sql: "SELECT \(InferenceService.columns) FROM services ORDER BY seq"))
-            let replicas = try ServiceReplica.fetchAll(
-                db.cachedStatement(sql: "SELECT \(ServiceReplica.columns) FROM service_replicas WHERE state <> 'gone' ORDER BY seq"))
-            var hosts: [String: ReplicaHost] = [:]
-            for nodeId in Set(replicas.compactMap(\.nodeId)) { hosts[nodeId] = try db.replicaHost(nodeId) }
-            let nodes = try Node.fetchAll(
-                db.cachedStatement(sql: "SELECT \(Node.columns) FROM nodes WHERE state = 'ready' AND gpus_allocated < gpus ORDER BY seq"))
-            let catalog = try catalog.current(db)
-            let input = ServiceInput(
-                services: services, replicas: replicas, nodes: nodes, pools: catalog.pools,
-                policies: Self.withDefaults(catalog.policies, admissionLimit: admissionLimit, now: now), stats: hints.stats, hosts: hosts,
-                drainSeconds: replicaDrainSeconds)
+            let input = try serviceInput(db, now: now, stats: hints.stats)
+            let services = input.services
             let planner = plan(input, now)
             let gpus = Dictionary(services.map { ($0.id, $0.gpusPerReplica) }, uniquingKeysWith: { first, _ in first })
             var report = ServiceReport()
@@ -390,8 +418,7 @@ extension SQLiteStore {
                     next, service,
                 ])
             }
-            report.nextDue = try Int64.fetchOne(
-                db.cachedStatement(sql: "SELECT MIN(drain_until) FROM service_replicas WHERE state = 'draining'"))
+            report.nextDue = try Self.nextServiceDue(db)
             return report
         }
     }
