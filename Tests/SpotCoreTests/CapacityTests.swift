@@ -291,6 +291,26 @@ struct DemandTests {
         }
     }
 
+    /// Lowering a pool's max_nodes empties it down to the new size: idle nodes above it are released (oldest first),
+    /// busy ones stay.
+    @Test func idleNodesAboveMaxNodesAreReleased() async throws {
+        let env = try TestEnv { $0.scaleDownIdleSeconds = 10 }
+        try await env.app().test(.router) { client in
+            try await Seed.standardPools(client)
+            for index in 0..<4 { try await client.expect(.created, .post, "/v1/nodes", Seed.node("a\(index)", pool: "spot-a")) }
+            try await client.expect(.created, .post, "/v1/jobs", Seed.job("busy", tier: "best_effort", gpus: 8, checkpointable: true))
+            try await env.step()
+            let busy = try #require(try await client.expect(.ok, .get, "/v1/jobs/busy")["node_id"]?.string)
+            try await client.expect(.ok, .patch, "/v1/pools/spot-a", #"{"max_nodes":2}"#)
+            try await env.advance(11)
+            try await env.advance(1)
+            let nodes = try await client.expect(.ok, .get, "/v1/nodes?pool=spot-a")["items"]?.array ?? []
+            let live = nodes.filter { $0["state"] != .string("terminated") }.compactMap { $0["id"]?.string }
+            #expect(live.count == 2 && live.contains(busy), "\(nodes)")
+            try await expectNoLeak(client)
+        }
+    }
+
     /// A gang's demand lands in one zone, and the gang runs there once its nodes are up.
     @Test func aGangsDemandLandsInOneZone() async throws {
         let env = try TestEnv()

@@ -141,21 +141,29 @@ extension SQLiteStore {
     func releaseIdle(idleSeconds: Int64, lease: Lease, actor: String, decide: @escaping @Sendable ([IdleNode]) -> [(String, String)])
         async throws -> Int
     {
+        // Idle nodes asked for demand (found from the few demand requests, not by reading every node), and idle
+        // nodes of pools above their max_nodes (a count per pool).
         let query = """
-            SELECT n.id, n.pool, r.reason = 'demand' FROM nodes n
-            LEFT JOIN provisioning_requests r ON r.id = n.provisioning_request_id
-            WHERE n.state = 'ready' AND n.gpus_allocated = 0 AND n.idle_since IS NOT NULL AND n.idle_since <= ?
-              AND (r.reason = 'demand'
-                   OR (SELECT COUNT(*) FROM nodes m WHERE m.pool = n.pool AND m.state <> 'terminated')
-                      > (SELECT p.max_nodes FROM pools p WHERE p.name = n.pool))
+            SELECT n.id, n.pool, 1, n.seq FROM provisioning_requests r JOIN nodes n ON n.id = r.node_id
+            WHERE r.reason = 'demand' AND r.state = 'fulfilled'
+              AND n.state = 'ready' AND n.gpus_allocated = 0 AND n.idle_since IS NOT NULL AND n.idle_since <= ?
+            UNION
+            SELECT n.id, n.pool, 0, n.seq FROM pools p JOIN nodes n ON n.pool = p.name
+            WHERE p.max_nodes < (SELECT COUNT(*) FROM nodes m WHERE m.pool = p.name AND m.state <> 'terminated')
+              AND n.state = 'ready' AND n.gpus_allocated = 0 AND n.idle_since IS NOT NULL AND n.idle_since <= ?
             """
-        guard try await anyRow(query, [clock.now() - idleSeconds * 1000]) else { return 0 }
+        let cutoff = clock.now() - idleSeconds * 1000
+        guard try await anyRow(query, [cutoff, cutoff]) else { return 0 }
         return try await write { [self] db in
             let now = clock.now()
             try Self.checkFence(db, lease, now: now)
             var idle: [IdleNode] = []
             var live: [String: Int] = [:]
-            for row in try Row.fetchAll(db.cachedStatement(sql: query + " ORDER BY n.seq"), arguments: [now - idleSeconds * 1000]) {
+            let cutoff = now - idleSeconds * 1000
+            var seen: Set<String> = []
+            for row in try Row.fetchAll(db.cachedStatement(sql: query + " ORDER BY 4"), arguments: [cutoff, cutoff]) {
+                let nodeId: String = row[0]
+                guard seen.insert(nodeId).inserted else { continue }
                 let poolName: String = row[1]
                 guard let pool = try db.fetchPool(poolName) else { continue }
                 if live[poolName] == nil {
@@ -164,7 +172,7 @@ extension SQLiteStore {
                             db.cachedStatement(sql: "SELECT COUNT(*) FROM nodes WHERE pool = ? AND state <> 'terminated'"),
                             arguments: [poolName]) ?? 0
                 }
-                idle.append(IdleNode(nodeId: row[0], pool: pool, forDemand: (row[2] as Bool?) ?? false, liveNodes: live[poolName] ?? 0))
+                idle.append(IdleNode(nodeId: nodeId, pool: pool, forDemand: row[2] as Bool, liveNodes: live[poolName] ?? 0))
             }
             var released = 0
             for (nodeId, reason) in decide(idle) {
