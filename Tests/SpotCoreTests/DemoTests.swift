@@ -13,6 +13,8 @@ struct DemoTests {
         var interruptions: [(state: String, node: String)]
         var replacements: [(state: String, pool: String)]
         var fallbacks: [(state: String, pool: String)]
+        /// Demand requests: none, since the requeued work fits the replacements on their way.
+        var demand: Int
         /// Premium jobs' events after their first placement (anything at all means one was touched).
         var premiumEventsAfterPlacement: [String]
         var jobs: [(id: String, state: String, requeues: Int64)]
@@ -38,6 +40,7 @@ struct DemoTests {
                     .map { ($0["state"], $0["pool"]) },
                 fallbacks: try Row.fetchAll(db, sql: "SELECT state, pool FROM provisioning_requests WHERE reason = 'fallback'")
                     .map { ($0["state"], $0["pool"]) },
+                demand: try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM provisioning_requests WHERE reason = 'demand'") ?? 0,
                 premiumEventsAfterPlacement: try String.fetchAll(
                     db,
                     sql: """
@@ -65,6 +68,7 @@ struct DemoTests {
         #expect(outcome.replacements.count == 5)
         #expect(outcome.replacements.allSatisfy { $0 == ("fulfilled", "spot-b") }, "\(outcome.replacements)")
         #expect(outcome.fallbacks.isEmpty)
+        #expect(outcome.demand == 0, "the requeued work fits the replacements: nothing more is asked for")
         // No premium job was checkpointed, requeued or moved.
         #expect(outcome.premiumEventsAfterPlacement.isEmpty, "\(outcome.premiumEventsAfterPlacement)")
         #expect(outcome.jobs.filter { $0.id.hasPrefix("premium") }.allSatisfy { $0.state == "running" && $0.requeues == 0 })
