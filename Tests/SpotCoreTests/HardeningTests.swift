@@ -286,6 +286,13 @@ struct RetentionTests {
             try await client.expect(.ok, .patch, "/v1/services/svc", #"{"replicas":1}"#)
             try await env.step()
             #expect(try env.count("service_replicas") == 2)
+            // A node given back (its pool emptied): released, acknowledged, terminated.
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("spare", pool: "spot-a"))
+            try await client.expect(.ok, .patch, "/v1/pools/spot-a", #"{"max_nodes":0}"#)
+            try await env.advance(601)
+            try await env.advance(1)
+            #expect(try await client.expect(.ok, .get, "/v1/nodes/spare")["state"] == .string("terminated"))
+            #expect(try env.count("node_releases") == 1)
             let retention = Retention(store: env.store, days: 30, batch: 2)
 
             // Inside the window nothing goes.
@@ -298,8 +305,10 @@ struct RetentionTests {
             let removed = try await retention.run(now: env.clock.now(), lease: try await env.lease(), logger: .init(label: "test"))
             #expect(removed.jobs == 1)
             #expect(removed.interruptions == 1)
-            #expect(removed.nodes == 1)
+            #expect(removed.nodes == 2)
             #expect(removed.replicas == 1)
+            #expect(removed.releases == 2, "the acknowledged release and the simulated cloud's released instance")
+            #expect(try env.count("node_releases") == 0)
             #expect(try env.count("service_replicas") == 1)
             #expect(removed.events == eventsBefore - 1)
             #expect(try await env.store.job("done") == nil)

@@ -3,7 +3,7 @@ import GRDB
 extension SQLiteStore {
     /// Removes, in one transaction, at most `batch` rows of each kind that are finished and older than `cutoff`:
     /// events (whole, oldest first), finished jobs, completed or unmatched interruptions with their timelines,
-    /// resolved provisioning requests, terminated nodes that nothing points at, service replicas gone; and replay
+    /// resolved provisioning requests, terminated nodes that nothing points at, service replicas gone, acknowledged releases (and the simulated cloud's released instances); and replay
     /// records older than `replayCutoff`. Live records are never touched. Callers repeat while a kind filled its batch.
     func pruneExpired(before cutoff: Millis, replaysBefore replayCutoff: Millis, batch: Int, lease: Lease) async throws -> PruneReport {
         try await write { [self] db in
@@ -63,6 +63,17 @@ extension SQLiteStore {
                     """
             ).execute(arguments: [cutoff, batch])
             report.replicas = db.changesCount
+            try db.cachedStatement(
+                sql: """
+                    DELETE FROM node_releases WHERE node_id IN (
+                        SELECT node_id FROM node_releases WHERE state = 'acknowledged' AND acknowledged_at < ? LIMIT ?)
+                    """
+            ).execute(arguments: [cutoff, batch])
+            report.releases = db.changesCount
+            try db.cachedStatement(
+                sql: "DELETE FROM sim_instances WHERE id IN (SELECT id FROM sim_instances WHERE released_at < ? LIMIT ?)"
+            ).execute(arguments: [cutoff, batch])
+            report.releases += db.changesCount
             return report
         }
     }

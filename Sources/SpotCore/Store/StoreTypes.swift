@@ -47,8 +47,10 @@ struct PruneReport: Sendable, Equatable {
     var nodes = 0
     var replays = 0
     var replicas = 0
+    /// Acknowledged releases, and instances the simulated cloud released.
+    var releases = 0
 
-    var total: Int { events + jobs + interruptions + provisioningRequests + nodes + replays + replicas }
+    var total: Int { events + jobs + interruptions + provisioningRequests + nodes + replays + replicas + releases }
 }
 
 /// What a provider did with a pending request.

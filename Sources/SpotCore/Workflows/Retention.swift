@@ -29,9 +29,10 @@ struct Retention: Sendable {
             total.nodes += report.nodes
             total.replays += report.replays
             total.replicas += report.replicas
+            total.releases += report.releases
             let full = [
                 report.events, report.jobs, report.interruptions, report.provisioningRequests, report.nodes, report.replays,
-                report.replicas,
+                report.replicas, report.releases,
             ]
             .contains(batch)
             if !full { break }
