@@ -412,7 +412,8 @@ struct CostReportTests {
             close(middle["pools"]?.array.first { $0["pool"] == .string("od") }?["node_hours"], 1, "od node-hours, second hour")
             // The default period is the last 24 hours; a period must go forward; times are RFC 3339.
             #expect(try await client.expect(.ok, .get, "/v1/reports/cost")["until"] == .string("2026-11-30T03:00:00.000Z"))
-            try await client.expectProblem(.badRequest, .get, "/v1/reports/cost?since=2026-11-30T02:00:00Z&until=2026-11-30T01:00:00Z")
+            try await client.expectProblem(
+                .unprocessableContent, .get, "/v1/reports/cost?since=2026-11-30T02:00:00Z&until=2026-11-30T01:00:00Z")
             try await client.expectProblem(.badRequest, .get, "/v1/reports/cost?since=yesterday")
             try await client.expectProblem(.badRequest, .get, "/v1/reports/cost?from=2026-11-30T01:00:00Z")
         }

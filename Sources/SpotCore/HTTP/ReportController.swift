@@ -21,7 +21,7 @@ struct ReportController {
         }
         let until = try time("until") ?? clock.now()
         let since = try time("since") ?? until - 86_400_000
-        guard since < until else { throw Problem.invalidQuery("since", "must be before until") }
+        guard since < until else { throw Problem.unprocessable("since", "must be before until") }
         let report = try await store.costReport(since: since, until: until)
         return View.cost(report).response()
     }
