@@ -139,5 +139,13 @@ public func buildApplication(
     if withWorker {
         app.addServices(runtime.worker(logger: logger), Checkpointer(path: config.dbPath, interval: .milliseconds(200), logger: logger))
     }
+    if let queue = config.sqsQueueURL, let credentials = config.awsCredentials,
+        let region = config.awsRegion ?? SQSQueuePoller.Settings.region(of: queue)
+    {
+        app.addServices(
+            SQSQueuePoller(
+                settings: .init(queueURL: queue, region: region, credentials: credentials), store: runtime.store, clock: runtime.clock,
+                signal: runtime.signal, metrics: runtime.metrics, logger: logger))
+    }
     return app
 }

@@ -25,6 +25,12 @@ public struct SpotConfig: Sendable {
     /// With no node registered this long after the provisioner took a request, the request fails (and the fallback
     /// starts).
     public var provisionBootTimeoutSeconds: Double = 300
+    /// The AWS queue mode: the SQS queue EventBridge puts EC2 interruption events on, its region (by default from the
+    /// URL, else `AWS_REGION`), and the credentials to read it (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`).
+    public var sqsQueueURL: URL?
+    public var awsRegion: String?
+    public var awsCredentials: AWSCredentials?
     public var scaleDownIdleSeconds: Int64 = 600
     public var admissionLimitSeconds: Int64 = 3600
     /// Finished records (jobs, interruptions, provisioning requests, terminated nodes) and events older than this go.
@@ -87,6 +93,18 @@ public struct SpotConfig: Sendable {
             if secret.isEmpty { return .setting(name: "--webhook-secret (SPOTD_WEBHOOK_SECRET)", detail: "must not be empty") }
             if secret.trimmingCharacters(in: .whitespacesAndNewlines) != secret {
                 return .setting(name: "--webhook-secret (SPOTD_WEBHOOK_SECRET)", detail: "must not begin or end with spaces or a newline")
+            }
+        }
+        if let url = sqsQueueURL {
+            guard url.scheme == "https" || url.scheme == "http", url.host != nil else {
+                return .setting(name: "--aws-sqs-queue-url (SPOTD_AWS_SQS_QUEUE_URL)", detail: "must be an http(s) URL, got \(url)")
+            }
+            if awsCredentials == nil {
+                return .setting(
+                    name: "--aws-sqs-queue-url (SPOTD_AWS_SQS_QUEUE_URL)", detail: "needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            }
+            if (awsRegion ?? SQSQueuePoller.Settings.region(of: url)) == nil {
+                return .setting(name: "--aws-region (AWS_REGION)", detail: "is needed: the queue URL does not name a region")
             }
         }
         if provider == .webhook && provisionWebhookURL == nil {

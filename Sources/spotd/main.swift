@@ -73,6 +73,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Provisioning provider: simulated or webhook (env SPOTD_PROVIDER; default simulated).") var provider: String?
     @Option(help: "Seconds a simulated node takes to boot (env SPOTD_SIM_BOOT_SECONDS; default 5).") var simBootSeconds: Double?
     @Option(help: "URL the webhook provider POSTs requests to (env SPOTD_PROVISION_WEBHOOK_URL).") var provisionWebhookUrl: String?
+    @Option(help: "AWS queue mode: the SQS queue URL EventBridge puts EC2 interruption events on (env SPOTD_AWS_SQS_QUEUE_URL).")
+    var awsSqsQueueUrl: String?
+    @Option(help: "The queue's AWS region (env AWS_REGION; default: from the queue URL).") var awsRegion: String?
     @Option(help: "Seconds one call to the provisioner may take (env SPOTD_PROVISION_TIMEOUT_SECONDS; default 30).")
     var provisionTimeoutSeconds: Double?
     @Option(help: "Calls to the provisioner per request, with backoff, before it fails (env SPOTD_PROVISION_RETRIES; default 3).")
@@ -120,6 +123,14 @@ struct Serve: AsyncParsableCommand {
                 fail("provision webhook URL \(url) must be an http(s) URL")
             }
             config.provisionWebhookURL = parsed
+        }
+        if let url = awsSqsQueueUrl ?? env("SPOTD_AWS_SQS_QUEUE_URL") {
+            guard let parsed = URL(string: url) else { fail("--aws-sqs-queue-url \(url) is not a URL") }
+            config.sqsQueueURL = parsed
+            config.awsRegion = awsRegion ?? env("AWS_REGION") ?? env("AWS_DEFAULT_REGION")
+            if let key = env("AWS_ACCESS_KEY_ID"), let secret = env("AWS_SECRET_ACCESS_KEY") {
+                config.awsCredentials = AWSCredentials(accessKeyId: key, secretAccessKey: secret, sessionToken: env("AWS_SESSION_TOKEN"))
+            }
         }
         config.provisionTimeoutSeconds =
             provisionTimeoutSeconds ?? parsed("SPOTD_PROVISION_TIMEOUT_SECONDS", env("SPOTD_PROVISION_TIMEOUT_SECONDS"))

@@ -19,9 +19,15 @@ final class SpotdProcess {
     let workingDirectory: URL?
     /// The server's standard error, shown when it does not come up.
     let logPath: String
+    /// Added to the environment the process starts with.
+    let environment: [String: String]
     private(set) var process: Process?
 
-    init(directory: URL, port: Int, extra: [String] = [], binary: URL = SpotdProcess.binary, workingDirectory: URL? = nil) {
+    init(
+        directory: URL, port: Int, extra: [String] = [], binary: URL = SpotdProcess.binary, workingDirectory: URL? = nil,
+        environment: [String: String] = [:]
+    ) {
+        self.environment = environment
         self.port = port
         self.dbPath = directory.appendingPathComponent("spotd.sqlite").path
         self.arguments = ["serve", "--port", String(port), "--db", dbPath] + extra
@@ -39,7 +45,7 @@ final class SpotdProcess {
         let process = Process()
         process.executableURL = binary
         process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(["LOG_LEVEL": "warning"]) { $1 }
+        process.environment = ProcessInfo.processInfo.environment.merging(["LOG_LEVEL": "warning"]) { $1 }.merging(environment) { $1 }
         if let workingDirectory { process.currentDirectoryURL = workingDirectory }
         process.standardOutput = FileHandle.nullDevice
         FileManager.default.createFile(atPath: logPath, contents: nil)

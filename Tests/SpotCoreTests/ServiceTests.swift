@@ -79,9 +79,9 @@ struct ServiceTests {
             try await client.expectProblem(.badRequest, .patch, "/v1/services/chat", #"{"tier":"premium"}"#, field: "tier")
             try await client.expectProblem(.notFound, .patch, "/v1/services/nope", #"{"replicas":2}"#)
             try await client.expectProblem(.notFound, .post, "/v1/services/chat/replicas/r99/ready")
-            // A control character in a path id is a bad request, not a lookup.
-            try await client.expectProblem(.badRequest, .post, "/v1/services/chat/replicas/%00/ready")
-            try await client.expectProblem(.badRequest, .get, "/v1/nodes/a%01b")
+            // A path id no record can have (a control character) is simply not found: the schema allows any string there.
+            try await client.expectProblem(.notFound, .post, "/v1/services/chat/replicas/%00/ready")
+            try await client.expectProblem(.notFound, .get, "/v1/nodes/a%01b")
             #expect(try env.digest() == patchedBefore)
             // The default min_available follows the replica count.
             let scaled = try await client.expect(.ok, .patch, "/v1/services/chat", #"{"replicas":3}"#)

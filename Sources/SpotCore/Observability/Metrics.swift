@@ -43,6 +43,11 @@ public final class SpotMetrics: Sendable {
         CoreMetrics.Counter(label: "spotd_placements_total", dimensions: [("outcome", outcome)], factory: factory).increment(by: count)
     }
 
+    /// SQS messages by what became of them: recorded, duplicate, unparseable.
+    func sqsMessage(_ outcome: String) {
+        CoreMetrics.Counter(label: "spotd_sqs_messages_total", dimensions: [("outcome", outcome)], factory: factory).increment()
+    }
+
     func provisioning(_ outcome: String) {
         CoreMetrics.Counter(label: "spotd_provisioning_total", dimensions: [("outcome", outcome)], factory: factory).increment()
     }
