@@ -13,7 +13,7 @@ struct Spotd: AsyncParsableCommand {
         commandName: "spotd",
         abstract: "Keeps a GPU platform safe when clouds reclaim spot nodes.",
         version: "spotd \(SpotVersion.current) (store schema \(SpotVersion.schema))",
-        subcommands: [Serve.self, Migrate.self, TokenCommand.self, DemoCommand.self],
+        subcommands: [Serve.self, Migrate.self, TokenCommand.self, DemoCommand.self, AgentCommand.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -241,6 +241,55 @@ struct DemoCommand: AsyncParsableCommand {
         options.workloads = workloads
         let passed = try await Demo.run(options) { line in print(line) }
         if !passed { throw ExitCode(1) }
+    }
+}
+
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent",
+        abstract: "Run on a GPU node: post the cloud's notices to spotd, and hand checkpoint requests to the workload on loopback.")
+
+    @Option(help: "spotd's URL (env SPOTD_URL).") var server: String?
+    @Option(help: "An API token with the notifier role or above (env SPOTD_TOKEN).") var token: String?
+    @Option(help: "HMAC secret for notices, as spotd's --webhook-secret (env SPOTD_WEBHOOK_SECRET).") var webhookSecret: String?
+    @Option(help: "The cloud: aws (env SPOTD_AGENT_CLOUD; default aws).") var cloud: String?
+    @Option(help: "This node's id in spotd (default: the instance id, from the metadata service).") var nodeId: String?
+    @Option(help: "The metadata service (default http://169.254.169.254).") var metadataUrl: String?
+    @Option(help: "Loopback address for the workload's hand-off (default 127.0.0.1:8787).") var listen: String?
+    @Option(help: "Seconds between metadata polls (default 1).") var pollSeconds: Double?
+
+    func run() async throws {
+        guard let serverText = server ?? env("SPOTD_URL"), let serverURL = URL(string: serverText), serverURL.host != nil else {
+            fail("--server (SPOTD_URL) must be spotd's URL, e.g. http://spotd.internal:8080")
+        }
+        guard let metadata = URL(string: metadataUrl ?? "http://169.254.169.254"), metadata.host != nil else {
+            fail("--metadata-url must be a URL")
+        }
+        var settings = AgentSettings(server: serverURL, metadataURL: metadata)
+        settings.token = token ?? env("SPOTD_TOKEN")
+        settings.webhookSecret = webhookSecret ?? env("SPOTD_WEBHOOK_SECRET")
+        if let name = cloud ?? env("SPOTD_AGENT_CLOUD") {
+            guard let value = AgentSettings.Cloud(rawValue: name) else {
+                fail(
+                    "--cloud \(name) is not supported here yet (supported: \(AgentSettings.Cloud.allCases.map(\.rawValue).joined(separator: ", ")))"
+                )
+            }
+            settings.cloud = value
+        }
+        settings.nodeId = nodeId
+        if let listen {
+            let parts = listen.split(separator: ":")
+            guard parts.count == 2, let port = Int(parts[1]), (0...65535).contains(port) else { fail("--listen must be host:port") }
+            settings.listenHost = String(parts[0])
+            settings.listenPort = port
+        }
+        if let pollSeconds {
+            guard pollSeconds.isFinite, pollSeconds >= 0.01, pollSeconds <= 60 else { fail("--poll-seconds must be 0.01 to 60") }
+            settings.pollInterval = .milliseconds(Int64(pollSeconds * 1000))
+        }
+        var logger = Logger(label: "spotd-agent")
+        logger.logLevel = .info
+        try await NodeAgent.runUntilStopped(settings: settings, logger: logger)
     }
 }
 

@@ -1,0 +1,307 @@
+import AsyncHTTPClient
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import NIOHTTP1
+import ServiceLifecycle
+import Synchronization
+
+/// `spotd agent`: runs on a GPU node, watches the cloud's instance metadata service for a notice, posts each new one
+/// to spotd once (the generic form, with a stable `event_id`, signed when a secret is set, retried with backoff while
+/// spotd is away), and hands the checkpoint request over to the workload on loopback.
+public struct AgentSettings: Sendable {
+    public enum Cloud: String, Sendable, CaseIterable {
+        case aws
+    }
+
+    public var server: URL
+    public var token: String?
+    public var webhookSecret: String?
+    public var cloud: Cloud = .aws
+    /// The node's id in spotd (the instance id); by default asked of the metadata service.
+    public var nodeId: String?
+    /// The metadata service (AWS: http://169.254.169.254).
+    public var metadataURL: URL
+    public var listenHost = "127.0.0.1"
+    public var listenPort = 8787
+    /// How often the metadata service is asked.
+    public var pollInterval: Duration = .seconds(1)
+
+    public init(server: URL, metadataURL: URL) {
+        self.server = server
+        self.metadataURL = metadataURL
+    }
+}
+
+/// A notice the agent saw, as it posts it.
+struct AgentNotice: Sendable, Equatable {
+    var kind: InterruptionKind
+    var deadline: Millis?
+    var source: String
+    var eventId: String
+}
+
+/// The calls the agent makes: to the metadata service and to spotd.
+struct AgentHTTP: Sendable {
+    let client: HTTPClient
+
+    struct Answer: Sendable {
+        var status: Int
+        var body: String
+    }
+
+    func send(_ method: HTTPMethod, _ url: String, headers: [(String, String)] = [], body: Data? = nil, timeout: Duration = .seconds(10))
+        async throws -> Answer
+    {
+        var request = HTTPClientRequest(url: url)
+        request.method = method
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        if let body { request.body = .bytes(ByteBuffer(data: body)) }
+        let response = try await client.execute(request, timeout: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000))
+        let bytes = try await response.body.collect(upTo: 1 << 20)
+        return Answer(status: Int(response.status.code), body: String(buffer: bytes))
+    }
+}
+
+/// AWS IMDSv2: a session token (`PUT /latest/api/token`), then the spot instance action (404 until a notice, then
+/// `{"action":"terminate","time":"…"}`) and the rebalance recommendation (`{"noticeTime":"…"}`).
+struct AWSMetadata: Sendable {
+    let base: String
+    let http: AgentHTTP
+    let tokenTTL = 21_600
+
+    func token() async throws -> String {
+        let answer = try await http.send(
+            .PUT, base + "/latest/api/token", headers: [("X-aws-ec2-metadata-token-ttl-seconds", String(tokenTTL))])
+        guard answer.status == 200, !answer.body.isEmpty else { throw AgentError.metadata("token: HTTP \(answer.status)") }
+        return answer.body
+    }
+
+    func get(_ path: String, token: String) async throws -> Answer {
+        try await http.send(.GET, base + path, headers: [("X-aws-ec2-metadata-token", token)])
+    }
+
+    typealias Answer = AgentHTTP.Answer
+
+    func instanceId(token: String) async throws -> String {
+        let answer = try await get("/latest/meta-data/instance-id", token: token)
+        guard answer.status == 200, !answer.body.isEmpty else { throw AgentError.metadata("instance-id: HTTP \(answer.status)") }
+        return answer.body
+    }
+
+    /// The notices the metadata service shows now (nil token or 401: the caller gets a new token).
+    func notices(instanceId: String, token: String) async throws -> [AgentNotice] {
+        var found: [AgentNotice] = []
+        let action = try await get("/latest/meta-data/spot/instance-action", token: token)
+        if action.status == 401 { throw AgentError.unauthorized }
+        if action.status == 200, let value = try? JSONDecoder().decode(JSONValue.self, from: Data(action.body.utf8)),
+            let time = value[demo: "time"]?.demoString, let at = TimeFormat.parseRFC3339(time)
+        {
+            let kind = value[demo: "action"]?.demoString ?? "terminate"
+            if kind == "terminate" || kind == "stop" || kind == "hibernate" {
+                found.append(AgentNotice(kind: .termination, deadline: at, source: "aws-imds", eventId: "\(instanceId):\(time)"))
+            }
+        }
+        let rebalance = try await get("/latest/meta-data/events/recommendations/rebalance", token: token)
+        if rebalance.status == 401 { throw AgentError.unauthorized }
+        if rebalance.status == 200, let value = try? JSONDecoder().decode(JSONValue.self, from: Data(rebalance.body.utf8)),
+            let time = value[demo: "noticeTime"]?.demoString
+        {
+            found.append(AgentNotice(kind: .rebalance, deadline: nil, source: "aws-imds", eventId: "\(instanceId):rebalance:\(time)"))
+        }
+        return found
+    }
+}
+
+enum AgentError: Error, CustomStringConvertible {
+    case metadata(String)
+    case unauthorized
+    case refused(Int, String)
+
+    var description: String {
+        switch self {
+        case .metadata(let what): "metadata service: \(what)"
+        case .unauthorized: "metadata service: the session token was refused"
+        case .refused(let status, let body): "spotd refused the notice: HTTP \(status) \(body.prefix(200))"
+        }
+    }
+}
+
+/// The agent: a metadata loop, a poster, and the loopback hand-off.
+public struct NodeAgent: Service {
+    let settings: AgentSettings
+    let http: AgentHTTP
+    let logger: Logger
+    /// This node's id: as given, or once the metadata service has told it.
+    let node: NodeIdentity
+
+    public init(settings: AgentSettings, logger: Logger) {
+        self.settings = settings
+        self.http = AgentHTTP(client: .shared)
+        self.logger = logger
+        self.node = NodeIdentity(settings.nodeId)
+    }
+
+    /// Runs the agent until SIGTERM or SIGINT.
+    public static func runUntilStopped(settings: AgentSettings, logger: Logger) async throws {
+        let group = ServiceGroup(
+            services: [NodeAgent(settings: settings, logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
+    }
+
+    var server: String {
+        settings.server.absoluteString.hasSuffix("/") ? String(settings.server.absoluteString.dropLast()) : settings.server.absoluteString
+    }
+
+    func spotdHeaders(_ body: Data?) -> [(String, String)] {
+        var headers: [(String, String)] = [("Content-Type", "application/json")]
+        if let token = settings.token { headers.append(("Authorization", "Bearer \(token)")) }
+        if let secret = settings.webhookSecret, let body {
+            let timestamp = String(Int64(Date().timeIntervalSince1970))
+            headers.append(("X-Spotd-Timestamp", timestamp))
+            headers.append(("X-Spotd-Signature", "sha256=" + Signature.hex(secret: secret, timestamp: timestamp, body: body)))
+        }
+        return headers
+    }
+
+    /// Posts one notice until spotd records it (2xx); a refusal (4xx other than 429) is logged and dropped. Backoff
+    /// 1 s doubling to 30 s while spotd is away.
+    func post(_ notice: AgentNotice, nodeId: String) async {
+        var fields: [String: JSONValue] = [
+            "node_id": .string(nodeId), "kind": .string(notice.kind.rawValue), "source": .string(notice.source),
+            "event_id": .string(notice.eventId),
+        ]
+        if let deadline = notice.deadline { fields["deadline"] = .string(TimeFormat.rfc3339(deadline)) }
+        let body = Data(JSONValue.object(fields).jsonText.utf8)
+        var failures = 0
+        while !Task.isCancelled {
+            do {
+                let answer = try await http.send(.POST, server + "/v1/interruptions", headers: spotdHeaders(body), body: body)
+                if (200..<300).contains(answer.status) {
+                    logger.info("notice recorded", metadata: ["event_id": "\(notice.eventId)", "status": "\(answer.status)"])
+                    return
+                }
+                if answer.status != 429 && answer.status < 500 {
+                    logger.error(
+                        "notice refused",
+                        metadata: ["event_id": "\(notice.eventId)", "error": "\(AgentError.refused(answer.status, answer.body))"])
+                    return
+                }
+            } catch {
+                logger.warning("spotd unreachable; retrying", metadata: ["event_id": "\(notice.eventId)", "error": "\(error)"])
+            }
+            failures += 1
+            try? await Task.sleep(for: .seconds(min(30, 1 << min(failures - 1, 5))))
+        }
+    }
+
+    public func run() async throws {
+        let metadata = AWSMetadata(
+            base: settings.metadataURL.absoluteString.hasSuffix("/")
+                ? String(settings.metadataURL.absoluteString.dropLast()) : settings.metadataURL.absoluteString, http: http)
+        let local = localServer()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await local.runService() }
+            group.addTask { await watch(metadata) }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Asks the metadata service about once per `pollInterval`; posts each notice not posted before (in this run;
+    /// across runs spotd's idempotency on the event id makes a second post a no-op). Never a busy loop: a failing
+    /// metadata service is asked again after the interval, at least.
+    func watch(_ metadata: AWSMetadata) async {
+        var token: String?
+        var nodeId = node.id
+        var posted: Set<String> = []
+        var failures = 0
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                let current: String
+                if let token { current = token } else { current = try await metadata.token() }
+                token = current
+                if nodeId == nil {
+                    nodeId = try await metadata.instanceId(token: current)
+                    node.set(nodeId)
+                }
+                for notice in try await metadata.notices(instanceId: nodeId!, token: current) where !posted.contains(notice.eventId) {
+                    logger.info("notice seen", metadata: ["event_id": "\(notice.eventId)", "kind": "\(notice.kind.rawValue)"])
+                    await post(notice, nodeId: nodeId!)
+                    posted.insert(notice.eventId)
+                }
+                failures = 0
+            } catch AgentError.unauthorized {
+                token = nil
+            } catch {
+                failures += 1
+                token = nil
+                if failures == 1 || failures % 60 == 0 { logger.warning("metadata service unreachable", metadata: ["error": "\(error)"]) }
+            }
+            try? await Task.sleep(for: settings.pollInterval * Double(min(failures + 1, 10)))
+        }
+    }
+
+    // MARK: - The loopback hand-off
+
+    func localServer() -> some ApplicationProtocol {
+        let router = Router()
+        let agent = self
+        router.get("/v1/local/checkpoint-request") { _, _ -> Response in try await agent.checkpointRequest() }
+        router.post("/v1/local/checkpoints") { request, _ -> Response in
+            let body = try await request.body.collect(upTo: 1 << 16)
+            return try await agent.forwardCheckpoint(Data(buffer: body))
+        }
+        return Application(
+            router: router, configuration: .init(address: .hostname(settings.listenHost, port: settings.listenPort)), logger: logger)
+    }
+
+    /// Long poll (up to 30 s): the job on this node that spotd asks to checkpoint, `{job_id, attempt, deadline}`;
+    /// 204 when none was asked within the wait.
+    func checkpointRequest() async throws -> Response {
+        let until = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < until && !Task.isCancelled {
+            if let nodeId = node.id,
+                let answer = try? await http.send(
+                    .GET, server + "/v1/jobs?state=checkpointing&node=\(SigV4.encode(nodeId))", headers: spotdHeaders(nil)),
+                answer.status == 200, let page = try? JSONDecoder().decode(JSONValue.self, from: Data(answer.body.utf8)),
+                let job = page[demo: "items"]?.demoArray?.first
+            {
+                let out = JSONValue.object([
+                    "job_id": job[demo: "id"] ?? .null, "attempt": job[demo: "attempt"] ?? .null,
+                    "deadline": job[demo: "checkpoint_deadline"] ?? .null,
+                ])
+                return out.response()
+            }
+            try? await Task.sleep(for: .milliseconds(500))
+        }
+        return Response(status: .noContent)
+    }
+
+    /// `{job_id, attempt, uri, step}` forwarded to spotd's `POST /v1/jobs/{id}/checkpoints`; spotd's answer is passed back.
+    func forwardCheckpoint(_ body: Data) async throws -> Response {
+        guard let value = try? JSONDecoder().decode(JSONValue.self, from: body), let jobId = value[demo: "job_id"]?.demoString,
+            NamePattern.identifier.matches(jobId)
+        else {
+            throw Problem.invalidField("job_id", "is required: the job's id")
+        }
+        var report: [String: JSONValue] = [:]
+        for key in ["attempt", "uri", "step"] { if let field = value[demo: key] { report[key] = field } }
+        let forwarded = Data(JSONValue.object(report).jsonText.utf8)
+        let answer = try await http.send(.POST, server + "/v1/jobs/\(jobId)/checkpoints", headers: spotdHeaders(nil), body: forwarded)
+        return Response(
+            status: .init(code: answer.status), headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(string: answer.body)))
+    }
+}
+
+/// The node's id, shared between the metadata loop (which may learn it) and the hand-off.
+final class NodeIdentity: Sendable {
+    private let value: Mutex<String?>
+
+    init(_ id: String?) { value = Mutex(id) }
+
+    var id: String? { value.withLock { $0 } }
+    func set(_ id: String?) { value.withLock { $0 = id } }
+}

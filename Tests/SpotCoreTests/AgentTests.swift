@@ -1,0 +1,160 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Synchronization
+import Testing
+
+@testable import SpotCore
+
+/// A fake AWS instance metadata service, written from AWS's IMDSv2 documentation: a session token is required
+/// (`PUT /latest/api/token` with a TTL header; any other call without the token is 401); `spot/instance-action` is
+/// 404 until a notice, then `{"action":"terminate","time":"…"}`.
+final class FakeIMDS: Sendable {
+    let instanceId: String
+    private let notice = Mutex<String?>(nil)
+    private let unauthorized = Mutex(0)
+    static let token = "AQAEAFakeSessionToken=="
+
+    init(instanceId: String) { self.instanceId = instanceId }
+
+    func announce(terminateAt time: Millis) { notice.withLock { $0 = TimeFormat.rfc3339(time) } }
+    var unauthorizedCalls: Int { unauthorized.withLock { $0 } }
+
+    var router: Router<BasicRequestContext> {
+        let router = Router()
+        router.put("/latest/api/token") { request, _ -> Response in
+            guard request.headers[HTTPField.Name("X-aws-ec2-metadata-token-ttl-seconds")!] != nil else {
+                return Response(status: .badRequest)
+            }
+            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: FakeIMDS.token)))
+        }
+        router.get("/latest/meta-data/**") { request, _ -> Response in
+            guard request.headers[HTTPField.Name("X-aws-ec2-metadata-token")!] == FakeIMDS.token else {
+                self.unauthorized.withLock { $0 += 1 }
+                return Response(status: .unauthorized)
+            }
+            switch request.uri.path {
+            case "/latest/meta-data/instance-id":
+                return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: self.instanceId)))
+            case "/latest/meta-data/spot/instance-action":
+                guard let time = self.notice.withLock({ $0 }) else { return Response(status: .notFound) }
+                return Response(
+                    status: .ok, body: .init(byteBuffer: ByteBuffer(string: #"{"action":"terminate","time":"\#(time)"}"#)))
+            default:
+                return Response(status: .notFound)
+            }
+        }
+        return router
+    }
+}
+
+/// `spotd agent` as a process.
+final class AgentProcess {
+    let process = Process()
+    let logPath: String
+
+    init(server: Int, metadata: Int, listen: Int, directory: URL, extra: [String] = []) throws {
+        logPath = directory.appendingPathComponent("agent-\(listen).log").path
+        process.executableURL = SpotdProcess.binary
+        process.arguments =
+            [
+                "agent", "--server", "http://127.0.0.1:\(server)", "--metadata-url", "http://127.0.0.1:\(metadata)", "--listen",
+                "127.0.0.1:\(listen)", "--poll-seconds", "0.1",
+            ] + extra
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        process.standardOutput = FileHandle(forWritingAtPath: logPath)
+        process.standardError = FileHandle(forWritingAtPath: logPath)
+        try process.run()
+    }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+    }
+}
+
+@Suite("spotd agent against fake metadata services", .serialized)
+struct AgentTests {
+    func directory() throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("spotd-agent-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+
+    /// AWS end to end: fake IMDSv2 → `spotd agent` → a real `spotd serve` → the node cordoned → the job's checkpoint
+    /// request through the agent's loopback → the checkpoint report through the agent → the job requeued from it.
+    @Test func awsNoticeToRequeueThroughTheAgent() async throws {
+        let imds = FakeIMDS(instanceId: "i-0agent000000001")
+        try await withLoopbackProvisioner(imds.router) { metadataPort in
+            let folder = try directory()
+            let server = SpotdProcess(directory: folder, port: freePort(), extra: ["--drain-margin-seconds", "1"])
+            try await server.start()
+            try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot"))
+            try await server.request("POST", "/v1/nodes", Seed.node(imds.instanceId, pool: "spot-a"))
+            try await server.request("POST", "/v1/jobs", Seed.job("train", tier: "best_effort", gpus: 8, checkpointable: true))
+            #expect(try await server.eventually { try await server.request("GET", "/v1/jobs/train").1["state"] == .string("running") })
+            let listen = freePort()
+            let agent = try AgentProcess(server: server.port, metadata: metadataPort, listen: listen, directory: folder)
+            defer { agent.stop() }
+            let local = DemoClient(base: "http://127.0.0.1:\(listen)")
+            #expect(try await server.eventually { (try? await local.call("GET", "/nope").0) != nil }, "the agent listens on loopback")
+
+            let deadline = SystemClock().now() + 120_000
+            imds.announce(terminateAt: deadline)
+            #expect(
+                try await server.eventually {
+                    try await server.request("GET", "/v1/nodes/\(imds.instanceId)").1["state"] != .string("ready")
+                })
+            let interruptions = try await server.request("GET", "/v1/interruptions").1["items"]?.array ?? []
+            #expect(interruptions.count == 1)
+            #expect(interruptions.first?["source"] == .string("aws-imds"))
+            #expect(interruptions.first?["event_id"] == .string("\(imds.instanceId):\(TimeFormat.rfc3339(deadline))"))
+
+            // The workload long-polls the agent for its checkpoint request, then reports its checkpoint through it.
+            let (status, request) = try await local.call("GET", "/v1/local/checkpoint-request")
+            #expect(status == 200)
+            #expect(request["job_id"] == .string("train"))
+            let attempt = try #require(request["attempt"]?.int)
+            let (reported, _) = try await local.call(
+                "POST", "/v1/local/checkpoints", #"{"job_id":"train","attempt":\#(attempt),"uri":"s3://ckpt/train/900","step":900}"#)
+            #expect((200..<300).contains(reported))
+            #expect(try await server.eventually { try await server.request("GET", "/v1/jobs/train").1["requeue_count"] == .int(1) })
+            let job = try await server.request("GET", "/v1/jobs/train").1
+            #expect(job["resume_from"]?["uri"] == .string("s3://ckpt/train/900"))
+            #expect(imds.unauthorizedCalls == 0, "every metadata call carried the session token")
+            server.kill(SIGTERM)
+        }
+    }
+
+    /// spotd is down for 10 s while the notice appears: the agent posts it once spotd is back, exactly once; a
+    /// restarted agent posts it again, and spotd records nothing new (the event id is stable).
+    @Test func aNoticeWhileSpotdIsDownIsPostedOnceItIsBack() async throws {
+        let imds = FakeIMDS(instanceId: "i-0agent000000002")
+        try await withLoopbackProvisioner(imds.router) { metadataPort in
+            let folder = try directory()
+            let server = SpotdProcess(directory: folder, port: freePort())
+            try await server.start()
+            try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot"))
+            try await server.request("POST", "/v1/nodes", Seed.node(imds.instanceId, pool: "spot-a"))
+            server.kill(SIGTERM)
+            imds.announce(terminateAt: SystemClock().now() + 120_000)
+            var agent = try AgentProcess(server: server.port, metadata: metadataPort, listen: freePort(), directory: folder)
+            try await Task.sleep(for: .seconds(10))
+            try await server.start()
+            func received() async throws -> Int {
+                try await server.request("GET", "/v1/events?type=interruption.received").1["items"]?.array.count ?? -1
+            }
+            #expect(try await server.eventually(40) { try await received() == 1 })
+            agent.stop()
+            agent = try AgentProcess(server: server.port, metadata: metadataPort, listen: freePort(), directory: folder)
+            try await Task.sleep(for: .seconds(2))
+            agent.stop()
+            #expect(try await received() == 1)
+            #expect(try await server.request("GET", "/v1/interruptions").1["items"]?.array.count == 1)
+            let log = (try? String(contentsOfFile: agent.logPath, encoding: .utf8)) ?? ""
+            #expect(log.contains("notice recorded"), "\(log.suffix(500))")
+            server.kill(SIGTERM)
+        }
+    }
+}
