@@ -49,6 +49,45 @@ final class FakeIMDS: Sendable {
     }
 }
 
+/// A fake GCP metadata server, from Google's documentation: `Metadata-Flavor: Google` is required (else 403);
+/// `instance/preempted` is `FALSE` until preemption; `wait_for_change=true` with the last `ETag` holds the request until
+/// the value changes (or `timeout_sec`).
+final class FakeGCPMetadata: Sendable {
+    let name: String
+    private let preempted = Mutex(false)
+    private let holds = Mutex(0)
+
+    init(name: String) { self.name = name }
+
+    func preempt() { preempted.withLock { $0 = true } }
+    var heldRequests: Int { holds.withLock { $0 } }
+
+    var router: Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/computeMetadata/v1/instance/**") { request, _ -> Response in
+            guard request.headers[HTTPField.Name("Metadata-Flavor")!] == "Google" else { return Response(status: .forbidden) }
+            switch request.uri.path {
+            case "/computeMetadata/v1/instance/name":
+                return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: self.name)))
+            case "/computeMetadata/v1/instance/preempted":
+                let etag = { self.preempted.withLock { $0 } ? "etag-true" : "etag-false" }
+                let query = request.uri.queryParameters
+                if query["wait_for_change"] == "true", let last = query["last_etag"], String(last) == etag() {
+                    self.holds.withLock { $0 += 1 }
+                    // At most 3 s here (GCP: up to timeout_sec), so that the test's server stops soon after the agent.
+                    let until = Date().addingTimeInterval(min(3, Double(query["timeout_sec"].flatMap { Int(String($0)) } ?? 30)))
+                    while String(last) == etag() && Date() < until { try await Task.sleep(for: .milliseconds(50)) }
+                }
+                let value = self.preempted.withLock { $0 } ? "TRUE" : "FALSE"
+                return Response(status: .ok, headers: [HTTPField.Name("ETag")!: etag()], body: .init(byteBuffer: ByteBuffer(string: value)))
+            default:
+                return Response(status: .notFound)
+            }
+        }
+        return router
+    }
+}
+
 /// `spotd agent` as a process.
 final class AgentProcess {
     let process = Process()
@@ -154,6 +193,36 @@ struct AgentTests {
             #expect(try await server.request("GET", "/v1/interruptions").1["items"]?.array.count == 1)
             let log = (try? String(contentsOfFile: agent.logPath, encoding: .utf8)) ?? ""
             #expect(log.contains("notice recorded"), "\(log.suffix(500))")
+            server.kill(SIGTERM)
+        }
+    }
+
+    /// GCP end to end: the agent long-polls `preempted` with `wait_for_change`; when it turns `TRUE` the node is
+    /// cordoned at once with a 30 s deadline, the notice posted once.
+    @Test func gcpPreemptionThroughTheAgent() async throws {
+        let metadata = FakeGCPMetadata(name: "gpu-node-7")
+        try await withLoopbackProvisioner(metadata.router) { metadataPort in
+            let folder = try directory()
+            let server = SpotdProcess(directory: folder, port: freePort())
+            try await server.start()
+            try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot"))
+            try await server.request("POST", "/v1/nodes", Seed.node(metadata.name, pool: "spot-a"))
+            let agent = try AgentProcess(
+                server: server.port, metadata: metadataPort, listen: freePort(), directory: folder, extra: ["--cloud", "gcp"])
+            defer { agent.stop() }
+            #expect(try await server.eventually { metadata.heldRequests > 0 }, "the agent waits for a change")
+            let preemptedAt = SystemClock().now()
+            metadata.preempt()
+            #expect(
+                try await server.eventually { try await server.request("GET", "/v1/nodes/\(metadata.name)").1["state"] != .string("ready") }
+            )
+            let cordonedAt = SystemClock().now()
+            let interruptions = try await server.request("GET", "/v1/interruptions").1["items"]?.array ?? []
+            #expect(interruptions.count == 1)
+            #expect(interruptions.first?["source"] == .string("gcp-metadata"))
+            #expect(interruptions.first?["event_id"] == .string("\(metadata.name):preempted"))
+            let deadline = try #require(interruptions.first?["deadline"]?.string.flatMap(TimeFormat.parseRFC3339))
+            #expect(deadline >= preemptedAt + 29_000 && deadline <= cordonedAt + 31_000, "now + 30 s")
             server.kill(SIGTERM)
         }
     }

@@ -12,7 +12,7 @@ import Synchronization
 /// spotd is away), and hands the checkpoint request over to the workload on loopback.
 public struct AgentSettings: Sendable {
     public enum Cloud: String, Sendable, CaseIterable {
-        case aws
+        case aws, gcp
     }
 
     public var server: URL
@@ -49,6 +49,7 @@ struct AgentHTTP: Sendable {
     struct Answer: Sendable {
         var status: Int
         var body: String
+        var etag: String? = nil
     }
 
     func send(_ method: HTTPMethod, _ url: String, headers: [(String, String)] = [], body: Data? = nil, timeout: Duration = .seconds(10))
@@ -60,57 +61,109 @@ struct AgentHTTP: Sendable {
         if let body { request.body = .bytes(ByteBuffer(data: body)) }
         let response = try await client.execute(request, timeout: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000))
         let bytes = try await response.body.collect(upTo: 1 << 20)
-        return Answer(status: Int(response.status.code), body: String(buffer: bytes))
+        return Answer(status: Int(response.status.code), body: String(buffer: bytes), etag: response.headers.first(name: "ETag"))
     }
 }
 
-/// AWS IMDSv2: a session token (`PUT /latest/api/token`), then the spot instance action (404 until a notice, then
-/// `{"action":"terminate","time":"…"}`) and the rebalance recommendation (`{"noticeTime":"…"}`).
-struct AWSMetadata: Sendable {
+/// Where the agent learns of notices: the node's id, and the notices shown now.
+protocol MetadataSource: Sendable {
+    func nodeId() async throws -> String
+    /// The notices the metadata service shows now; may wait (a long poll) for a change.
+    func notices(nodeId: String) async throws -> [AgentNotice]
+}
+
+/// AWS IMDSv2: a session token (`PUT /latest/api/token`, kept until refused), then the spot instance action (404 until
+/// a notice, then `{"action":"terminate","time":"…"}`) and the rebalance recommendation (`{"noticeTime":"…"}`).
+final class AWSMetadata: MetadataSource {
     let base: String
     let http: AgentHTTP
     let tokenTTL = 21_600
+    private let session = Mutex<String?>(nil)
+
+    init(base: String, http: AgentHTTP) {
+        self.base = base
+        self.http = http
+    }
 
     func token() async throws -> String {
+        if let token = session.withLock({ $0 }) { return token }
         let answer = try await http.send(
             .PUT, base + "/latest/api/token", headers: [("X-aws-ec2-metadata-token-ttl-seconds", String(tokenTTL))])
         guard answer.status == 200, !answer.body.isEmpty else { throw AgentError.metadata("token: HTTP \(answer.status)") }
+        session.withLock { $0 = answer.body }
         return answer.body
     }
 
-    func get(_ path: String, token: String) async throws -> Answer {
-        try await http.send(.GET, base + path, headers: [("X-aws-ec2-metadata-token", token)])
+    /// A GET with the session token; a 401 drops the token (the next call takes a new one).
+    func get(_ path: String) async throws -> AgentHTTP.Answer {
+        let answer = try await http.send(.GET, base + path, headers: [("X-aws-ec2-metadata-token", try await token())])
+        if answer.status == 401 {
+            session.withLock { $0 = nil }
+            throw AgentError.unauthorized
+        }
+        return answer
     }
 
-    typealias Answer = AgentHTTP.Answer
-
-    func instanceId(token: String) async throws -> String {
-        let answer = try await get("/latest/meta-data/instance-id", token: token)
+    func nodeId() async throws -> String {
+        let answer = try await get("/latest/meta-data/instance-id")
         guard answer.status == 200, !answer.body.isEmpty else { throw AgentError.metadata("instance-id: HTTP \(answer.status)") }
         return answer.body
     }
 
-    /// The notices the metadata service shows now (nil token or 401: the caller gets a new token).
-    func notices(instanceId: String, token: String) async throws -> [AgentNotice] {
+    func notices(nodeId: String) async throws -> [AgentNotice] {
         var found: [AgentNotice] = []
-        let action = try await get("/latest/meta-data/spot/instance-action", token: token)
-        if action.status == 401 { throw AgentError.unauthorized }
+        let action = try await get("/latest/meta-data/spot/instance-action")
         if action.status == 200, let value = try? JSONDecoder().decode(JSONValue.self, from: Data(action.body.utf8)),
             let time = value[demo: "time"]?.demoString, let at = TimeFormat.parseRFC3339(time)
         {
             let kind = value[demo: "action"]?.demoString ?? "terminate"
             if kind == "terminate" || kind == "stop" || kind == "hibernate" {
-                found.append(AgentNotice(kind: .termination, deadline: at, source: "aws-imds", eventId: "\(instanceId):\(time)"))
+                found.append(AgentNotice(kind: .termination, deadline: at, source: "aws-imds", eventId: "\(nodeId):\(time)"))
             }
         }
-        let rebalance = try await get("/latest/meta-data/events/recommendations/rebalance", token: token)
-        if rebalance.status == 401 { throw AgentError.unauthorized }
+        let rebalance = try await get("/latest/meta-data/events/recommendations/rebalance")
         if rebalance.status == 200, let value = try? JSONDecoder().decode(JSONValue.self, from: Data(rebalance.body.utf8)),
             let time = value[demo: "noticeTime"]?.demoString
         {
-            found.append(AgentNotice(kind: .rebalance, deadline: nil, source: "aws-imds", eventId: "\(instanceId):rebalance:\(time)"))
+            found.append(AgentNotice(kind: .rebalance, deadline: nil, source: "aws-imds", eventId: "\(nodeId):rebalance:\(time)"))
         }
         return found
+    }
+}
+
+/// GCP's metadata server (header `Metadata-Flavor: Google`): `instance/preempted` is `FALSE` until the VM is
+/// preempted. The first read is plain (a preemption that came before the agent started is seen); after that the agent
+/// long-polls with `wait_for_change=true` and the last `ETag`, so the server answers as soon as the value changes.
+/// GCP gives about 30 s: the deadline is now + 30 s.
+final class GCPMetadata: MetadataSource {
+    let base: String
+    let http: AgentHTTP
+    let clock: any SpotClock
+    private let etag = Mutex<String?>(nil)
+    static let notice: Millis = 30_000
+
+    init(base: String, http: AgentHTTP, clock: any SpotClock = SystemClock()) {
+        self.base = base
+        self.http = http
+        self.clock = clock
+    }
+
+    func nodeId() async throws -> String {
+        let answer = try await http.send(.GET, base + "/computeMetadata/v1/instance/name", headers: [("Metadata-Flavor", "Google")])
+        guard answer.status == 200, !answer.body.isEmpty else { throw AgentError.metadata("instance/name: HTTP \(answer.status)") }
+        return answer.body
+    }
+
+    func notices(nodeId: String) async throws -> [AgentNotice] {
+        var path = "/computeMetadata/v1/instance/preempted"
+        if let last = etag.withLock({ $0 }) { path += "?wait_for_change=true&timeout_sec=25&last_etag=\(SigV4.encode(last))" }
+        let answer = try await http.send(.GET, base + path, headers: [("Metadata-Flavor", "Google")], timeout: .seconds(35))
+        guard answer.status == 200 else { throw AgentError.metadata("instance/preempted: HTTP \(answer.status)") }
+        etag.withLock { $0 = answer.etag ?? $0 ?? "none" }
+        guard answer.body.trimmingCharacters(in: .whitespacesAndNewlines).uppercased() == "TRUE" else { return [] }
+        return [
+            AgentNotice(kind: .termination, deadline: clock.now() + Self.notice, source: "gcp-metadata", eventId: "\(nodeId):preempted")
+        ]
     }
 }
 
@@ -197,46 +250,46 @@ public struct NodeAgent: Service {
     }
 
     public func run() async throws {
-        let metadata = AWSMetadata(
-            base: settings.metadataURL.absoluteString.hasSuffix("/")
-                ? String(settings.metadataURL.absoluteString.dropLast()) : settings.metadataURL.absoluteString, http: http)
+        let base =
+            settings.metadataURL.absoluteString.hasSuffix("/")
+            ? String(settings.metadataURL.absoluteString.dropLast()) : settings.metadataURL.absoluteString
+        let source: any MetadataSource =
+            switch settings.cloud {
+            case .aws: AWSMetadata(base: base, http: http)
+            case .gcp: GCPMetadata(base: base, http: http)
+            }
         let local = localServer()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await local.runService() }
-            group.addTask { await watch(metadata) }
+            group.addTask { await watch(source) }
             try await group.next()
             group.cancelAll()
         }
     }
 
-    /// Asks the metadata service about once per `pollInterval`; posts each notice not posted before (in this run;
-    /// across runs spotd's idempotency on the event id makes a second post a no-op). Never a busy loop: a failing
-    /// metadata service is asked again after the interval, at least.
-    func watch(_ metadata: AWSMetadata) async {
-        var token: String?
+    /// Asks the metadata service about once per `pollInterval` (or long-polls it); posts each notice not posted before
+    /// (in this run; across runs spotd's idempotency on the event id makes a second post a no-op). Never a busy loop:
+    /// a failing metadata service is asked again after a growing pause (up to ten intervals).
+    func watch(_ source: any MetadataSource) async {
         var nodeId = node.id
         var posted: Set<String> = []
         var failures = 0
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
-                let current: String
-                if let token { current = token } else { current = try await metadata.token() }
-                token = current
                 if nodeId == nil {
-                    nodeId = try await metadata.instanceId(token: current)
+                    nodeId = try await source.nodeId()
                     node.set(nodeId)
                 }
-                for notice in try await metadata.notices(instanceId: nodeId!, token: current) where !posted.contains(notice.eventId) {
+                for notice in try await source.notices(nodeId: nodeId!) where !posted.contains(notice.eventId) {
                     logger.info("notice seen", metadata: ["event_id": "\(notice.eventId)", "kind": "\(notice.kind.rawValue)"])
                     await post(notice, nodeId: nodeId!)
                     posted.insert(notice.eventId)
                 }
                 failures = 0
             } catch AgentError.unauthorized {
-                token = nil
+                failures = 0
             } catch {
                 failures += 1
-                token = nil
                 if failures == 1 || failures % 60 == 0 { logger.warning("metadata service unreachable", metadata: ["error": "\(error)"]) }
             }
             try? await Task.sleep(for: settings.pollInterval * Double(min(failures + 1, 10)))
