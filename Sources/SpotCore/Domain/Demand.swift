@@ -37,8 +37,9 @@ struct DemandPlan: Sendable, Equatable {
     var requests: [DemandRequest] = []
     /// Pending demand requests no queued work needs any more.
     var cancel: [String] = []
-    /// Why each queued job waits, one sentence.
-    var reasons: [String: String] = [:]
+    /// Why each queued job waits, one sentence; nil for a job that fits a ready node (the scheduling loop or the
+    /// placement API takes it next), so that a moving queue costs no writes.
+    var reasons: [String: String?] = [:]
 }
 
 struct DemandRequest: Sendable, Equatable {
@@ -66,13 +67,28 @@ enum Demand {
     static func plan(_ input: DemandInput) -> DemandPlan {
         let pools = Dictionary(input.pools.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         var bins: [Bin] = []
+        // Per pool, bin indexes by free GPUs (ready nodes apart from nodes to come), so that finding the tightest
+        // fit costs the pools times 64, not the bins: a queue of thousands against ten thousand free nodes once cost
+        // seconds per pass. An entry whose bin's free GPUs changed is stale and dropped when met.
+        var buckets: [String: (ready: [[Int]], coming: [[Int]])] = [:]
+        func file(_ index: Int) {
+            let bin = bins[index]
+            let level = min(bin.free, 64)
+            guard level > 0 else { return }
+            // Taken out of the dictionary while changed, so that the arrays are changed in place, not copied.
+            var entry = buckets.removeValue(forKey: bin.pool.name) ?? (Array(repeating: [], count: 65), Array(repeating: [], count: 65))
+            if bin.nodeId != nil { entry.ready[level].append(index) } else { entry.coming[level].append(index) }
+            buckets[bin.pool.name] = entry
+        }
         for node in input.freeNodes where node.state == .ready && node.gpusFree > 0 {
             guard let pool = pools[node.pool] else { continue }
             bins.append(Bin(pool: pool, free: node.gpusFree, nodeId: node.id))
+            file(bins.count - 1)
         }
         for request in input.pending {
             guard let pool = pools[request.pool] else { continue }
             bins.append(Bin(pool: pool, free: pool.gpusPerNode, request: request))
+            file(bins.count - 1)
         }
         var committed = input.stats.mapValues(\.committedNodes)
         var plan = DemandPlan()
@@ -118,22 +134,56 @@ enum Demand {
             }
             return nil
         }
-        /// The bin that fits `gpus` of `job` best: ready nodes before nodes to come, then the tightest fit.
-        func bestBin(_ job: Job, gpus: Int, among indexes: [Int]? = nil, excluding: Set<Int> = []) -> Int? {
-            var best: (key: (Int, Int, Int), index: Int)?
-            for index in indexes ?? Array(bins.indices) where !excluding.contains(index) {
-                let bin = bins[index]
-                guard bin.free >= gpus, usable(job, bin.pool) else { continue }
-                let key = (bin.nodeId == nil ? 1 : 0, bin.free - gpus, index)
-                if best == nil || key < best!.key { best = (key, index) }
+        /// The tightest bin of `pool` with room for `gpus`, among ready nodes or nodes to come; stale entries met on
+        /// the way are dropped.
+        func tightest(_ pool: String, gpus: Int, ready: Bool) -> (level: Int, index: Int)? {
+            guard gpus <= 64, var entry = buckets.removeValue(forKey: pool) else { return nil }
+            defer { buckets[pool] = entry }
+            for level in max(gpus, 1)...64 {
+                while let last = ready ? entry.ready[level].last : entry.coming[level].last {
+                    if min(bins[last].free, 64) == level { return (level, last) }
+                    if ready { entry.ready[level].removeLast() } else { entry.coming[level].removeLast() }
+                }
             }
-            return best?.index
+            return nil
+        }
+        /// The bin that fits `gpus` of `job` best: ready nodes before nodes to come, then the tightest fit.
+        func bestBin(_ job: Job, gpus: Int) -> Int? {
+            let candidates = input.pools.filter { buckets[$0.name] != nil && usable(job, $0) }
+            for ready in [true, false] {
+                var best: (level: Int, index: Int)?
+                for pool in candidates {
+                    if let found = tightest(pool.name, gpus: gpus, ready: ready), best == nil || found < best! { best = found }
+                }
+                if let best { return best.index }
+            }
+            return nil
+        }
+        /// Up to `count` distinct bins of the pools of `group` with room for `gpus` each, ready nodes first, tightest
+        /// first; nothing is taken.
+        func binsIn(_ group: String, _ job: Job, count: Int) -> [Int] {
+            var found: [Int] = []
+            let groupPools = input.pools.filter { Placement.gangGroup($0) == group && usable(job, $0) }
+            for ready in [true, false] {
+                for level in max(job.gpus, 1)...64 {
+                    for pool in groupPools {
+                        guard let entry = buckets[pool.name] else { continue }
+                        for index in (ready ? entry.ready[level] : entry.coming[level]).reversed()
+                        where min(bins[index].free, 64) == level && !found.contains(index) {
+                            found.append(index)
+                            if found.count == count { return found }
+                        }
+                    }
+                }
+            }
+            return found
         }
         func describe(_ bin: Bin) -> String {
-            if let node = bin.nodeId {
+            // Which node is left out: it changes from pass to pass as the queue moves, and every change is a write.
+            if bin.nodeId != nil {
                 return input.autoPlace
-                    ? "fits node \(node) (pool \(bin.pool.name)); the scheduling loop places it next"
-                    : "fits node \(node) (pool \(bin.pool.name)); waiting for a placement (the scheduling loop is off)"
+                    ? "fits a ready node of pool \(bin.pool.name); the scheduling loop places it next"
+                    : "fits a ready node of pool \(bin.pool.name); waiting for a placement (the scheduling loop is off)"
             }
             if let request = bin.request {
                 return "waiting for a node from provisioning request \(request.id) (pool \(bin.pool.name), \(request.reason))"
@@ -145,27 +195,25 @@ enum Demand {
             committed[pool.name, default: 0] += 1
             plan.requests.append(DemandRequest(pool: pool.name, forWork: item.id))
             bins.append(Bin(pool: pool, free: pool.gpusPerNode, newRequest: plan.requests.count - 1))
+            file(bins.count - 1)
             return bins.count - 1
         }
         func take(_ index: Int, gpus: Int) {
             bins[index].free -= gpus
             bins[index].used = true
+            file(index)
         }
 
         /// A gang: `nodes` distinct bins in one zone and GPU type, topped up with new nodes of that zone; the zone
         /// that needs the fewest new nodes wins, then the policy's capacity order.
-        func gang(_ item: DemandItem, _ job: Job) -> String {
+        func gang(_ item: DemandItem, _ job: Job) -> String? {
             var groups: [String] = []
             for pool in input.pools where usable(job, pool) && !groups.contains(Placement.gangGroup(pool)) {
                 groups.append(Placement.gangGroup(pool))
             }
             var best: (newNodes: Int, group: String, members: [Int])?
             for group in groups {
-                let inGroup = bins.indices.filter { Placement.gangGroup(bins[$0].pool) == group }
-                var members: [Int] = []
-                while members.count < job.nodes, let index = bestBin(job, gpus: job.gpus, among: inGroup, excluding: Set(members)) {
-                    members.append(index)
-                }
+                let members = job.gpus <= 64 ? binsIn(group, job, count: job.nodes) : []
                 let missing = job.nodes - members.count
                 if missing > 0 {
                     // Room for the missing nodes in this zone's pools, below their max_nodes.
@@ -183,22 +231,18 @@ enum Demand {
             }
             guard members.count == job.nodes else { return "no zone can hold the whole gang now: \(noPool(job))" }
             for index in members { take(index, gpus: job.gpus) }
-            if chosen.newNodes == 0 && members.allSatisfy({ bins[$0].nodeId != nil }) {
-                return input.autoPlace
-                    ? "fits \(job.nodes) nodes in \(chosen.group); the scheduling loop places it next"
-                    : "fits \(job.nodes) nodes in \(chosen.group); waiting for a placement (the scheduling loop is off)"
-            }
+            if chosen.newNodes == 0 && members.allSatisfy({ bins[$0].nodeId != nil }) { return nil }
             let coming = members.filter { bins[$0].nodeId == nil }.count
             return "waiting for \(coming) node(s) in \(chosen.group) (provisioning, for the whole gang)"
         }
 
         for item in input.items {
             let job = item.job
-            var reason: String
+            var reason: String?
             if job.nodes <= 1 {
                 if let index = bestBin(job, gpus: job.gpus) {
                     take(index, gpus: job.gpus)
-                    reason = describe(bins[index])
+                    reason = bins[index].nodeId == nil ? describe(bins[index]) : nil
                 } else if let pool = newNodePool(job) {
                     let index = ask(pool, for: item)
                     take(index, gpus: job.gpus)

@@ -45,7 +45,7 @@ enum View {
             "state": .string(job.state.rawValue), "node_id": string(job.nodeId), "nodes": int(job.nodes),
             "node_ids": .array(job.members.map(JSONValue.string)), "attempt": .int(job.attempt),
             "pending_reason": job.state == .queued
-                ? string(job.pendingReason ?? "not weighed yet (the demand pass weighs the first 5,000 queued jobs every second)") : .null,
+                ? string(job.pendingReason ?? "waiting to be placed (a reason is recorded only for a job no ready node fits)") : .null,
             "requeue_count": .int(job.requeueCount), "last_checkpoint": checkpoint(job.lastCheckpoint),
             "resume_from": checkpoint(job.resumeFrom), "checkpoint_deadline": time(job.checkpointDeadline),
             "submitted_at": time(job.submittedAt), "updated_at": time(job.updatedAt), "started_at": time(job.startedAt),

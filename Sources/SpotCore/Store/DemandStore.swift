@@ -66,8 +66,8 @@ extension SQLiteStore {
             }
             for (job, planned) in decided.reasons {
                 var reason = planned
-                if reason.contains("{request ") {
-                    for (index, id) in ids.enumerated() { reason = reason.replacingOccurrences(of: Demand.placeholder(index), with: id) }
+                if let text = reason, text.contains("{request ") {
+                    for (index, id) in ids.enumerated() { reason = reason?.replacingOccurrences(of: Demand.placeholder(index), with: id) }
                 }
                 try db.cachedStatement(
                     sql: "UPDATE jobs SET pending_reason = ? WHERE id = ? AND state = 'queued' AND pending_reason IS NOT ?"
