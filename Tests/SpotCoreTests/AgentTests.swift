@@ -227,3 +227,93 @@ struct AgentTests {
         }
     }
 }
+
+/// A fake Azure Scheduled Events endpoint, from Azure's documentation: `Metadata: true` is required (else 400);
+/// `DocumentIncarnation` changes with every change; `POST` with `StartRequests` approves (and removes) an event, and
+/// is recorded.
+final class FakeScheduledEvents: Sendable {
+    let name: String
+    private let events = Mutex<[JSONValue]>([])
+    private let incarnation = Mutex(1)
+    private let approvals = Mutex<[String]>([])
+
+    init(name: String) { self.name = name }
+
+    var approved: [String] { approvals.withLock { $0 } }
+
+    func schedule(id: String, resources: [String], notBefore: Millis) {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        let event = JSONValue.object([
+            "EventId": .string(id), "EventType": .string("Preempt"), "ResourceType": .string("VirtualMachine"),
+            "Resources": .array(resources.map(JSONValue.string)), "EventStatus": .string("Scheduled"),
+            "NotBefore": .string(formatter.string(from: Date(timeIntervalSince1970: Double(notBefore) / 1000))),
+            "Description": .string(""), "EventSource": .string("Platform"), "DurationInSeconds": .int(-1),
+        ])
+        events.withLock { $0.append(event) }
+        incarnation.withLock { $0 += 1 }
+    }
+
+    var router: Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/metadata/instance/compute/name") { request, _ -> Response in
+            guard request.headers[HTTPField.Name("Metadata")!] == "true" else { return Response(status: .badRequest) }
+            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: self.name)))
+        }
+        router.get("/metadata/scheduledevents") { request, _ -> Response in
+            guard request.headers[HTTPField.Name("Metadata")!] == "true" else { return Response(status: .badRequest) }
+            let document = JSONValue.object([
+                "DocumentIncarnation": .int(Int64(self.incarnation.withLock { $0 })), "Events": .array(self.events.withLock { $0 }),
+            ])
+            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: document.jsonText)))
+        }
+        router.post("/metadata/scheduledevents") { request, _ -> Response in
+            guard request.headers[HTTPField.Name("Metadata")!] == "true" else { return Response(status: .badRequest) }
+            let body = try await request.body.collect(upTo: 1 << 16)
+            let value = (try? JSONDecoder().decode(JSONValue.self, from: Data(buffer: body))) ?? .null
+            let ids = (value["StartRequests"]?.array ?? []).compactMap { $0["EventId"]?.string }
+            self.approvals.withLock { $0 += ids }
+            self.events.withLock { $0.removeAll { ids.contains($0["EventId"]?.string ?? "") } }
+            self.incarnation.withLock { $0 += 1 }
+            return Response(status: .ok)
+        }
+        return router
+    }
+}
+
+@Suite("spotd agent against a fake Azure Scheduled Events endpoint", .serialized)
+struct AzureAgentTests {
+    /// A Preempt event naming this VM and another: posted once (deadline NotBefore, event id EventId), the node
+    /// drains, and the event is approved only once spotd says both VMs are drained.
+    @Test func azurePreemptIsPostedAndApprovedOnceEveryVMIsDrained() async throws {
+        let events = FakeScheduledEvents(name: "vm-gpu-1")
+        try await withLoopbackProvisioner(events.router) { metadataPort in
+            let folder = FileManager.default.temporaryDirectory.appendingPathComponent("spotd-azure-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            let server = SpotdProcess(directory: folder, port: freePort(), extra: ["--drain-margin-seconds", "1"])
+            try await server.start()
+            try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot"))
+            try await server.request("POST", "/v1/nodes", Seed.node("vm-gpu-1", pool: "spot-a"))
+            try await server.request("POST", "/v1/nodes", Seed.node("vm-gpu-2", pool: "spot-a"))
+            let agent = try AgentProcess(
+                server: server.port, metadata: metadataPort, listen: freePort(), directory: folder, extra: ["--cloud", "azure"])
+            defer { agent.stop() }
+            let notBefore = (SystemClock().now() / 1000 + 60) * 1000
+            events.schedule(id: "602d9444-d2cd-49c7-8624-8643e7171297", resources: ["vm-gpu-1", "vm-gpu-2"], notBefore: notBefore)
+            #expect(try await server.eventually { try await server.request("GET", "/v1/nodes/vm-gpu-1").1["state"] == .string("drained") })
+            let interruptions = try await server.request("GET", "/v1/interruptions").1["items"]?.array ?? []
+            #expect(interruptions.count == 1)
+            #expect(interruptions.first?["source"] == .string("azure-scheduled-events"))
+            #expect(interruptions.first?["event_id"] == .string("602d9444-d2cd-49c7-8624-8643e7171297"))
+            #expect(interruptions.first?["deadline"]?.string.flatMap(TimeFormat.parseRFC3339) == notBefore)
+            // vm-gpu-2 is still up: no approval yet.
+            try await Task.sleep(for: .seconds(1))
+            #expect(events.approved.isEmpty)
+            try await server.request("POST", "/v1/nodes/vm-gpu-2/drain")
+            #expect(try await server.eventually { events.approved == ["602d9444-d2cd-49c7-8624-8643e7171297"] })
+            server.kill(SIGTERM)
+        }
+    }
+}

@@ -12,7 +12,7 @@ import Synchronization
 /// spotd is away), and hands the checkpoint request over to the workload on loopback.
 public struct AgentSettings: Sendable {
     public enum Cloud: String, Sendable, CaseIterable {
-        case aws, gcp
+        case aws, gcp, azure
     }
 
     public var server: URL
@@ -167,6 +167,72 @@ final class GCPMetadata: MetadataSource {
     }
 }
 
+/// Azure Scheduled Events (header `Metadata: true`): `Preempt` and `Terminate` events naming this VM are notices
+/// (deadline `NotBefore`, or now + 30 s when it is empty; event id `EventId`). An event is approved
+/// (`POST StartRequests`) once spotd says every VM it names is drained, so that the VM goes without waiting for
+/// `NotBefore`.
+final class AzureMetadata: MetadataSource {
+    let base: String
+    let http: AgentHTTP
+    let clock: any SpotClock
+    static let path = "/metadata/scheduledevents?api-version=2020-07-01"
+    /// Events posted and not yet approved, with the VMs they name.
+    private let awaiting = Mutex<[String: [String]]>([:])
+
+    init(base: String, http: AgentHTTP, clock: any SpotClock = SystemClock()) {
+        self.base = base
+        self.http = http
+        self.clock = clock
+    }
+
+    func nodeId() async throws -> String {
+        let answer = try await http.send(
+            .GET, base + "/metadata/instance/compute/name?api-version=2021-02-01&format=text", headers: [("Metadata", "true")])
+        guard answer.status == 200, !answer.body.isEmpty else { throw AgentError.metadata("compute/name: HTTP \(answer.status)") }
+        return answer.body
+    }
+
+    func notices(nodeId: String) async throws -> [AgentNotice] {
+        let answer = try await http.send(.GET, base + Self.path, headers: [("Metadata", "true")])
+        guard answer.status == 200, let document = try? JSONDecoder().decode(JSONValue.self, from: Data(answer.body.utf8)) else {
+            throw AgentError.metadata("scheduledevents: HTTP \(answer.status)")
+        }
+        var found: [AgentNotice] = []
+        for event in document[demo: "Events"]?.demoArray ?? [] {
+            guard let type = event[demo: "EventType"]?.demoString, type == "Preempt" || type == "Terminate",
+                let id = event[demo: "EventId"]?.demoString
+            else { continue }
+            let resources = (event[demo: "Resources"]?.demoArray ?? []).compactMap(\.demoString)
+            guard resources.contains(nodeId) else { continue }
+            let notBefore = event[demo: "NotBefore"]?.demoString.flatMap(TimeFormat.parseRFC1123)
+            found.append(
+                AgentNotice(kind: .termination, deadline: notBefore ?? clock.now() + 30_000, source: "azure-scheduled-events", eventId: id))
+            awaiting.withLock { if $0[id] == nil { $0[id] = resources } }
+        }
+        return found
+    }
+
+    /// Approves each awaited event whose VMs `drained` says are all drained; returns the approved ids.
+    func approve(drained: (String) async -> Bool) async throws -> [String] {
+        var approved: [String] = []
+        for (id, resources) in awaiting.withLock({ $0 }) {
+            var all = true
+            for vm in resources where !(await drained(vm)) {
+                all = false
+                break
+            }
+            guard all else { continue }
+            let body = Data(JSONValue.object(["StartRequests": .array([.object(["EventId": .string(id)])])]).jsonText.utf8)
+            let answer = try await http.send(
+                .POST, base + Self.path, headers: [("Metadata", "true"), ("Content-Type", "application/json")], body: body)
+            guard (200..<300).contains(answer.status) else { throw AgentError.metadata("StartRequests: HTTP \(answer.status)") }
+            awaiting.withLock { _ = $0.removeValue(forKey: id) }
+            approved.append(id)
+        }
+        return approved
+    }
+}
+
 enum AgentError: Error, CustomStringConvertible {
     case metadata(String)
     case unauthorized
@@ -257,6 +323,7 @@ public struct NodeAgent: Service {
             switch settings.cloud {
             case .aws: AWSMetadata(base: base, http: http)
             case .gcp: GCPMetadata(base: base, http: http)
+            case .azure: AzureMetadata(base: base, http: http)
             }
         let local = localServer()
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -285,6 +352,11 @@ public struct NodeAgent: Service {
                     await post(notice, nodeId: nodeId!)
                     posted.insert(notice.eventId)
                 }
+                if let azure = source as? AzureMetadata {
+                    for id in try await azure.approve(drained: isDrained) {
+                        logger.info("scheduled event approved", metadata: ["event_id": "\(id)"])
+                    }
+                }
                 failures = 0
             } catch AgentError.unauthorized {
                 failures = 0
@@ -294,6 +366,15 @@ public struct NodeAgent: Service {
             }
             try? await Task.sleep(for: settings.pollInterval * Double(min(failures + 1, 10)))
         }
+    }
+
+    /// Whether spotd says the node is drained (or already gone).
+    func isDrained(_ nodeId: String) async -> Bool {
+        guard let answer = try? await http.send(.GET, server + "/v1/nodes/\(SigV4.encode(nodeId))", headers: spotdHeaders(nil)),
+            answer.status == 200, let node = try? JSONDecoder().decode(JSONValue.self, from: Data(answer.body.utf8))
+        else { return false }
+        let state = node[demo: "state"]?.demoString
+        return state == "drained" || state == "terminated"
     }
 
     // MARK: - The loopback hand-off
