@@ -285,7 +285,7 @@ struct AgentCommand: AsyncParsableCommand {
             settings.listenPort = port
         }
         if let pollSeconds {
-            guard pollSeconds.isFinite, pollSeconds >= 0.01, pollSeconds <= 60 else { fail("--poll-seconds must be 0.01 to 60") }
+            guard pollSeconds.isFinite, pollSeconds >= 0.001, pollSeconds <= 60 else { fail("--poll-seconds must be 0.001 to 60") }
             settings.pollInterval = .milliseconds(Int64(pollSeconds * 1000))
         }
         var logger = Logger(label: "spotd-agent")
