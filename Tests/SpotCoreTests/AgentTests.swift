@@ -124,6 +124,27 @@ final class AgentProcess {
     }
 }
 
+/// The workload's side of the hand-off: it long-polls the agent for its checkpoint request, reports its checkpoint
+/// through the agent, and the job is requeued from it.
+func checkpointThroughTheAgent(_ server: SpotdProcess, listen: Int, job: String, sourceLocation: SourceLocation = #_sourceLocation)
+    async throws
+{
+    let local = DemoClient(base: "http://127.0.0.1:\(listen)")
+    let (status, request) = try await local.call("GET", "/v1/local/checkpoint-request")
+    #expect(status == 200, sourceLocation: sourceLocation)
+    #expect(request["job_id"] == .string(job), sourceLocation: sourceLocation)
+    let attempt = try #require(request["attempt"]?.int, sourceLocation: sourceLocation)
+    let (reported, _) = try await local.call(
+        "POST", "/v1/local/checkpoints", #"{"job_id":"\#(job)","attempt":\#(attempt),"uri":"s3://ckpt/\#(job)/900","step":900}"#)
+    #expect((200..<300).contains(reported), sourceLocation: sourceLocation)
+    #expect(
+        try await server.eventually { try await server.request("GET", "/v1/jobs/\(job)").1["requeue_count"] == .int(1) },
+        sourceLocation: sourceLocation)
+    #expect(
+        try await server.request("GET", "/v1/jobs/\(job)").1["resume_from"]?["uri"] == .string("s3://ckpt/\(job)/900"),
+        sourceLocation: sourceLocation)
+}
+
 @Suite("spotd agent against fake metadata services", .serialized)
 struct AgentTests {
     func directory() throws -> URL {
@@ -241,8 +262,11 @@ struct AgentTests {
             try await server.start()
             try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot"))
             try await server.request("POST", "/v1/nodes", Seed.node(metadata.name, pool: "spot-a"))
+            try await server.request("POST", "/v1/jobs", Seed.job("gcp-train", tier: "best_effort", gpus: 8, checkpointable: true))
+            #expect(try await server.eventually { try await server.request("GET", "/v1/jobs/gcp-train").1["state"] == .string("running") })
+            let listen = freePort()
             let agent = try AgentProcess(
-                server: server.port, metadata: metadataPort, listen: freePort(), directory: folder, extra: ["--cloud", "gcp"])
+                server: server.port, metadata: metadataPort, listen: listen, directory: folder, extra: ["--cloud", "gcp"])
             defer { agent.stop() }
             #expect(try await server.eventually { metadata.heldRequests > 0 }, "the agent waits for a change")
             let preemptedAt = SystemClock().now()
@@ -257,6 +281,7 @@ struct AgentTests {
             #expect(interruptions.first?["event_id"] == .string("\(metadata.name):preempted"))
             let deadline = try #require(interruptions.first?["deadline"]?.string.flatMap(TimeFormat.parseRFC3339))
             #expect(deadline >= preemptedAt + 29_000 && deadline <= cordonedAt + 31_000, "now + 30 s")
+            try await checkpointThroughTheAgent(server, listen: listen, job: "gcp-train")
             server.kill(SIGTERM)
         }
     }
@@ -330,12 +355,21 @@ struct AzureAgentTests {
             try await server.start()
             try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot"))
             try await server.request("POST", "/v1/nodes", Seed.node("vm-gpu-1", pool: "spot-a"))
-            try await server.request("POST", "/v1/nodes", Seed.node("vm-gpu-2", pool: "spot-a"))
+            try await server.request("POST", "/v1/jobs", Seed.job("azure-train", tier: "best_effort", gpus: 8, checkpointable: true))
+            #expect(
+                try await server.eventually { try await server.request("GET", "/v1/jobs/azure-train").1["state"] == .string("running") })
+            #expect(try await server.request("GET", "/v1/jobs/azure-train").1["node_id"] == .string("vm-gpu-1"))
+            // The other VM the event names is a 4-GPU node: the 8-GPU job, requeued, cannot land there.
+            try await server.request("POST", "/v1/pools", Seed.pool("small", "spot", gpus: 4, zone: "us-east-1b"))
+            try await server.request("POST", "/v1/nodes", Seed.node("vm-gpu-2", pool: "small"))
+            let listen = freePort()
             let agent = try AgentProcess(
-                server: server.port, metadata: metadataPort, listen: freePort(), directory: folder, extra: ["--cloud", "azure"])
+                server: server.port, metadata: metadataPort, listen: listen, directory: folder, extra: ["--cloud", "azure"])
             defer { agent.stop() }
             let notBefore = (SystemClock().now() / 1000 + 60) * 1000
             events.schedule(id: "602d9444-d2cd-49c7-8624-8643e7171297", resources: ["vm-gpu-1", "vm-gpu-2"], notBefore: notBefore)
+            #expect(try await server.eventually { try await server.request("GET", "/v1/nodes/vm-gpu-1").1["state"] != .string("ready") })
+            try await checkpointThroughTheAgent(server, listen: listen, job: "azure-train")
             #expect(try await server.eventually { try await server.request("GET", "/v1/nodes/vm-gpu-1").1["state"] == .string("drained") })
             let interruptions = try await server.request("GET", "/v1/interruptions").1["items"]?.array ?? []
             #expect(interruptions.count == 1)
