@@ -16,6 +16,10 @@ final class FakeIMDS: Sendable {
     private let unauthorized = Mutex(0)
     private let polls = Mutex(0)
     var pollCount: Int { polls.withLock { $0 } }
+    /// While set, the token call fails (500), as a metadata service that is down.
+    let failing = Mutex(false)
+    private let tokenCalls = Mutex(0)
+    var tokenCallCount: Int { tokenCalls.withLock { $0 } }
     static let token = "AQAEAFakeSessionToken=="
 
     init(instanceId: String) { self.instanceId = instanceId }
@@ -26,6 +30,8 @@ final class FakeIMDS: Sendable {
     var router: Router<BasicRequestContext> {
         let router = Router()
         router.put("/latest/api/token") { request, _ -> Response in
+            self.tokenCalls.withLock { $0 += 1 }
+            if self.failing.withLock({ $0 }) { return Response(status: .internalServerError) }
             guard request.headers[HTTPField.Name("X-aws-ec2-metadata-token-ttl-seconds")!] != nil else {
                 return Response(status: .badRequest)
             }
@@ -218,6 +224,24 @@ struct AgentTests {
             print(
                 "[memoryStaysFlat] \(imds.pollCount) polls in \(Int(Date().timeIntervalSince(started))) s; RSS \(early) KiB -> \(late) KiB")
             #expect(late - early < 4096, "resident memory grew from \(early) KiB to \(late) KiB")
+        }
+    }
+
+    /// A metadata service that fails: the agent asks again after a growing pause (up to ten intervals), never in a
+    /// busy loop.
+    @Test func aFailingMetadataServiceIsNotHammered() async throws {
+        let imds = FakeIMDS(instanceId: "i-0agent000000003")
+        imds.failing.withLock { $0 = true }
+        try await withLoopbackProvisioner(imds.router) { metadataPort in
+            let agent = try AgentProcess(
+                server: freePort(), metadata: metadataPort, listen: freePort(), directory: try directory(),
+                extra: ["--poll-seconds", "0.1"])
+            defer { agent.stop() }
+            #expect(try await pollUntil(10) { imds.tokenCallCount >= 1 })
+            try await Task.sleep(for: .seconds(4))
+            // 0.1 s at first, then 0.2, 0.3, ... 1 s between tries: about a dozen in 4 s; a busy loop would make thousands.
+            #expect(imds.tokenCallCount <= 20, "\(imds.tokenCallCount) calls in 4 s")
+            #expect(imds.tokenCallCount >= 3, "it keeps asking")
         }
     }
 
