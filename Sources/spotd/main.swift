@@ -252,9 +252,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "spotd's URL (env SPOTD_URL).") var server: String?
     @Option(help: "An API token with the notifier role or above (env SPOTD_TOKEN).") var token: String?
     @Option(help: "HMAC secret for notices, as spotd's --webhook-secret (env SPOTD_WEBHOOK_SECRET).") var webhookSecret: String?
-    @Option(help: "The cloud: aws, gcp or azure (env SPOTD_AGENT_CLOUD; default aws).") var cloud: String?
+    @Option(help: "The cloud: aws, gcp, azure or auto (env SPOTD_AGENT_CLOUD; default auto).") var cloud: String?
     @Option(help: "This node's id in spotd (default: the instance id, from the metadata service).") var nodeId: String?
-    @Option(help: "The metadata service (default http://169.254.169.254; http://metadata.google.internal for GCP).")
+    @Option(help: "The metadata service (default http://169.254.169.254, where AWS, GCP and Azure all answer).")
     var metadataUrl: String?
     @Option(help: "Loopback address for the workload's hand-off (default 127.0.0.1:8787).") var listen: String?
     @Option(help: "Seconds between metadata polls (default 1).") var pollSeconds: Double?

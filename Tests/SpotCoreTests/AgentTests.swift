@@ -165,14 +165,18 @@ struct AgentTests {
         let imds = FakeIMDS(instanceId: "i-0agent000000001")
         try await withLoopbackProvisioner(imds.router) { metadataPort in
             let folder = try directory()
-            let server = SpotdProcess(directory: folder, port: freePort(), extra: ["--drain-margin-seconds", "1"])
+            // Notices must be signed here: the agent signs with the same secret.
+            let server = SpotdProcess(
+                directory: folder, port: freePort(), extra: ["--drain-margin-seconds", "1", "--webhook-secret", "agent-secret"])
             try await server.start()
             try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot"))
             try await server.request("POST", "/v1/nodes", Seed.node(imds.instanceId, pool: "spot-a"))
             try await server.request("POST", "/v1/jobs", Seed.job("train", tier: "best_effort", gpus: 8, checkpointable: true))
             #expect(try await server.eventually { try await server.request("GET", "/v1/jobs/train").1["state"] == .string("running") })
             let listen = freePort()
-            let agent = try AgentProcess(server: server.port, metadata: metadataPort, listen: listen, directory: folder)
+            // No --cloud: the agent finds AWS's metadata service by itself (auto).
+            let agent = try AgentProcess(
+                server: server.port, metadata: metadataPort, listen: listen, directory: folder, extra: ["--webhook-secret", "agent-secret"])
             defer { agent.stop() }
             let local = DemoClient(base: "http://127.0.0.1:\(listen)")
             #expect(try await server.eventually { (try? await local.call("GET", "/nope").0) != nil }, "the agent listens on loopback")
@@ -235,7 +239,7 @@ struct AgentTests {
         try await withLoopbackProvisioner(imds.router) { metadataPort in
             let agent = try AgentProcess(
                 server: freePort(), metadata: metadataPort, listen: freePort(), directory: try directory(),
-                extra: ["--poll-seconds", "0.1"])
+                extra: ["--cloud", "aws", "--poll-seconds", "0.1"])
             defer { agent.stop() }
             #expect(try await pollUntil(10) { imds.tokenCallCount >= 1 })
             try await Task.sleep(for: .seconds(4))

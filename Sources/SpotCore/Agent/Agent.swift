@@ -13,12 +13,14 @@ import Synchronization
 public struct AgentSettings: Sendable {
     public enum Cloud: String, Sendable, CaseIterable {
         case aws, gcp, azure
+        /// Whichever metadata service answers: AWS's token call, then GCP's and Azure's instance name.
+        case auto
     }
 
     public var server: URL
     public var token: String?
     public var webhookSecret: String?
-    public var cloud: Cloud = .aws
+    public var cloud: Cloud = .auto
     /// The node's id in spotd (the instance id); by default asked of the metadata service.
     public var nodeId: String?
     /// The metadata service (AWS: http://169.254.169.254).
@@ -319,9 +321,20 @@ public struct NodeAgent: Service {
         let base =
             settings.metadataURL.absoluteString.hasSuffix("/")
             ? String(settings.metadataURL.absoluteString.dropLast()) : settings.metadataURL.absoluteString
+        var cloud = settings.cloud
+        while cloud == .auto {
+            guard !Task.isCancelled && !Task.isShuttingDownGracefully else { return }
+            if let found = await detectCloud(base) {
+                cloud = found
+                logger.info("cloud detected", metadata: ["cloud": "\(found.rawValue)"])
+            } else {
+                logger.warning("no metadata service answers yet (AWS, GCP, Azure); asking again in 5 s")
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(5)) }
+            }
+        }
         let source: any MetadataSource =
-            switch settings.cloud {
-            case .aws: AWSMetadata(base: base, http: http)
+            switch cloud {
+            case .aws, .auto: AWSMetadata(base: base, http: http)
             case .gcp: GCPMetadata(base: base, http: http)
             case .azure: AzureMetadata(base: base, http: http)
             }
@@ -366,6 +379,14 @@ public struct NodeAgent: Service {
             }
             try? await Task.sleep(for: settings.pollInterval * Double(min(failures + 1, 10)))
         }
+    }
+
+    /// Which cloud's metadata service answers at `base`, if any.
+    func detectCloud(_ base: String) async -> AgentSettings.Cloud? {
+        if let answer = try? await AWSMetadata(base: base, http: http).token(), !answer.isEmpty { return .aws }
+        if (try? await GCPMetadata(base: base, http: http).nodeId()) != nil { return .gcp }
+        if (try? await AzureMetadata(base: base, http: http).nodeId()) != nil { return .azure }
+        return nil
     }
 
     /// Whether spotd says the node is drained (or already gone).
