@@ -178,8 +178,9 @@ final class AzureMetadata: MetadataSource {
     let http: AgentHTTP
     let clock: any SpotClock
     static let path = "/metadata/scheduledevents?api-version=2020-07-01"
-    /// Events posted and not yet approved, with the VMs they name.
+    /// Events posted and not yet approved, with the VMs they name; and the events approved already.
     private let awaiting = Mutex<[String: [String]]>([:])
+    private let approvedIds = Mutex<Set<String>>([])
 
     init(base: String, http: AgentHTTP, clock: any SpotClock = SystemClock()) {
         self.base = base
@@ -200,6 +201,7 @@ final class AzureMetadata: MetadataSource {
             throw AgentError.metadata("scheduledevents: HTTP \(answer.status)")
         }
         var found: [AgentNotice] = []
+        var listed: Set<String> = []
         for event in document[demo: "Events"]?.demoArray ?? [] {
             guard let type = event[demo: "EventType"]?.demoString, type == "Preempt" || type == "Terminate",
                 let id = event[demo: "EventId"]?.demoString
@@ -209,8 +211,15 @@ final class AzureMetadata: MetadataSource {
             let notBefore = event[demo: "NotBefore"]?.demoString.flatMap(TimeFormat.parseRFC1123)
             found.append(
                 AgentNotice(kind: .termination, deadline: notBefore ?? clock.now() + 30_000, source: "azure-scheduled-events", eventId: id))
-            awaiting.withLock { if $0[id] == nil { $0[id] = resources } }
+            listed.insert(id)
+            // Only a scheduled event waits for approval (a started one needs none), and each is approved once.
+            let scheduled = (event[demo: "EventStatus"]?.demoString ?? "Scheduled") == "Scheduled"
+            if scheduled && !approvedIds.withLock({ $0.contains(id) }) {
+                awaiting.withLock { if $0[id] == nil { $0[id] = resources } }
+            }
         }
+        // An event no longer listed (started, or cancelled) is no longer awaited.
+        awaiting.withLock { pending in pending = pending.filter { listed.contains($0.key) } }
         return found
     }
 
@@ -225,10 +234,12 @@ final class AzureMetadata: MetadataSource {
             }
             guard all else { continue }
             let body = Data(JSONValue.object(["StartRequests": .array([.object(["EventId": .string(id)])])]).jsonText.utf8)
-            let answer = try await http.send(
+            // Each event on its own: one refused (it started meanwhile) does not hold up the others.
+            let answer = try? await http.send(
                 .POST, base + Self.path, headers: [("Metadata", "true"), ("Content-Type", "application/json")], body: body)
-            guard (200..<300).contains(answer.status) else { throw AgentError.metadata("StartRequests: HTTP \(answer.status)") }
+            guard let answer, (200..<300).contains(answer.status) else { continue }
             awaiting.withLock { _ = $0.removeValue(forKey: id) }
+            approvedIds.withLock { _ = $0.insert(id) }
             approved.append(id)
         }
         return approved
@@ -303,7 +314,9 @@ public struct NodeAgent: Service {
                     logger.info("notice recorded", metadata: ["event_id": "\(notice.eventId)", "status": "\(answer.status)"])
                     return
                 }
-                if answer.status != 429 && answer.status < 500 {
+                // A refusal that a retry cannot change (the notice itself is wrong) ends it; an authentication or
+                // signature failure (a token being rotated, a clock off), a timeout, 429 and 5xx are retried.
+                if [400, 404, 409, 413, 422].contains(answer.status) {
                     logger.error(
                         "notice refused",
                         metadata: ["event_id": "\(notice.eventId)", "error": "\(AgentError.refused(answer.status, answer.body))"])

@@ -67,7 +67,13 @@ public struct SQSQueuePoller: Service {
                 let messages = try await cancelWhenGracefulShutdown { try await receive() }
                 failures = 0
                 var done: [Message] = []
-                for message in messages where try await handle(message) { done.append(message) }
+                do {
+                    for message in messages where try await handle(message) { done.append(message) }
+                } catch {
+                    // The ones recorded before the failure are deleted; the rest come back after their visibility timeout.
+                    if !done.isEmpty { try? await delete(done) }
+                    throw error
+                }
                 if !done.isEmpty { try await delete(done) }
             } catch is CancellationError {
                 break
@@ -150,7 +156,9 @@ public struct SQSQueuePoller: Service {
         components?.path = "/"
         components?.query = nil
         guard let endpoint = components?.url, let host = settings.queueURL.host else { throw SQSError(status: 0, body: "bad queue URL") }
-        let hostHeader = settings.queueURL.port.map { "\(host):\($0)" } ?? host
+        // The Host the HTTP client sends: without the port when it is the scheme's default.
+        let defaultPort = settings.queueURL.scheme == "https" ? 443 : 80
+        let hostHeader = settings.queueURL.port.flatMap { $0 == defaultPort ? nil : "\(host):\($0)" } ?? host
         var headers: [(String, String)] = [
             ("Host", hostHeader), ("Content-Type", "application/x-amz-json-1.0"), ("X-Amz-Target", "AmazonSQS.\(action)"),
         ]
