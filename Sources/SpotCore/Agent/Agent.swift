@@ -61,7 +61,9 @@ struct AgentHTTP: Sendable {
         request.method = method
         for (name, value) in headers { request.headers.add(name: name, value: value) }
         if let body { request.body = .bytes(ByteBuffer(data: body)) }
-        let response = try await client.execute(request, timeout: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000))
+        // Whole seconds and the fraction both (a sub-second timeout must not become zero).
+        let nanoseconds = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
+        let response = try await client.execute(request, timeout: .nanoseconds(nanoseconds))
         let bytes = try await response.body.collect(upTo: 1 << 20)
         return Answer(status: Int(response.status.code), body: String(buffer: bytes), etag: response.headers.first(name: "ETag"))
     }
