@@ -68,7 +68,8 @@ public struct SpotRuntime: Sendable {
     /// The background worker service.
     public func worker(logger: Logger) -> WorkflowWorker {
         WorkflowWorker(
-            store: store, clock: clock, config: config, provider: provider, signal: signal, metrics: metrics, logger: logger)
+            store: store, subscriptions: store, clock: clock, config: config, provider: provider, signal: signal, metrics: metrics,
+            logger: logger)
     }
 }
 
@@ -95,6 +96,8 @@ func registerRoutes(_ runtime: SpotRuntime, on routes: RouteBook) {
         store: store, clock: clock, signal: signal, metrics: runtime.metrics, webhookSecret: runtime.config.webhookSecret
     ).register(on: routes)
     ServiceController(store: store, signal: signal).register(on: routes)
+    SubscriptionController(store: store).register(on: routes)
+    DrillController(store: store, signal: signal, marginSeconds: runtime.config.drainMarginSeconds).register(on: routes)
     ReportController(store: store, clock: runtime.clock).register(on: routes)
     ProvisioningController(store: store).register(on: routes)
     PolicyController(store: store, clock: clock, signal: signal).register(on: routes)

@@ -33,6 +33,19 @@ struct StoreOptions: ParsableArguments {
 
 func env(_ name: String) -> String? { SpotConfig.environmentValue(name) }
 
+/// A logger in the format and at the level `LOG_FORMAT` and `LOG_LEVEL` ask for; a wrong value stops spotd with a
+/// message naming it.
+func makeLogger(_ label: String) -> Logger {
+    switch LogSettings.parse(format: env("LOG_FORMAT"), level: env("LOG_LEVEL")) {
+    case .failure(let error): fail(error.description)
+    case .success(let (format, level)):
+        LogSettings.bootstrap(format)
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+}
+
 func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data("spotd: \(message)\n".utf8))
     Foundation.exit(2)
@@ -158,8 +171,7 @@ struct Serve: AsyncParsableCommand {
         ConnectionLimiter.raiseFileLimit()
         let config = config()
         if let problem = config.validate() { fail(problem.description) }
-        var logger = Logger(label: "spotd")
-        logger.logLevel = env("LOG_LEVEL").flatMap(Logger.Level.init(rawValue:)) ?? .info
+        let logger = makeLogger("spotd")
         if config.adminToken == nil {
             logger.warning(
                 "authentication is off: no admin token is configured, so spotd listens on loopback only",
@@ -288,8 +300,7 @@ struct AgentCommand: AsyncParsableCommand {
             guard pollSeconds.isFinite, pollSeconds >= 0.001, pollSeconds <= 60 else { fail("--poll-seconds must be 0.001 to 60") }
             settings.pollInterval = .milliseconds(Int64(pollSeconds * 1000))
         }
-        var logger = Logger(label: "spotd-agent")
-        logger.logLevel = .info
+        let logger = makeLogger("spotd-agent")
         try await NodeAgent.runUntilStopped(settings: settings, logger: logger)
     }
 }

@@ -38,6 +38,9 @@ struct AuthTests {
         "GET /v1/policies": readers, "PUT /v1/policies/:tier": operators,
         "GET /v1/events": readers, "GET /v1/events/stream": readers,
         "POST /v1/tokens": admins, "GET /v1/tokens": admins, "DELETE /v1/tokens/:id": admins,
+        "POST /v1/subscriptions": operators, "GET /v1/subscriptions": readers, "GET /v1/subscriptions/:id": readers,
+        "DELETE /v1/subscriptions/:id": operators,
+        "POST /v1/drills": operators, "GET /v1/drills": readers, "GET /v1/drills/:id": readers,
     ]
 
     /// Ways of writing one path that a router may resolve to the same route.

@@ -222,12 +222,20 @@ struct OpsController {
     @Sendable func metrics(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         let summary = try await store.summary()
-        for tier in Tier.allCases {
-            metrics.queueDepth(tier: tier.rawValue, depth: summary.jobs[tier]?[.queued] ?? 0)
+        var snapshot = SpotMetrics.Snapshot()
+        for (pool, stats) in summary.pools {
+            for state in NodeState.allCases {
+                snapshot.nodes.append((pool.name, state.rawValue, stats.nodesByState[state] ?? 0))
+            }
+            snapshot.gpus.append((pool.name, stats.gpusTotal, stats.gpusFree))
         }
+        snapshot.queueDepth = Tier.allCases.map { ($0.rawValue, summary.jobs[$0]?[.queued] ?? 0) }
+        snapshot.activeInterruptions = summary.activeInterruptions
+        snapshot.pendingProvisioning = summary.pendingProvisioning
+        snapshot.failingSubscriptions = summary.failingSubscriptions
         return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-            body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
+            body: .init(byteBuffer: ByteBuffer(string: metrics.render(snapshot))))
     }
 
     @Sendable func summary(_ request: Request, context: AppRequestContext) async throws -> Response {

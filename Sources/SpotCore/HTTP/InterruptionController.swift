@@ -54,6 +54,8 @@ struct InterruptionController {
             metrics.notice(source: detail.interruption.source, kind: detail.interruption.kind.rawValue)
             if detail.interruption.state != .unmatched {
                 metrics.cordonLatency(elapsed)
+            } else {
+                metrics.unknownNodeNotice(source: detail.interruption.source)
             }
         }
         if outcome.results.contains(where: { $0.1 }) { signal.poke() }

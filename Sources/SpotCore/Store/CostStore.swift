@@ -51,12 +51,14 @@ extension Database {
 
     /// Work lost at a requeue: GPUs × time since the last checkpoint of this attempt (or since it started), on the
     /// job's first node's pool; `interrupted` counts it as an interruption of its tier.
-    func rollUpLoss(_ job: Job, at now: Millis, interrupted: Bool) throws {
-        guard let nodeId = job.nodeId, let node = try fetchNode(nodeId), let started = job.startedAt else { return }
+    @discardableResult
+    func rollUpLoss(_ job: Job, at now: Millis, interrupted: Bool) throws -> Millis {
+        guard let nodeId = job.nodeId, let node = try fetchNode(nodeId), let started = job.startedAt else { return 0 }
         let since = max(started, job.lastCheckpoint?.at ?? started)
         let lost = max(0, now - since) * Int64(job.gpus) * Int64(max(1, job.nodes))
         try addUsage(
             hour: Usage.hourStart(now), pool: node.pool, tier: job.tier.rawValue, interruptions: interrupted ? 1 : 0, lostGPUMillis: lost)
+        return lost
     }
 }
 

@@ -382,5 +382,48 @@ CREATE TABLE usage_hourly (
 ALTER TABLE service_replicas ADD COLUMN started_at INTEGER;
 
 """#)!,
+        Migration(file: "0011_operator_tools.sql", sql: #"""
+-- Operator tools (issue 17): subscriptions and drills.
+
+-- A subscription delivers matching events to a URL, in event order, at least once. The event log is its outbox:
+-- `cursor` is the id of the last event it has dealt with (delivered, or skipped as not matching), moved on only
+-- after the receiver answered 2xx, so a crash or a receiver that is down loses nothing. `secret` signs deliveries
+-- (HMAC-SHA256; shown once, at creation). `attempts` counts failed tries of the event at the head.
+CREATE TABLE subscriptions (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    format TEXT NOT NULL CHECK (format IN ('json', 'slack')),
+    secret TEXT NOT NULL,
+    cursor INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_attempt_at INTEGER,
+    last_status INTEGER,
+    last_error TEXT,
+    last_delivered_at INTEGER,
+    created_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);
+
+-- A drill: termination notices injected on some of a pool's nodes (source 'drill'), or, dry, only the plan.
+-- `node_ids` and `interruption_ids` are comma-separated; `plan` is the dry run's answer (JSON).
+CREATE TABLE drills (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    pool TEXT NOT NULL,
+    node_count INTEGER NOT NULL,
+    notice_seconds INTEGER NOT NULL,
+    dry_run INTEGER NOT NULL,
+    node_ids TEXT NOT NULL,
+    interruption_ids TEXT NOT NULL,
+    plan TEXT,
+    started_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);
+
+"""#)!,
     ]
 }

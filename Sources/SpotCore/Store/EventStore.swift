@@ -97,6 +97,8 @@ struct StoreSummary: Sendable {
     var pendingProvisioning: Int
     /// Releases asked of the provider and not yet acknowledged.
     var pendingReleases = 0
+    /// Subscriptions whose last delivery attempt failed.
+    var failingSubscriptions = 0
 }
 
 extension SQLiteStore {
@@ -132,7 +134,7 @@ extension SQLiteStore {
             return StoreSummary(
                 pools: pools.map { ($0, stats[$0.name] ?? PoolStats()) }, jobs: jobs, gangs: gangs,
                 services: (services?[0] ?? 0, services?[1] ?? 0, services?[2] ?? 0), activeInterruptions: active,
-                pendingProvisioning: pending, pendingReleases: releases)
+                pendingProvisioning: pending, pendingReleases: releases, failingSubscriptions: try Self.failingSubscriptions(db))
         }
     }
 

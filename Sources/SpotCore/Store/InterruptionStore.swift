@@ -53,7 +53,7 @@ extension SQLiteStore {
         }
     }
 
-    private static func record(_ db: Database, _ notice: Notice, at now: Millis, actor: String) throws -> (String, Bool) {
+    static func record(_ db: Database, _ notice: Notice, at now: Millis, actor: String) throws -> (String, Bool) {
         var node: Node?
         for candidate in [notice.nodeId] + notice.aliases where node == nil {
             node = try db.fetchNode(candidate)

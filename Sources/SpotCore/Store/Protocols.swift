@@ -123,4 +123,24 @@ protocol WorkflowStore: EventLog {
     func pruneExpired(before cutoff: Millis, replaysBefore replayCutoff: Millis, batch: Int, lease: Lease) async throws -> PruneReport
 }
 
-extension SQLiteStore: ResourceStore, AccessStore, WorkflowStore {}
+/// Subscriptions: the API's resource, and the outbox the delivery loop reads (the event log) and moves through.
+protocol SubscriptionStore: EventLog {
+    func createSubscription(url: String, events: [EventPattern], format: Subscription.Format, actor: String) async throws -> Subscription
+    func listSubscriptions(_ page: PageRequest) async throws -> Page<Subscription>
+    func subscription(_ id: String) async throws -> Subscription?
+    func deleteSubscription(_ id: String, actor: String) async throws
+    func dueSubscriptions(now: Millis) async throws -> [Subscription]
+    /// Under the worker lease (`StoreError.fenced` otherwise).
+    func recordDelivery(_ id: String, _ outcome: DeliveryOutcome, lease: Lease) async throws
+}
+
+/// Drills: notices spotd injects itself, a dry run's plan, and the report.
+protocol DrillStore: Sendable {
+    func startDrill(_ request: DrillRequest, actor: String) async throws -> Drill
+    func planDrill(_ request: DrillRequest, decide: @escaping @Sendable ([DrainCase], CapacityView, Millis) -> [DrainDecision])
+        async throws -> DrillPlan
+    func listDrills(_ page: PageRequest) async throws -> Page<Drill>
+    func drillReport(_ id: String) async throws -> DrillReport?
+}
+
+extension SQLiteStore: ResourceStore, AccessStore, WorkflowStore, SubscriptionStore, DrillStore {}

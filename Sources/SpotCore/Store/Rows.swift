@@ -263,7 +263,7 @@ extension Database {
 
     /// Puts a job back in the queue, resuming from its newest checkpoint; one step of the workflow.
     func requeue(_ job: Job, at now: Millis, actor: String, interruptionId: String?, reason: String) throws {
-        try rollUpLoss(job, at: now, interrupted: interruptionId != nil)
+        let lost = try rollUpLoss(job, at: now, interrupted: interruptionId != nil)
         try releaseJob(job, at: now)
         try self.cachedStatement(
             sql: """
@@ -276,7 +276,7 @@ extension Database {
         ).execute(arguments: [now, job.id])
         var data: [String: JSONValue] = [
             "node_id": job.nodeId.map(JSONValue.string) ?? .null, "reason": .string(reason),
-            "attempt": .int(job.attempt + 1),
+            "attempt": .int(job.attempt + 1), "lost_gpu_ms": .int(lost),
         ]
         if job.isGang { data["node_ids"] = .array(job.members.map(JSONValue.string)) }
         if let checkpoint = job.lastCheckpoint {

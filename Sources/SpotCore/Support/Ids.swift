@@ -1,9 +1,16 @@
-/// Fresh opaque ids: a prefix and 16 random hex digits (`job-1f2e3d4c5b6a7980`).
+/// Random ids: a prefix naming the kind, then 16 hex digits.
 enum Ids {
     static func new(_ prefix: String) -> String {
-        var bytes = [UInt8](repeating: 0, count: 8)
+        prefix + "-" + random(bytes: 8)
+    }
+
+    /// 32 random bytes in hex: a secret.
+    static func secret() -> String { random(bytes: 32) }
+
+    private static func random(bytes count: Int) -> String {
+        var bytes = [UInt8](repeating: 0, count: count)
         var generator = SystemRandomNumberGenerator()
         for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255, using: &generator) }
-        return prefix + "-" + Hex.encode(bytes)
+        return Hex.encode(bytes)
     }
 }

@@ -66,24 +66,9 @@ struct ReplacementReconciler: Sendable {
         }
     }
 
-    /// `body`'s result, or `fallback` if it has not returned within `callDeadline` (then it is cancelled and left
-    /// behind: the loop does not wait for it).
+    /// `body`'s result, or `fallback` if it has not returned within `callDeadline`.
     func bounded<T: Sendable>(fallback: T, _ body: @escaping @Sendable () async -> T) async -> T {
-        let once = Once()
-        let deadline = callDeadline
-        return await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
-            let work = Task {
-                let value = await body()
-                if once.first() { continuation.resume(returning: value) }
-            }
-            Task {
-                try? await Task.sleep(for: .milliseconds(Int64(deadline * 1000)))
-                if once.first() {
-                    work.cancel()
-                    continuation.resume(returning: fallback)
-                }
-            }
-        }
+        await boundedCall(seconds: callDeadline, fallback: fallback, body)
     }
 
     /// Runs `body` for every item, at most `parallelCalls` at once; the first error is thrown once all are done.
@@ -98,18 +83,6 @@ struct ReplacementReconciler: Sendable {
             while try await group.next() != nil {
                 if let item = next.next() { group.addTask { try await body(item) } }
             }
-        }
-    }
-}
-
-/// True the first time only.
-final class Once: Sendable {
-    private let done = Mutex(false)
-
-    func first() -> Bool {
-        done.withLock { done in
-            defer { done = true }
-            return !done
         }
     }
 }

@@ -26,6 +26,7 @@ public struct WorkflowWorker: Service {
     let scheduling: SchedulingLoop
     let services: ServiceReconciler
     let retention: Retention
+    let deliveries: Deliveries
 
     static let leaseName = "worker"
     /// A lease lives this long unless renewed; it is renewed every `renewEvery`.
@@ -33,8 +34,8 @@ public struct WorkflowWorker: Service {
     static let renewEvery: Millis = 500
 
     init(
-        store: any WorkflowStore, clock: any SpotClock, config: SpotConfig, provider: any Provider, signal: WorkerSignal,
-        metrics: SpotMetrics, logger: Logger
+        store: any WorkflowStore, subscriptions: any SubscriptionStore, clock: any SpotClock, config: SpotConfig, provider: any Provider,
+        signal: WorkerSignal, metrics: SpotMetrics, logger: Logger
     ) {
         self.store = store
         self.clock = clock
@@ -52,6 +53,7 @@ public struct WorkflowWorker: Service {
         self.scheduling = SchedulingLoop(store: store)
         self.services = ServiceReconciler(store: store)
         self.retention = Retention(store: store, days: config.retentionDays)
+        self.deliveries = Deliveries(store: subscriptions, clock: clock, metrics: metrics, logger: logger)
     }
 
     public func run() async throws {
@@ -63,6 +65,8 @@ public struct WorkflowWorker: Service {
             // Provider calls (an HTTP round trip for the webhook provider) run in their own loop, so that a slow
             // provisioner never delays a drain.
             group.addTask { await loop(every: .milliseconds(Int(config.workerIntervalSeconds * 1000)), replacement.reconcile) }
+            // Subscriptions get their events from their own loop: a receiver that is slow holds up nothing else.
+            group.addTask { await loop(every: .milliseconds(250), deliveries.run) }
             // Retention deletes in batches, with pauses: it must not hold up a pass, nor fail one.
             group.addTask {
                 await loop(every: .seconds(60)) { lease in _ = try await retention.run(now: clock.now(), lease: lease, logger: logger) }
@@ -78,6 +82,7 @@ public struct WorkflowWorker: Service {
             group.cancelAll()
         }
         if let held = lease.value { try? await store.releaseLease(held) }
+        metrics.leader.store(false, ordering: .relaxed)
         logger.info("worker stopped")
     }
 
@@ -131,6 +136,7 @@ public struct WorkflowWorker: Service {
         let previous = lease.value
         let acquired = try await store.acquireLease(Self.leaseName, owner: owner, ttlMillis: Self.leaseTTL)
         lease.set(acquired)
+        metrics.leader.store(acquired != nil, ordering: .relaxed)
         if let acquired, acquired != previous {
             logger.info("worker took the lease", metadata: ["owner": "\(owner)", "token": "\(acquired.token)"])
             signal.poke()
@@ -162,6 +168,7 @@ public struct WorkflowWorker: Service {
         report.drains = try await drains.startDrains(lease: lease)
         if report.drains.moreWaiting { signal.poke() }
         let expired = try await checkpoints.reconcile(lease: lease)
+        metrics.deadlineMisses(expired)
         // Services place their own replicas (there is no placement API for them), with or without the loop; before the
         // interruptions close, so that a node whose last replica just went is drained in the same pass.
         let eventsNow = try await store.lastEventId()

@@ -1,0 +1,114 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+
+/// Delivers events to subscriptions, from the event log (the outbox), in event order and at least once: the cursor
+/// moves past an event only once the receiver answered 2xx, and a failure stops that subscription until its backoff
+/// ends, so nothing behind the failed event overtakes it. Subscriptions are independent: one receiver that is down
+/// delays no other. Runs on the worker under its lease; a replica that lost the lease records nothing.
+struct Deliveries: Sendable {
+    let store: any SubscriptionStore
+    let clock: any SpotClock
+    let metrics: SpotMetrics
+    let logger: Logger
+    var client: HTTPClient = .shared
+    /// A receiver has this long to answer a delivery.
+    var timeoutSeconds: Double = 10
+    /// Deliveries per subscription per run, so that one busy subscription cannot hold the loop.
+    var batch = 200
+
+    /// 1 s, 2 s, 4 s, … after each failed try of the same event, at most 60 s.
+    static func retryDelay(afterAttempt attempts: Int64) -> Millis {
+        let exponent = min(max(attempts - 1, 0), 6)
+        return min(1000 << exponent, 60_000)
+    }
+
+    /// One run: every due subscription that is behind the event log, side by side.
+    func run(lease: Lease) async throws {
+        let last = try await store.lastEventId()
+        let due = try await store.dueSubscriptions(now: clock.now()).filter { $0.cursor < last }
+        guard !due.isEmpty else { return }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for subscription in due { group.addTask { try await deliver(subscription, lease: lease) } }
+            try await group.waitForAll()
+        }
+    }
+
+    /// Delivers what `subscription` has not had yet, in order, up to `batch` events; stops at the first failure.
+    func deliver(_ subscription: Subscription, lease: Lease) async throws {
+        var cursor = subscription.cursor
+        var passed = false
+        var sent = 0
+        reading: while sent < batch {
+            let events = try await store.events(since: cursor, type: nil, limit: 500)
+            guard !events.isEmpty else { break }
+            for event in events {
+                guard subscription.matches(event.type) else {
+                    cursor = event.id
+                    passed = true
+                    continue
+                }
+                let outcome = await send(event, to: subscription)
+                switch outcome {
+                case .delivered:
+                    metrics.delivery("delivered")
+                    try await store.recordDelivery(subscription.id, outcome, lease: lease)
+                    cursor = event.id
+                    passed = false
+                    sent += 1
+                    if sent >= batch { break reading }
+                case .failed(let status, let error):
+                    metrics.delivery("failed")
+                    if passed { try await store.recordDelivery(subscription.id, .passed(cursor: cursor), lease: lease) }
+                    try await store.recordDelivery(subscription.id, outcome, lease: lease)
+                    logger.warning(
+                        "subscription delivery failed",
+                        metadata: [
+                            "subscription": "\(subscription.id)", "event": "\(event.id)", "status": "\(status.map(String.init) ?? "none")",
+                            "error": "\(error)", "attempt": "\(subscription.attempts + 1)",
+                        ])
+                    return
+                case .passed:
+                    break
+                }
+            }
+        }
+        if passed { try await store.recordDelivery(subscription.id, .passed(cursor: cursor), lease: lease) }
+    }
+
+    /// One signed POST of one event. Headers: `X-Spotd-Event-Id` (the receiver's key for duplicates: delivery is
+    /// at least once), `X-Spotd-Event-Type`, `X-Spotd-Subscription`, and the signature of the body as for
+    /// provider calls: `X-Spotd-Timestamp` and `X-Spotd-Signature: sha256=HMAC(secret, "<timestamp>.<body>")`.
+    func send(_ event: Event, to subscription: Subscription) async -> DeliveryOutcome {
+        let body = DeliveryFormat.body(event, format: subscription.format)
+        let timestamp = String(clock.now() / 1000)
+        var request = HTTPClientRequest(url: subscription.url)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: "User-Agent", value: "spotd/\(SpotVersion.current)")
+        request.headers.add(name: "X-Spotd-Event-Id", value: String(event.id))
+        request.headers.add(name: "X-Spotd-Event-Type", value: event.type)
+        request.headers.add(name: "X-Spotd-Subscription", value: subscription.id)
+        request.headers.add(name: "X-Spotd-Timestamp", value: timestamp)
+        request.headers.add(
+            name: "X-Spotd-Signature", value: "sha256=" + Signature.hex(secret: subscription.secret, timestamp: timestamp, body: body))
+        request.body = .bytes(ByteBuffer(data: body))
+        let client = self.client
+        let signed = request
+        let timeout = timeoutSeconds
+        return await boundedCall(seconds: timeout + 5, fallback: .failed(status: nil, error: "no answer within \(Int(timeout)) s")) {
+            do {
+                let response = try await client.execute(signed, timeout: .milliseconds(Int64(timeout * 1000)))
+                _ = try? await response.body.collect(upTo: 1 << 16)
+                let status = Int(response.status.code)
+                guard (200..<300).contains(status) else { return .failed(status: status, error: "the receiver answered \(status)") }
+                return .delivered(cursor: event.id, status: status)
+            } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout {
+                return .failed(status: nil, error: "no answer within \(Int(timeout)) s")
+            } catch {
+                return .failed(status: nil, error: "unreachable: \(error)")
+            }
+        }
+    }
+}
