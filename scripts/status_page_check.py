@@ -239,8 +239,9 @@ def post_notice(args):
     req = urllib.request.Request(args.base_url.rstrip("/") + "/" + args.notice_path.lstrip("/"),
                                  data=args.notice_body.encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
-    if args.token:
-        req.add_header("Authorization", f"Bearer {args.token}")
+    notice_token = args.notice_token or args.token
+    if notice_token:
+        req.add_header("Authorization", f"Bearer {notice_token}")
     try:
         with HTTP.open(req, timeout=args.timeout) as r:
             return r.status
@@ -339,7 +340,8 @@ def main():
         p = Parser(description=__doc__.split("\n")[0])
         p.add_argument("--chromium", default="chromium")
         p.add_argument("--base-url", required=True)
-        p.add_argument("--token")
+        p.add_argument("--token", help="the token the browser signs in with")
+        p.add_argument("--notice-token", help="the token the notice is posted with (default: --token)")
         p.add_argument("--node", required=True)
         p.add_argument("--notice-path", default="/v1/interruptions")
         p.add_argument("--notice-body", required=True)

@@ -97,6 +97,8 @@ func registerRoutes(_ runtime: SpotRuntime, on routes: RouteBook) {
     ).register(on: routes)
     ServiceController(store: store, signal: signal).register(on: routes)
     SubscriptionController(store: store).register(on: routes)
+    StatusPageController(store: store, authorizer: routes.authorizer, clock: clock, authOn: runtime.config.adminToken != nil)
+        .register(on: routes)
     DrillController(store: store, signal: signal, marginSeconds: runtime.config.drainMarginSeconds).register(on: routes)
     ReportController(store: store, clock: runtime.clock).register(on: routes)
     ProvisioningController(store: store).register(on: routes)

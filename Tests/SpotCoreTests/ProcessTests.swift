@@ -22,6 +22,8 @@ final class SpotdProcess {
     /// Added to the environment the process starts with.
     let environment: [String: String]
     private(set) var process: Process?
+    /// The bearer token `request` sends, for a server started with `--admin-token`.
+    var token: String?
 
     init(
         directory: URL, port: Int, extra: [String] = [], binary: URL = SpotdProcess.binary, workingDirectory: URL? = nil,
@@ -71,7 +73,7 @@ final class SpotdProcess {
 
     @discardableResult
     func request(_ method: String, _ path: String, _ body: String? = nil) async throws -> (Int, JSONValue) {
-        try await DemoClient(base: "http://127.0.0.1:\(port)").call(method, path, body)
+        try await DemoClient(base: "http://127.0.0.1:\(port)", token: token).call(method, path, body)
     }
 
     /// Polls until `check` holds, or fails after `seconds`.

@@ -67,11 +67,14 @@ public enum Demo {
 /// A tiny JSON-over-HTTP client for the demo.
 struct DemoClient: Sendable {
     let base: String
+    /// Sent as a bearer token when set.
+    var token: String? = nil
 
     @discardableResult
     func call(_ method: String, _ path: String, _ body: String? = nil) async throws -> (Int, JSONValue) {
         var request = URLRequest(url: URL(string: base + path)!, timeoutInterval: 30)
         request.httpMethod = method
+        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
         if let body {
             request.httpBody = Data(body.utf8)
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")

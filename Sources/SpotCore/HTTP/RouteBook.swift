@@ -12,14 +12,20 @@ struct RouteBook {
     /// Adds a route whose handler runs only for a caller that `access` admits. The check wraps the handler itself,
     /// so whichever spelling of a path the router resolves to this route (`//v1/tokens`, `/v1//tokens`, an
     /// absolute-form target), the same check runs.
+    /// With `signIn`, a caller without credentials is sent to `/login` (303) rather than answered 401: a page
+    /// for browsers.
     func add(
-        _ method: HTTPRequest.Method, _ path: String, _ access: Access,
+        _ method: HTTPRequest.Method, _ path: String, _ access: Access, signIn: Bool = false,
         use handler: @escaping @Sendable (Request, AppRequestContext) async throws -> Response
     ) {
         let authorizer = self.authorizer
         router.on(RouterPath(path), method: method) { request, context in
             var context = context
-            context.caller = try await authorizer.caller(for: request, access: access)
+            do {
+                context.caller = try await authorizer.caller(for: request, access: access)
+            } catch let problem as Problem where signIn && problem.status == .unauthorized {
+                return Response(status: .seeOther, headers: [.location: "/login", .cacheControl: "no-store"])
+            }
             context.takesNotices = access == .notify
             return try await handler(request, context)
         }
