@@ -9,9 +9,9 @@
 #   METRICS_FILE holds a scrape of /metrics, e.g.
 #     swift run spotd demo   # or a server that has seen some traffic, then:
 #     curl -s localhost:8080/metrics > .build/metrics.txt && scripts/check-deploy.sh .build/metrics.txt
-#   A labelled metric appears in /metrics only once something has used it, so scrape a server that has done
-#   some work (the demo's server, or one after a drill).
-# Environment: PROMTOOL_WAIT_SECONDS (default 600) is how long to wait for promtool to be installed.
+#   Families with a fixed set of labels start at 0; the others (notices by source and kind, events by type,
+#   requests by route) appear once used, so scrape a server that has done some work (the demo, or a drill).
+# Environment: PROMTOOL_WAIT_SECONDS (default 0) is how long to wait for promtool to be installed.
 set -euo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -32,7 +32,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # 1. Alert rules and dashboard queries, with promtool (Debian's `prometheus` package).
-wait_seconds=${PROMTOOL_WAIT_SECONDS:-600}
+wait_seconds=${PROMTOOL_WAIT_SECONDS:-0}
 waited=0
 until command -v promtool >/dev/null 2>&1; do
     if ((waited >= wait_seconds)); then

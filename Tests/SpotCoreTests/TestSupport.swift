@@ -157,6 +157,14 @@ extension JSONValue {
 
     var string: String? { if case .string(let text) = self { return text } else { return nil } }
     var int: Int64? { if case .int(let number) = self { return number } else { return nil } }
+    /// Any JSON number (the writer gives whole doubles as integers).
+    var number: Double? {
+        switch self {
+        case .int(let number): Double(number)
+        case .double(let number): number
+        default: nil
+        }
+    }
     var bool: Bool? { if case .bool(let flag) = self { return flag } else { return nil } }
     var array: [JSONValue] { if case .array(let items) = self { return items } else { return [] } }
 }

@@ -3,7 +3,7 @@ import GRDB
 extension SQLiteStore {
     /// Removes, in one transaction, at most `batch` rows of each kind that are finished and older than `cutoff`:
     /// events (whole, oldest first), finished jobs, completed or unmatched interruptions with their timelines,
-    /// resolved provisioning requests, terminated nodes that nothing points at, service replicas gone, acknowledged releases (and the simulated cloud's released instances); and replay
+    /// resolved provisioning requests, terminated nodes that nothing points at, service replicas gone, acknowledged releases (and the simulated cloud's released instances), drills; and replay
     /// records older than `replayCutoff`. Live records are never touched. Callers repeat while a kind filled its batch.
     func pruneExpired(before cutoff: Millis, replaysBefore replayCutoff: Millis, batch: Int, lease: Lease) async throws -> PruneReport {
         try await write { [self] db in
@@ -74,6 +74,11 @@ extension SQLiteStore {
                 sql: "DELETE FROM sim_instances WHERE id IN (SELECT id FROM sim_instances WHERE released_at < ? LIMIT ?)"
             ).execute(arguments: [cutoff, batch])
             report.releases += db.changesCount
+            // A drill's report reads its interruptions: it goes with them, once it is older than the window.
+            try db.cachedStatement(
+                sql: "DELETE FROM drills WHERE seq IN (SELECT seq FROM drills WHERE started_at < ? LIMIT ?)"
+            ).execute(arguments: [cutoff, batch])
+            report.drills = db.changesCount
             return report
         }
     }

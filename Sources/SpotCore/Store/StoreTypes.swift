@@ -49,8 +49,9 @@ struct PruneReport: Sendable, Equatable {
     var replicas = 0
     /// Acknowledged releases, and instances the simulated cloud released.
     var releases = 0
+    var drills = 0
 
-    var total: Int { events + jobs + interruptions + provisioningRequests + nodes + replays + replicas + releases }
+    var total: Int { events + jobs + interruptions + provisioningRequests + nodes + replays + replicas + releases + drills }
 }
 
 /// What a provider did with a pending request.

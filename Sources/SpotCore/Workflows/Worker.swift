@@ -216,6 +216,7 @@ public struct WorkflowWorker: Service {
     func takeLease() async throws -> Lease? {
         let acquired = try await store.acquireLease(Self.leaseName, owner: owner, ttlMillis: Self.leaseTTL)
         lease.set(acquired)
+        metrics.leader.store(acquired != nil, ordering: .relaxed)
         return acquired
     }
 }
