@@ -101,7 +101,7 @@ extension SQLiteStore {
         try await read { db in
             Self.page(
                 try Row.fetchAll(
-                    db, sql: "SELECT \(Self.drillColumns) FROM drills WHERE seq > ? ORDER BY seq DESC LIMIT ?",
+                    db, sql: "SELECT \(Self.drillColumns) FROM drills WHERE seq < ? ORDER BY seq DESC LIMIT ?",
                     arguments: [page.after == 0 ? Int64.max : page.after, page.limit + 1]), limit: page.limit, map: Self.drill)
         }
     }
