@@ -6,15 +6,40 @@ import NIOCore
 import SpotCore
 import Synchronization
 
+// The entry point. Top-level code rather than `@main`: with more than one file in the target, SwiftPM compiles
+// main.swift as top-level code.
+await Spotd.start()
+
 /// `spotd`: the control plane for spot GPU reclaims.
-@main
 struct Spotd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "spotd",
         abstract: "Keeps a GPU platform safe when clouds reclaim spot nodes.",
         version: "spotd \(SpotVersion.current) (store schema \(SpotVersion.schema))",
-        subcommands: [Serve.self, Migrate.self, TokenCommand.self, DemoCommand.self, AgentCommand.self],
+        subcommands: [
+            Serve.self, Migrate.self, TokenCommand.self, DemoCommand.self, AgentCommand.self, StatusCommand.self, GetCommand.self,
+            CordonCommand.self, UncordonCommand.self, DrainCommand.self, DrillCommand.self,
+        ],
         defaultSubcommand: Serve.self)
+
+    /// ArgumentParser's own `main`, but a usage error (bad flags or arguments) exits 2, like every other usage error
+    /// of spotd's (`fail`), instead of 64.
+    static func start() async {
+        do {
+            var command = try await asyncParseAsRoot(nil)
+            if var command = command as? any AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if exitCode(for: error) == .validationFailure {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 /// Settings shared by every command that opens the store.

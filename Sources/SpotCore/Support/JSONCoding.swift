@@ -314,14 +314,17 @@ struct JSONReader {
 
 extension JSONReader.Failure {
     /// What a client is told.
-    var message: String {
+    var message: String { describe("request body") }
+
+    /// What is wrong with `subject` (the request body, the server's answer).
+    func describe(_ subject: String) -> String {
         switch self {
-        case .syntax(let offset, let expected): "request body is not valid JSON: expected \(expected) at byte \(offset)"
-        case .tooDeep: "request body nests deeper than \(JSONReader.maxDepth) levels"
-        case .duplicateKey(let key): "request body has the key '\(key.prefix(64))' twice in one object"
-        case .invalidUTF8(let offset): "request body is not valid UTF-8 (string at byte \(offset))"
+        case .syntax(let offset, let expected): "\(subject) is not valid JSON: expected \(expected) at byte \(offset)"
+        case .tooDeep: "\(subject) nests deeper than \(JSONReader.maxDepth) levels"
+        case .duplicateKey(let key): "\(subject) has the key '\(key.prefix(64))' twice in one object"
+        case .invalidUTF8(let offset): "\(subject) is not valid UTF-8 (string at byte \(offset))"
         case .numberOutOfRange(let offset):
-            "request body has a number out of range (or longer than \(JSONReader.maxNumberLength) characters) at byte \(offset)"
+            "\(subject) has a number out of range (or longer than \(JSONReader.maxNumberLength) characters) at byte \(offset)"
         }
     }
 }

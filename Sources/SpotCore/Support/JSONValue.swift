@@ -83,6 +83,27 @@ extension JSONValue {
     }
 }
 
+// MARK: - For clients of spotd (the CLI)
+
+extension JSONValue {
+    /// Reads JSON text as strictly as spotd reads request bodies; a failure says what is wrong with `subject` and where.
+    public static func read(_ bytes: some Sequence<UInt8>, subject: String) -> Result<JSONValue, JSONReadError> {
+        do {
+            return .success(try JSONReader.parse(bytes))
+        } catch {
+            return .failure(JSONReadError(description: error.describe(subject)))
+        }
+    }
+
+    /// Compact JSON text, keys sorted: the form spotd serves.
+    public var serialized: String { jsonText }
+}
+
+/// Why a text is not JSON spotd can read, in words.
+public struct JSONReadError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+}
+
 /// A JSON object read field by field, each failure naming the field.
 struct JSONObject {
     let fields: [String: JSONValue]
