@@ -130,8 +130,9 @@ protocol SubscriptionStore: EventLog {
     func subscription(_ id: String) async throws -> Subscription?
     func deleteSubscription(_ id: String, actor: String) async throws
     func dueSubscriptions(now: Millis) async throws -> [Subscription]
-    /// Under the worker lease (`StoreError.fenced` otherwise).
-    func recordDelivery(_ id: String, _ outcome: DeliveryOutcome, lease: Lease) async throws
+    /// Under the worker lease (`StoreError.fenced` otherwise); false when the subscription is gone.
+    @discardableResult
+    func recordDelivery(_ id: String, _ outcome: DeliveryOutcome, lease: Lease) async throws -> Bool
 }
 
 /// Drills: notices spotd injects itself, a dry run's plan, and the report.

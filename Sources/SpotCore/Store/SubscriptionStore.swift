@@ -87,8 +87,9 @@ extension SQLiteStore {
     }
 
     /// Records a delivery's outcome under the worker lease: the cursor moves to `cursor` (events up to it are dealt
-    /// with), and a failure schedules the next try. A subscription deleted meanwhile is left alone.
-    func recordDelivery(_ id: String, _ outcome: DeliveryOutcome, lease: Lease) async throws {
+    /// with), and a failure schedules the next try. False when the subscription is gone (deleted meanwhile).
+    @discardableResult
+    func recordDelivery(_ id: String, _ outcome: DeliveryOutcome, lease: Lease) async throws -> Bool {
         try await write { [self] db in
             let now = clock.now()
             try Self.checkFence(db, lease, now: now)
@@ -111,6 +112,7 @@ extension SQLiteStore {
                         """,
                     arguments: [attempts, now + Deliveries.retryDelay(afterAttempt: attempts), now, status, String(error.prefix(512)), id])
             }
+            return db.changesCount > 0
         }
     }
 

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import Logging
 import NIOCore
+import Synchronization
 
 /// Delivers events to subscriptions, from the event log (the outbox), in event order and at least once: the cursor
 /// moves past an event only once the receiver answered 2xx, and a failure stops that subscription until its backoff
@@ -24,15 +25,33 @@ struct Deliveries: Sendable {
         return min(1000 << exponent, 60_000)
     }
 
-    /// One run: every due subscription that is behind the event log, side by side.
-    func run(lease: Lease) async throws {
+    /// Subscriptions being delivered now, so that a run does not start a second delivery of one (order).
+    let inFlight = InFlight()
+
+    /// One run: starts delivering to every due subscription that is behind the event log and not already being
+    /// delivered to, each in its own task, and returns without waiting for them: a receiver that takes its full
+    /// timeout holds up no other subscription.
+    @discardableResult
+    func start(lease: Lease) async throws -> [Task<Void, Never>] {
         let last = try await store.lastEventId()
         let due = try await store.dueSubscriptions(now: clock.now()).filter { $0.cursor < last }
-        guard !due.isEmpty else { return }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for subscription in due { group.addTask { try await deliver(subscription, lease: lease) } }
-            try await group.waitForAll()
+        return due.compactMap { subscription in
+            guard inFlight.claim(subscription.id) else { return nil }
+            return Task { [self] in
+                defer { inFlight.release(subscription.id) }
+                do {
+                    try await deliver(subscription, lease: lease)
+                } catch {
+                    // A lost lease (fenced) or a store error: the next run, on whichever process leads, tries again.
+                    logger.debug("subscription delivery stopped", metadata: ["subscription": "\(subscription.id)", "error": "\(error)"])
+                }
+            }
         }
+    }
+
+    /// One run, waiting for its deliveries to end (tests step it).
+    func run(lease: Lease) async throws {
+        for task in try await start(lease: lease) { await task.value }
     }
 
     /// Delivers what `subscription` has not had yet, in order, up to `batch` events; stops at the first failure.
@@ -53,7 +72,8 @@ struct Deliveries: Sendable {
                 switch outcome {
                 case .delivered:
                     metrics.delivery("delivered")
-                    try await store.recordDelivery(subscription.id, outcome, lease: lease)
+                    // Deleted meanwhile: stop.
+                    guard try await store.recordDelivery(subscription.id, outcome, lease: lease) else { return }
                     cursor = event.id
                     passed = false
                     sent += 1
@@ -111,4 +131,14 @@ struct Deliveries: Sendable {
             }
         }
     }
+}
+
+/// Ids being worked on now.
+final class InFlight: Sendable {
+    private let ids = Mutex<Set<String>>([])
+
+    /// True, and the id is taken, when nobody holds it.
+    func claim(_ id: String) -> Bool { ids.withLock { $0.insert(id).inserted } }
+
+    func release(_ id: String) { _ = ids.withLock { $0.remove(id) } }
 }

@@ -66,7 +66,7 @@ public struct WorkflowWorker: Service {
             // provisioner never delays a drain.
             group.addTask { await loop(every: .milliseconds(Int(config.workerIntervalSeconds * 1000)), replacement.reconcile) }
             // Subscriptions get their events from their own loop: a receiver that is slow holds up nothing else.
-            group.addTask { await loop(every: .milliseconds(250), deliveries.run) }
+            group.addTask { await loop(every: .milliseconds(250)) { lease in try await deliveries.start(lease: lease) } }
             // Retention deletes in batches, with pauses: it must not hold up a pass, nor fail one.
             group.addTask {
                 await loop(every: .seconds(60)) { lease in _ = try await retention.run(now: clock.now(), lease: lease, logger: logger) }
