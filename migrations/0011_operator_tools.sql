@@ -24,17 +24,17 @@ CREATE TABLE subscriptions (
 );
 
 -- A drill: termination notices injected on some of a pool's nodes (source 'drill'), or, dry, only the plan.
--- `node_ids` and `interruption_ids` are comma-separated; `plan` is the dry run's answer (JSON).
+-- `node_ids` and `interruption_ids` are comma-separated; `after_event` is the newest event id before the drill, so
+-- that its report reads only the events since (through the `events_type` index).
 CREATE TABLE drills (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     pool TEXT NOT NULL,
     node_count INTEGER NOT NULL,
     notice_seconds INTEGER NOT NULL,
-    dry_run INTEGER NOT NULL,
     node_ids TEXT NOT NULL,
     interruption_ids TEXT NOT NULL,
-    plan TEXT,
+    after_event INTEGER NOT NULL,
     started_at INTEGER NOT NULL,
     created_by TEXT NOT NULL
 );

@@ -99,7 +99,8 @@ func registerRoutes(_ runtime: SpotRuntime, on routes: RouteBook) {
     SubscriptionController(store: store).register(on: routes)
     StatusPageController(store: store, authorizer: routes.authorizer, clock: clock, authOn: runtime.config.adminToken != nil)
         .register(on: routes)
-    DrillController(store: store, signal: signal, marginSeconds: runtime.config.drainMarginSeconds).register(on: routes)
+    DrillController(store: store, signal: signal, metrics: runtime.metrics, marginSeconds: runtime.config.drainMarginSeconds).register(
+        on: routes)
     ReportController(store: store, clock: runtime.clock).register(on: routes)
     ProvisioningController(store: store).register(on: routes)
     PolicyController(store: store, clock: clock, signal: signal).register(on: routes)

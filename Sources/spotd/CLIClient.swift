@@ -54,7 +54,13 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 struct ClientOptions: ParsableArguments {
     @Option(help: "spotd's URL (env SPOTD_URL; default http://127.0.0.1:8080).") var url: String?
     @Option(help: "API token, sent as a bearer token (env SPOTD_TOKEN; default none).") var token: String?
-    @Option(name: [.short, .long], help: "table (for people) or json (the server's JSON, for scripts).") var output: OutputFormat = .table
+    @Option(
+        name: [.short, .customLong("output")],
+        help: "table (for people) or json (the server's JSON, for scripts) (env SPOTD_OUTPUT; default table).")
+    var outputFlag: OutputFormat?
+
+    /// The flag, else `SPOTD_OUTPUT`, else a table (a wrong `SPOTD_OUTPUT` is refused by `resolve`).
+    var output: OutputFormat { outputFlag ?? env("SPOTD_OUTPUT").flatMap { OutputFormat(rawValue: $0) } ?? .table }
 
     static let defaultURL = "http://127.0.0.1:8080"
 
@@ -66,6 +72,9 @@ struct ClientOptions: ParsableArguments {
             components.fragment == nil
         else {
             throw CLIFailure(.usage, "\(Render.clean(source)) is not an http(s) URL (e.g. \(Self.defaultURL))")
+        }
+        if outputFlag == nil, let variable = env("SPOTD_OUTPUT"), OutputFormat(rawValue: variable) == nil {
+            throw CLIFailure(.usage, "SPOTD_OUTPUT=\(Render.clean(variable)) must be table or json")
         }
         var base = text
         while base.hasSuffix("/") { base.removeLast() }

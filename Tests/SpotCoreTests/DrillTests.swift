@@ -81,6 +81,11 @@ struct DrillTests {
             #expect(steps.filter { $0 == "cordoned" }.count == 5 && steps.filter { $0 == "requeued" }.count == 10)
             #expect(
                 Set(hits.compactMap { $0["job_id"]?.string }) == Set(report["timeline"]?.array.compactMap { $0["job_id"]?.string } ?? []))
+            // Each job did what the dry run said: the checkpointable ones were asked to checkpoint, the others were not.
+            let action = { (name: String) in Set(hits.filter { $0["action"]?.string == name }.compactMap { $0["job_id"]?.string }) }
+            let asked = Set(
+                report["timeline"]?.array.filter { $0["step"]?.string == "checkpoint_requested" }.compactMap { $0["job_id"]?.string } ?? [])
+            #expect(action("checkpoint") == asked && asked.count == 5 && action("requeue").isDisjoint(with: asked))
             // Nothing premium moved; every job runs again.
             #expect(try await client.call(.get, "/v1/jobs?tier=premium")["items"]?.array.map { $0["node_id"]?.string } == premium)
             #expect(try await client.call(.get, "/v1/jobs?state=running&limit=1000")["items"]?.array.count == 46)

@@ -93,6 +93,25 @@ struct ObservabilityTests {
         }
     }
 
+    /// A real server with `LOG_FORMAT=json` writes nothing but JSON objects, one per line.
+    @Test func aServerWithJSONLogsWritesOnlyJSON() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("spotd-json-log-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let server = SpotdProcess(directory: directory, port: freePort(), environment: ["LOG_FORMAT": "json", "LOG_LEVEL": "info"])
+        try await server.start()
+        #expect(try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot")).0 == 201)
+        #expect(try await server.eventually { try await server.request("GET", "/readyz").1["leader"]?.bool == true })
+        server.kill(SIGTERM)
+        let lines = try String(contentsOfFile: server.logPath, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count >= 3, "\(lines)")
+        for line in lines {
+            let object = try? JSONValue.parse(Data(line.utf8))
+            #expect(object?["message"]?.string != nil && object?["level"]?.string != nil, "not a JSON log line: \(line)")
+        }
+        #expect(lines.contains { $0.contains(#""message":"spotd starting""#) && $0.contains(#""version":"\#(SpotVersion.current)""#) })
+    }
+
     /// `LOG_FORMAT=json`: one parseable object per line, with the metadata beside the fixed keys.
     @Test func jsonLogsAreOneObjectPerLine() throws {
         let lines = Mutex<[String]>([])

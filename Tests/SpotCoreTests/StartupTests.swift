@@ -76,6 +76,8 @@ struct StartupTests {
             ([], ["SPOTD_ADMIN_TOKEN": "admin-token-from-a-file-0123\n"], "--admin-token"),
             ([], ["SPOTD_WEBHOOK_SECRET": " secret"], "--webhook-secret"),
             (["--max-connections", "0"], [:], "--max-connections"),
+            ([], ["LOG_FORMAT": "yaml"], "LOG_FORMAT"),
+            ([], ["LOG_LEVEL": "loud"], "LOG_LEVEL"),
         ] as [([String], [String: String], String)])
     func badSettingsAreRefusedByName(arguments: [String], environment: [String: String], named: String) async throws {
         let directory = try tempDirectory()
@@ -169,6 +171,9 @@ struct StartupTests {
         try await server.start()
         let (status, ready) = try await server.request("GET", "/readyz")
         #expect(status == 200, "\(ready)")
+        #expect(ready["store"]?.string == "sqlite")
+        // The only process: it takes the worker lease within a renewal or two.
+        #expect(try await server.eventually { try await server.request("GET", "/readyz").1["leader"]?.bool == true })
         let applied = try await DatabaseQueue(path: server.dbPath).read { db in
             try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM schema_migrations")
         }

@@ -107,8 +107,14 @@ struct SubscriptionTests {
                     try await deliver()
                     tries = receiver.refused
                 }
-                #expect(tries >= 10 && tries <= 22, "backoff 1, 2, 4, 8, 16, 32 s for each of 2 subscriptions: \(tries) tries")
+                // Tries at 0, 1, 3, 7, 15, 31 and 63 s (backoff 1, 2, 4, ... s), for each of the 2 subscriptions.
+                #expect(tries == 14, "\(tries) tries")
                 #expect(receiver.received.isEmpty)
+                let capped = try await client.call(.get, "/v1/subscriptions/\(id)")["delivery"]
+                let last = try #require(capped?["last_attempt_at"]?.string.flatMap(TimeFormat.parseRFC3339))
+                let next = try #require(capped?["next_attempt_at"]?.string.flatMap(TimeFormat.parseRFC3339))
+                #expect(next - last == 60_000, "the backoff stops at 60 s")
+                #expect(capped?["failed_attempts"]?.int == 7)
                 try await client.expect(
                     .accepted, .post, "/v1/interruptions", #"{"node_id":"s3","kind":"termination","notice_seconds":120}"#)
                 receiver.failing = false
@@ -153,15 +159,20 @@ struct SubscriptionTests {
         let env = try TestEnv()
         try await env.app().test(.router) { client in
             let before = try env.digest()
-            for (body, field) in [
-                (#"{"url":"ftp://x/hook","events":["*"]}"#, "url"), (#"{"url":"http:///hook","events":["*"]}"#, "url"),
-                (#"{"url":"http://x/hook#frag","events":["*"]}"#, "url"), (#"{"url":"http://x/h ok","events":["*"]}"#, "url"),
-                (#"{"url":"http://x/hook","events":[]}"#, "events"), (#"{"url":"http://x/hook","events":["Node.*"]}"#, "events[0]"),
-                (#"{"url":"http://x/hook","events":["node."]}"#, "events[0]"), (#"{"url":"http://x/hook","events":[7]}"#, "events[0]"),
-                (#"{"url":"http://x/hook","events":["*"],"format":"xml"}"#, "format"),
-                (#"{"url":"http://x/hook","events":["*"],"extra":1}"#, "extra"), (#"{"events":["*"]}"#, "url"),
+            for (status, body, field) in [
+                (HTTPResponse.Status.badRequest, #"{"url":"ftp://x/hook","events":["*"]}"#, "url"),
+                (.unprocessableContent, #"{"url":"http:///hook","events":["*"]}"#, "url"),
+                (.unprocessableContent, #"{"url":"http://x/hook#frag","events":["*"]}"#, "url"),
+                (.unprocessableContent, #"{"url":"http://x:99999/hook","events":["*"]}"#, "url"),
+                (.badRequest, #"{"url":"http://x/h ok","events":["*"]}"#, "url"), (.badRequest, #"{"url":"","events":["*"]}"#, "url"),
+                (.badRequest, #"{"url":"http://x/hook","events":[]}"#, "events"),
+                (.badRequest, #"{"url":"http://x/hook","events":["Node.*"]}"#, "events[0]"),
+                (.badRequest, #"{"url":"http://x/hook","events":["node."]}"#, "events[0]"),
+                (.badRequest, #"{"url":"http://x/hook","events":[7]}"#, "events[0]"),
+                (.badRequest, #"{"url":"http://x/hook","events":["*"],"format":"xml"}"#, "format"),
+                (.badRequest, #"{"url":"http://x/hook","events":["*"],"extra":1}"#, "extra"), (.badRequest, #"{"events":["*"]}"#, "url"),
             ] {
-                let problem = try await client.expectProblem(.badRequest, .post, "/v1/subscriptions", body)
+                let problem = try await client.expectProblem(status, .post, "/v1/subscriptions", body)
                 #expect(problem["field"]?.string == field, "\(body): \(problem.text)")
             }
             #expect(try env.digest() == before)

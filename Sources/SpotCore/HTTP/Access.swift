@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import HTTPTypes
 import Hummingbird
 
 /// What a route needs. Each route declares its own when it is registered (`RouteBook.add`), and the wrapper that
@@ -106,10 +107,17 @@ enum Session {
         return nil
     }
 
-    /// The `Set-Cookie` value that signs a browser in with `token`.
-    static func setCookie(_ token: String) -> String {
+    /// The `Set-Cookie` value that signs a browser in with `token`; `Secure` when the browser came over https
+    /// (a TLS-terminating proxy says so in `X-Forwarded-Proto`).
+    static func setCookie(_ token: String, secure: Bool) -> String {
         let encoded = token.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
-        return "\(cookie)=\(encoded); Path=/; Max-Age=\(maxAgeSeconds); HttpOnly; SameSite=Strict"
+        return "\(cookie)=\(encoded); Path=/; Max-Age=\(maxAgeSeconds); HttpOnly; SameSite=Strict" + (secure ? "; Secure" : "")
+    }
+
+    /// Whether the browser reached spotd over https.
+    static func overHTTPS(_ request: Request) -> Bool {
+        request.uri.scheme == .https
+            || request.headers[HTTPField.Name("X-Forwarded-Proto")!]?.lowercased().hasPrefix("https") == true
     }
 
     /// The `Set-Cookie` value that signs a browser out.

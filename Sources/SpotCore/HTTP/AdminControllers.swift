@@ -216,7 +216,10 @@ struct OpsController {
                 status: .serviceUnavailable, type: "urn:spotd:problem:not-ready", title: "Not ready",
                 detail: "the store is unreachable or its migrations are not all applied")
         }
-        return JSONValue.object(["status": .string("ready")]).response()
+        // Which store, and whether this process runs the workflows (holds the worker lease).
+        return JSONValue.object([
+            "status": .string("ready"), "store": .string("sqlite"), "leader": .bool(metrics.leader.load(ordering: .relaxed)),
+        ]).response()
     }
 
     @Sendable func metrics(_ request: Request, context: AppRequestContext) async throws -> Response {

@@ -5,6 +5,7 @@ import Hummingbird
 struct DrillController {
     let store: any DrillStore
     let signal: WorkerSignal
+    let metrics: SpotMetrics
     let marginSeconds: Int64
 
     func register(on routes: RouteBook) {
@@ -41,8 +42,15 @@ struct DrillController {
             }
             return View.drillPlan(plan).response()
         }
+        let started = ContinuousClock.now
         let drill = try await store.startDrill(drillRequest, actor: context.caller.name)
         signal.poke()
+        // Drill notices count as notices (source `drill`), cordoned in the transaction that recorded them.
+        let elapsed = ContinuousClock.now - started
+        for _ in drill.interruptionIds {
+            metrics.notice(source: "drill", kind: InterruptionKind.termination.rawValue)
+            metrics.cordonLatency(elapsed)
+        }
         guard let report = try await store.drillReport(drill.id) else { throw Problem.notFound("drill", drill.id) }
         var response = View.drillReport(report).response(.created)
         response.headers[.location] = "/v1/drills/\(drill.id)"

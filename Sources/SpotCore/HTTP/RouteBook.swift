@@ -23,7 +23,8 @@ struct RouteBook {
             var context = context
             do {
                 context.caller = try await authorizer.caller(for: request, access: access)
-            } catch let problem as Problem where signIn && problem.status == .unauthorized {
+            } catch let problem as Problem where signIn && problem.status == .unauthorized && request.headers[.authorization] == nil {
+                // A browser with no (or a stale) session goes to sign in; a script's bad token gets its 401.
                 return Response(status: .seeOther, headers: [.location: "/login", .cacheControl: "no-store"])
             }
             context.takesNotices = access == .notify

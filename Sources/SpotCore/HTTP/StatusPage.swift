@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Synchronization
 
 /// The status page: `GET /`, HTML rendered on the server from the store (viewer role), with a small script that
 /// follows the event stream and swaps in the freshly rendered sections (`GET /?part=live`) when something changes.
@@ -10,6 +11,9 @@ struct StatusPageController {
     let authorizer: Authorizer
     let clock: any SpotClock
     let authOn: Bool
+    /// The sections as last rendered, with the newest event id then: every open page asks again on each event, and
+    /// during a mass reclaim hundreds of tabs would otherwise each read the store several times a second.
+    let cache = LiveCache()
 
     func register(on routes: RouteBook) {
         routes.add(.get, "/", .read, signIn: true, use: page)
@@ -22,9 +26,12 @@ struct StatusPageController {
         let query = try Query(request, allowed: ["part"])
         let part = try query.string("part")
         guard part == nil || part == "live" else { throw Problem.invalidQuery("part", "must be live") }
-        let model = try await StatusModel.load(store, now: clock.now())
-        let live = StatusHTML.live(model)
-        let html = part == nil ? StatusHTML.page(live: live, caller: context.caller, authOn: authOn, lastEventId: model.lastEventId) : live
+        let now = clock.now()
+        let (live, lastEventId) = try await cache.sections(now: now, lastEventId: try await store.lastEventId()) {
+            let model = try await StatusModel.load(store, now: now)
+            return (StatusHTML.live(model), model.lastEventId)
+        }
+        let html = part == nil ? StatusHTML.page(live: live, caller: context.caller, authOn: authOn, lastEventId: lastEventId) : live
         return Self.html(html)
     }
 
@@ -59,12 +66,17 @@ struct StatusPageController {
         guard Access.read.allows(caller.role) else {
             return Self.html(StatusHTML.login(error: "A \(caller.role.rawValue) token may not read the status page."), status: .forbidden)
         }
-        return Response(status: .seeOther, headers: [.location: "/", .setCookie: Session.setCookie(token), .cacheControl: "no-store"])
+        return Response(
+            status: .seeOther,
+            headers: [.location: "/", .setCookie: Session.setCookie(token, secure: Session.overHTTPS(request)), .cacheControl: "no-store"])
     }
 
+    /// Clears the session cookie and says so, with a link to sign in again.
     @Sendable func logout(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        return Response(status: .seeOther, headers: [.location: authOn ? "/login" : "/", .setCookie: Session.clearCookie])
+        var response = Self.html(StatusHTML.signedOut)
+        response.headers[.setCookie] = Session.clearCookie
+        return response
     }
 
     static func html(_ text: String, status: HTTPResponse.Status = .ok) -> Response {
@@ -96,21 +108,14 @@ struct StatusModel {
     static let shown = 50
 
     static func load(_ store: any ResourceStore & EventLog, now: Millis) async throws -> StatusModel {
-        var active: [InterruptionDetail] = []
-        var more = false
-        for state in [InterruptionState.received, .draining, .drained] {
-            let page = try await store.listInterruptions(InterruptionFilter(state: state), PageRequest(limit: shown))
-            active += page.items
-            more = more || page.nextCursor != nil
-        }
-        active.sort { $0.interruption.receivedAt > $1.interruption.receivedAt }
+        let active = try await store.activeInterruptions(limit: shown, steps: 30)
         let services = try await store.listServices(PageRequest(limit: shown))
         let provisioning = try await store.listProvisioningRequests(state: .pending, PageRequest(limit: shown))
         let last = try await store.lastEventId()
         let events = try await store.events(since: max(0, last - 20), type: nil, limit: 20)
         return StatusModel(
-            now: now, summary: try await store.summary(), interruptions: Array(active.prefix(shown)),
-            moreInterruptions: more || active.count > shown, services: services.items, moreServices: services.nextCursor != nil,
+            now: now, summary: try await store.summary(), interruptions: active.items, moreInterruptions: active.more,
+            services: services.items, moreServices: services.nextCursor != nil,
             provisioning: provisioning.items, moreProvisioning: provisioning.nextCursor != nil, events: events.reversed(), lastEventId: last
         )
     }
@@ -190,7 +195,7 @@ enum StatusHTML {
                 html +=
                     "<div class=\"interruption\" data-interruption=\"\(escape(interruption.id))\" data-node=\"\(escape(interruption.nodeId))\">"
                 html += "<h3>\(heading)</h3><ol class=\"timeline\">"
-                for step in detail.timeline.suffix(30) {
+                for step in detail.timeline {
                     var text = escape(step.step.replacingOccurrences(of: "_", with: " "))
                     if let job = step.jobId { text += " · job \(escape(job))" }
                     if let detail = step.detail { text += " · \(escape(detail))" }
@@ -277,6 +282,14 @@ enum StatusHTML {
             """
     }
 
+    static let signedOut = """
+        <!doctype html>
+        <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+        <title>spotd signed out</title><style>\(style)</style></head>
+        <body><header><h1>spotd</h1></header><main><section><h2>Signed out</h2>
+        <p><a href="/login">Sign in again</a></p></section></main></body></html>
+        """
+
     static func login(error: String?) -> String {
         """
         <!doctype html>
@@ -339,4 +352,20 @@ enum StatusHTML {
           .catch(function(){conn.textContent='reconnecting…';conn.className='conn';setTimeout(function(){refresh();connect()},2000)})}
         connect();})();
         """
+}
+
+/// The status page's sections, rendered at most once per second while no event is written: every page rendered in
+/// that time shares one rendering. A new event renders them again.
+final class LiveCache: Sendable {
+    private let state = Mutex<(lastEventId: Int64, at: Millis, html: String)?>(nil)
+    static let maxAge: Millis = 1000
+
+    func sections(now: Millis, lastEventId: Int64, render: () async throws -> (String, Int64)) async throws -> (String, Int64) {
+        if let cached = state.withLock({ $0 }), cached.lastEventId == lastEventId, now - cached.at < Self.maxAge, now >= cached.at {
+            return (cached.html, cached.lastEventId)
+        }
+        let (html, rendered) = try await render()
+        state.withLock { $0 = (rendered, now, html) }
+        return (html, rendered)
+    }
 }

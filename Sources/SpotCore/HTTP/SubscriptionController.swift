@@ -33,18 +33,22 @@ struct SubscriptionController {
             .response(.created)
     }
 
-    /// An absolute `http` or `https` URL with a host, and no fragment: where deliveries go.
+    /// An absolute `http` or `https` URL with a host, and no fragment: where deliveries go. The shape the schema
+    /// states (`http://` or `https://`, then printable ASCII) is 400; what it cannot state (a host, a port in range,
+    /// no fragment) is 422.
     static func deliveryURL(_ text: String) throws -> String {
-        guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(),
-            scheme == "http" || scheme == "https", let host = components.host, !host.isEmpty
+        let lowered = text.lowercased()
+        guard lowered.hasPrefix("http://") || lowered.hasPrefix("https://"),
+            text.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F })
         else {
-            throw Problem.invalidField("url", "must be an absolute http or https URL with a host")
+            throw Problem.invalidField(
+                "url", "must start with http:// or https:// and be printable ASCII without spaces (percent-encode the rest)")
         }
-        guard components.fragment == nil else { throw Problem.invalidField("url", "must not have a fragment (#…)") }
-        if let port = components.port, !(1...65535).contains(port) { throw Problem.invalidField("url", "has a port out of range") }
-        guard text.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }) else {
-            throw Problem.invalidField("url", "must be ASCII without spaces (percent-encode the rest)")
+        guard let components = URLComponents(string: text), let host = components.host, !host.isEmpty else {
+            throw Problem.unprocessable("url", "must be an absolute URL with a host")
         }
+        guard components.fragment == nil else { throw Problem.unprocessable("url", "must not have a fragment (#…)") }
+        if let port = components.port, !(1...65535).contains(port) { throw Problem.unprocessable("url", "has a port out of range") }
         return text
     }
 

@@ -48,7 +48,8 @@ public struct JSONLogHandler: LogHandler {
 
     /// Writes a whole line at once, so that lines from several threads never interleave.
     public static let standardError: @Sendable (String) -> Void = { line in
-        lock.withLock { _ in FileHandle.standardError.write(Data(line.utf8)) }
+        // The throwing write: a closed standard error must not stop the server.
+        lock.withLock { _ in try? FileHandle.standardError.write(contentsOf: Data(line.utf8)) }
     }
 }
 

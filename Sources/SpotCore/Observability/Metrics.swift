@@ -50,7 +50,7 @@ public final class SpotMetrics: Sendable {
             case .placements: "Placements by outcome (placed, no_capacity, ...), through the API and the scheduling loop."
             case .requeues: "Jobs put back in the queue, by any path (drain, deadline, checkpoint report, delete)."
             case .events: "Events committed to the event log, by type."
-            case .provisioning: "Provider calls, by outcome (fulfilled, failed, retried, released)."
+            case .provisioning: "Provider calls, by outcome (fulfilled, failed, unavailable: a stockout, retried, released)."
             case .sqsMessages: "Messages read from the AWS SQS queue, by outcome (recorded, duplicate, unparseable)."
             case .deliveries: "Subscription deliveries, by outcome (delivered, failed)."
             case .eventStreams: "Event streams open now."
@@ -65,10 +65,10 @@ public final class SpotMetrics: Sendable {
     public init() {
         for family in [Family.requeues, .deadlineMisses] { _ = counter(family) }
         for outcome in ["delivered", "failed"] { _ = counter(.deliveries, [("outcome", outcome)]) }
-        for outcome in ["fulfilled", "failed", "retried", "released"] { _ = counter(.provisioning, [("outcome", outcome)]) }
+        for outcome in ["fulfilled", "failed", "unavailable", "retried", "released"] { _ = counter(.provisioning, [("outcome", outcome)]) }
         for outcome in ["placed", "no_capacity", "dry_run"] { _ = counter(.placements, [("outcome", outcome)]) }
         for outcome in ["recorded", "duplicate", "unparseable"] { _ = counter(.sqsMessages, [("outcome", outcome)]) }
-        for source in ["aws", "gcp", "azure", "drill"] { _ = counter(.unknownNodeNotices, [("source", source)]) }
+        for source in ["aws", "gcp", "azure", "generic"] { _ = counter(.unknownNodeNotices, [("source", source)]) }
         eventStreams(0)
         _ = cordonLatencyHistogram
         _ = drainDurationHistogram

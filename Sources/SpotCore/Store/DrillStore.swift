@@ -20,7 +20,7 @@ extension SQLiteStore {
         let count = request.nodeCount(eligible: eligible.count)
         guard count <= eligible.count else {
             throw StoreError.unprocessable(
-                field: "count",
+                field: { if case .count = request.size { "count" } else { "fraction" } }(),
                 "pool \(request.pool) has \(eligible.count) ready nodes without an interruption; a drill cannot take \(count)")
         }
         return DrillRequest.choose(eligible, count: count)
@@ -33,6 +33,7 @@ extension SQLiteStore {
             let now = clock.now()
             let nodes = try Self.chosen(db, request)
             let id = Ids.new("drill")
+            let afterEvent = try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(id), 0) FROM events") ?? 0
             var interruptions: [String] = []
             for node in nodes {
                 let notice = Notice(
@@ -42,13 +43,12 @@ extension SQLiteStore {
             }
             try db.execute(
                 sql: """
-                    INSERT INTO drills (id, pool, node_count, notice_seconds, dry_run, node_ids, interruption_ids, started_at, created_by)
-                    VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)
+                    INSERT INTO drills (id, pool, node_count, notice_seconds, node_ids, interruption_ids, after_event, started_at, created_by)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     id, request.pool, nodes.count, request.noticeSeconds, nodes.joined(separator: ","),
-                    interruptions.joined(separator: ","),
-                    now, actor,
+                    interruptions.joined(separator: ","), afterEvent, now, actor,
                 ])
             try db.appendEvent(
                 "drill.started", subject: "drills/\(id)", actor: actor, at: now,
@@ -95,7 +95,7 @@ extension SQLiteStore {
             noticeSeconds: row["notice_seconds"], startedAt: row["started_at"], createdBy: row["created_by"])
     }
 
-    static let drillColumns = "seq, id, pool, notice_seconds, node_ids, interruption_ids, started_at, created_by"
+    static let drillColumns = "seq, id, pool, notice_seconds, node_ids, interruption_ids, after_event, started_at, created_by"
 
     func listDrills(_ page: PageRequest) async throws -> Page<Drill> {
         try await read { db in
@@ -126,13 +126,14 @@ extension SQLiteStore {
                 }
             }
             steps.sort { ($0.at, $0.nodeId) < ($1.at, $1.nodeId) }
-            // Work lost: recorded on each requeue this drill's interruptions caused.
+            // Work lost: recorded on each requeue this drill's interruptions caused (the events since the drill, through
+            // the type index).
             var lost: Int64 = 0
             var premium = 0
             let ids = Set(drill.interruptionIds)
             for event in try Row.fetchAll(
-                db, sql: "SELECT subject, data FROM events WHERE type = 'job.requeued' AND at >= ? ORDER BY id",
-                arguments: [drill.startedAt])
+                db, sql: "SELECT data FROM events WHERE type = 'job.requeued' AND id > ? ORDER BY id",
+                arguments: [row["after_event"] as Int64])
             {
                 let data = (try? JSONValue.parse(Data((event["data"] as String).utf8))) ?? .null
                 guard case .string(let interruption)? = data[demo: "interruption_id"], ids.contains(interruption) else { continue }

@@ -119,6 +119,30 @@ extension SQLiteStore {
         }
     }
 
+    /// The newest active interruptions (received, draining or drained), newest first, each with the last `steps` steps
+    /// of its timeline; and whether there are more.
+    func activeInterruptions(limit: Int, steps: Int) async throws -> (items: [InterruptionDetail], more: Bool) {
+        try await read { db in
+            let ids = try String.fetchAll(
+                db,
+                sql: "SELECT id FROM interruptions WHERE state IN ('received', 'draining', 'drained') ORDER BY seq DESC LIMIT ?",
+                arguments: [limit + 1])
+            let items = try ids.prefix(limit).compactMap { id -> InterruptionDetail? in
+                guard let interruption = try db.fetchInterruption(id) else { return nil }
+                let timeline = try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT step, at, job_id, detail FROM (
+                            SELECT seq, step, at, job_id, detail FROM interruption_steps WHERE interruption_id = ? ORDER BY seq DESC LIMIT ?)
+                        ORDER BY seq
+                        """, arguments: [id, steps]
+                ).map { TimelineStep(step: $0["step"], at: $0["at"], jobId: $0["job_id"], detail: $0["detail"]) }
+                return InterruptionDetail(interruption: interruption, timeline: timeline)
+            }
+            return (items, ids.count > limit)
+        }
+    }
+
     func interruption(_ id: String) async throws -> InterruptionDetail? {
         try await read { db in try Self.interruptionDetail(db, id: id) }
     }

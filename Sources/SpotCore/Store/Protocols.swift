@@ -43,6 +43,7 @@ protocol ResourceStore: Sendable {
     func recordNotices(_ notices: [Notice], ignored: [IgnoredNotice], replayKey: String?, actor: String) async throws -> NoticeOutcome
     func listInterruptions(_ filter: InterruptionFilter, _ page: PageRequest) async throws -> Page<InterruptionDetail>
     func interruption(_ id: String) async throws -> InterruptionDetail?
+    func activeInterruptions(limit: Int, steps: Int) async throws -> (items: [InterruptionDetail], more: Bool)
     func listProvisioningRequests(state: ProvisioningState?, _ page: PageRequest) async throws -> Page<ProvisioningRequest>
     func provisioningRequest(_ id: String) async throws -> ProvisioningRequest?
 

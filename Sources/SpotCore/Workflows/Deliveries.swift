@@ -8,12 +8,18 @@ import Synchronization
 /// moves past an event only once the receiver answered 2xx, and a failure stops that subscription until its backoff
 /// ends, so nothing behind the failed event overtakes it. Subscriptions are independent: one receiver that is down
 /// delays no other. Runs on the worker under its lease; a replica that lost the lease records nothing.
+///
+/// Order rests on one property of the store: event ids are committed in id order (SQLite has one writer, and the
+/// write batcher commits in order), so no event can appear later below a cursor. A store where a lower id may
+/// commit after a higher one (PostgreSQL sequences under concurrent writers) must keep that property another way
+/// (e.g. one writer of the event log, or reading only below the oldest transaction still open) before it serves
+/// subscriptions.
 struct Deliveries: Sendable {
     let store: any SubscriptionStore
     let clock: any SpotClock
     let metrics: SpotMetrics
     let logger: Logger
-    var client: HTTPClient = .shared
+    var client: HTTPClient = Deliveries.client
     /// A receiver has this long to answer a delivery.
     var timeoutSeconds: Double = 10
     /// Deliveries per subscription per run, so that one busy subscription cannot hold the loop.
@@ -25,7 +31,20 @@ struct Deliveries: Sendable {
         return min(1000 << exponent, 60_000)
     }
 
-    /// Subscriptions being delivered now, so that a run does not start a second delivery of one (order).
+    /// The HTTP client of every delivery: no redirects (a 3xx is a failure: following one turns the POST into a GET
+    /// with no body, which a 2xx would have passed off as delivered), no retried connection attempts (a receiver
+    /// that refuses connections fails at once, not at the timeout), a 3 s connect timeout. One per process, never
+    /// shut down, as `HTTPClient.shared`.
+    static let client = HTTPClient(
+        eventLoopGroupProvider: .singleton,
+        configuration: {
+            var configuration = HTTPClient.Configuration(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(3)))
+            configuration.connectionPool.retryConnectionEstablishment = false
+            return configuration
+        }())
+
+    /// Subscriptions being delivered now, so that a run does not start a second delivery of one (order), with their
+    /// tasks, so that the worker can end them when it stops.
     let inFlight = InFlight()
 
     /// One run: starts delivering to every due subscription that is behind the event log and not already being
@@ -35,17 +54,28 @@ struct Deliveries: Sendable {
     func start(lease: Lease) async throws -> [Task<Void, Never>] {
         let last = try await store.lastEventId()
         let due = try await store.dueSubscriptions(now: clock.now()).filter { $0.cursor < last }
-        return due.compactMap { subscription in
-            guard inFlight.claim(subscription.id) else { return nil }
-            return Task { [self] in
-                defer { inFlight.release(subscription.id) }
+        return due.compactMap { listed in
+            inFlight.start(listed.id) { [self] in
                 do {
+                    // Read again now that this task holds the subscription: the list may predate a delivery that
+                    // ended since (its cursor and backoff are newer than the listed ones).
+                    guard let subscription = try await store.subscription(listed.id), subscription.nextAttemptAt <= clock.now(),
+                        subscription.cursor < last
+                    else { return }
                     try await deliver(subscription, lease: lease)
                 } catch {
                     // A lost lease (fenced) or a store error: the next run, on whichever process leads, tries again.
-                    logger.debug("subscription delivery stopped", metadata: ["subscription": "\(subscription.id)", "error": "\(error)"])
+                    logger.debug("subscription delivery stopped", metadata: ["subscription": "\(listed.id)", "error": "\(error)"])
                 }
             }
+        }
+    }
+
+    /// Ends the deliveries under way (the worker is stopping): each is cancelled, and waited for at most `seconds`.
+    func stop(waitingAtMost seconds: Double = 5) async {
+        let tasks = inFlight.cancelAll()
+        _ = await boundedCall(seconds: seconds, fallback: ()) {
+            for task in tasks { await task.value }
         }
     }
 
@@ -61,7 +91,13 @@ struct Deliveries: Sendable {
         var sent = 0
         reading: while sent < batch {
             let events = try await store.events(since: cursor, type: nil, limit: 500)
-            guard !events.isEmpty else { break }
+            guard let first = events.first else { break }
+            if first.id > cursor + 1, cursor > 0 {
+                // Ids are contiguous but for retention: these events were removed before this subscription had them.
+                logger.warning(
+                    "subscription skipped events removed by retention",
+                    metadata: ["subscription": "\(subscription.id)", "from": "\(cursor + 1)", "to": "\(first.id - 1)"])
+            }
             for event in events {
                 guard subscription.matches(event.type) else {
                     cursor = event.id
@@ -133,12 +169,31 @@ struct Deliveries: Sendable {
     }
 }
 
-/// Ids being worked on now.
+/// Work under way, one task per id.
 final class InFlight: Sendable {
-    private let ids = Mutex<Set<String>>([])
+    private let tasks = Mutex<[String: Task<Void, Never>]>([:])
 
-    /// True, and the id is taken, when nobody holds it.
-    func claim(_ id: String) -> Bool { ids.withLock { $0.insert(id).inserted } }
+    /// Starts `work` for `id` unless a task for `id` is under way; the task is forgotten when it ends.
+    func start(_ id: String, _ work: @escaping @Sendable () async -> Void) -> Task<Void, Never>? {
+        tasks.withLock { tasks in
+            guard tasks[id] == nil else { return nil }
+            let task = Task {
+                await work()
+                self.finished(id)
+            }
+            tasks[id] = task
+            return task
+        }
+    }
 
-    func release(_ id: String) { _ = ids.withLock { $0.remove(id) } }
+    private func finished(_ id: String) { _ = tasks.withLock { $0.removeValue(forKey: id) } }
+
+    /// Cancels every task under way and returns them.
+    func cancelAll() -> [Task<Void, Never>] {
+        tasks.withLock { tasks in
+            let all = Array(tasks.values)
+            for task in all { task.cancel() }
+            return all
+        }
+    }
 }

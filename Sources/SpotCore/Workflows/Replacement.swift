@@ -59,7 +59,8 @@ struct ReplacementReconciler: Sendable {
         switch step {
         case .fulfilled: metrics.provisioning("fulfilled")
         case .failed(let message), .retry(let message):
-            metrics.provisioning(step == .failed(message) ? "failed" : "retried")
+            // A stockout is expected on spot (the replacement falls back to on-demand): counted apart from failures.
+            metrics.provisioning(step == .failed(message) ? (message.hasPrefix("stockout") ? "unavailable" : "failed") : "retried")
             logger.warning(
                 "provisioning call failed", metadata: ["request": "\(request.id)", "pool": "\(request.pool)", "error": "\(message)"])
         default: break

@@ -81,6 +81,8 @@ public struct WorkflowWorker: Service {
             }
             group.cancelAll()
         }
+        // Deliveries under way end before the lease is let go (a late one would record nothing anyway: fenced).
+        await deliveries.stop()
         if let held = lease.value { try? await store.releaseLease(held) }
         metrics.leader.store(false, ordering: .relaxed)
         logger.info("worker stopped")
