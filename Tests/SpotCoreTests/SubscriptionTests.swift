@@ -46,6 +46,9 @@ final class Receiver: Sendable {
                 return Response(status: .noContent)
             }
         }
+        // A receiver that moved: following it would turn the POST into a GET without the event.
+        router.post("/moved") { _, _ in Response(status: .movedPermanently, headers: [.location: "/hook"]) }
+        router.get("/hook") { _, _ in Response(status: .ok) }
         return router
     }
 
@@ -150,6 +153,36 @@ struct SubscriptionTests {
                     .accepted, .post, "/v1/interruptions", #"{"node_id":"s4","kind":"termination","notice_seconds":120}"#)
                 try await deliver()
                 #expect(receiver.received.filter { Receiver.signed($0, secret: secret) }.count == 6)
+            }
+        }
+    }
+
+    /// A redirect is a failed delivery (never followed), and a receiver that refuses connections fails at once.
+    @Test func redirectsAndRefusedConnectionsAreFailures() async throws {
+        let env = try TestEnv()
+        let receiver = Receiver()
+        try await withLoopbackProvisioner(receiver.router) { port in
+            try await env.app().test(.router) { client in
+                let moved = try #require(
+                    try await client.expect(
+                        .created, .post, "/v1/subscriptions", #"{"url":"http://127.0.0.1:\#(port)/moved","events":["pool.*"]}"#)["id"]?
+                        .string)
+                let closed = try #require(
+                    try await client.expect(
+                        .created, .post, "/v1/subscriptions", #"{"url":"http://127.0.0.1:\#(freePort())/hook","events":["pool.*"]}"#)["id"]?
+                        .string)
+                try await client.expect(.created, .post, "/v1/pools", Seed.pool("spot-a", "spot"))
+                let started = ContinuousClock.now
+                try await env.worker.deliveries.run(lease: try await env.lease())
+                #expect(ContinuousClock.now - started < .seconds(5), "a refused connection fails at once, not at the 10 s timeout")
+                let redirected = try await client.call(.get, "/v1/subscriptions/\(moved)")["delivery"]
+                #expect(
+                    redirected?["state"]?.string == "retrying" && redirected?["last_status"]?.int == 301,
+                    "\(String(describing: redirected))")
+                #expect(receiver.received.isEmpty)
+                let refused = try await client.call(.get, "/v1/subscriptions/\(closed)")["delivery"]
+                #expect(refused?["state"]?.string == "retrying" && refused?["last_status"] == .null)
+                #expect(refused?["last_error"]?.string?.contains("unreachable") == true, "\(String(describing: refused))")
             }
         }
     }
