@@ -69,8 +69,8 @@ enum StatusView {
         for case .object(let fields) in byTier.values { states += fields.keys.filter { !states.contains($0) }.sorted() }
         let tierNames = tiers.filter { byTier[$0] != nil } + byTier.keys.filter { !tiers.contains($0) }.sorted()
         return Render.table(
-            ["TIER"] + states.map { $0.uppercased() },
-            tierNames.map { tier in [tier] + states.map { Render.cell(byTier[tier]?.field($0)) } })
+            ["TIER"] + states.map { Render.clean($0).uppercased() },
+            tierNames.map { tier in [Render.clean(tier)] + states.map { Render.cell(byTier[tier]?.field($0)) } })
     }
 
     /// `2 queued, 1 running` of the non-zero counts of an object; nil when all are zero.

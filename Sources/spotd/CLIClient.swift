@@ -163,9 +163,25 @@ struct SpotdClient {
         let status: Int
         let bytes: [UInt8]
         do {
-            let response = try await http.execute(request, timeout: Self.timeout)
-            status = Int(response.status.code)
-            bytes = Array(buffer: try await response.body.collect(upTo: Self.maxAnswerBytes))
+            // The whole exchange within the timeout, the body too: a server that trickles its answer a byte at a time
+            // (each byte resets the client's read timeout) must not hold the CLI.
+            let http = self.http
+            let prepared = request
+            (status, bytes) = try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
+                group.addTask {
+                    let response = try await http.execute(prepared, timeout: Self.timeout)
+                    return (Int(response.status.code), Array(buffer: try await response.body.collect(upTo: Self.maxAnswerBytes)))
+                }
+                group.addTask {
+                    try await Task.sleep(for: .seconds(Self.timeout.nanoseconds / 1_000_000_000))
+                    throw CLIFailure(
+                        .unreachable, "no whole answer to \(call) from \(base) within \(Self.timeout.nanoseconds / 1_000_000_000) s")
+                }
+                defer { group.cancelAll() }
+                return try await group.next()!
+            }
+        } catch let failure as CLIFailure {
+            throw failure
         } catch let error as NIOTooManyBytesError {
             _ = error
             throw CLIFailure(.unreachable, "the answer to \(call) is larger than \(Self.maxAnswerBytes >> 20) MiB")

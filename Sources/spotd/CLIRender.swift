@@ -25,9 +25,12 @@ enum Render {
         return String(String.UnicodeScalarView(text.unicodeScalars.map { isUnsafe($0) ? "?" : $0 }))
     }
 
+    /// Control characters (C0, C1) and the marks that reorder or break a line: bidi embeddings, isolates and marks
+    /// (LRM, RLM, ALM), and the line and paragraph separators.
     private static func isUnsafe(_ scalar: Unicode.Scalar) -> Bool {
         scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || (0x202A...0x202E).contains(scalar.value)
-            || (0x2066...0x2069).contains(scalar.value)
+            || (0x2066...0x2069).contains(scalar.value) || (0x200E...0x200F).contains(scalar.value) || scalar.value == 0x061C
+            || (0x2028...0x2029).contains(scalar.value)
     }
 
     /// Columns as wide as their widest cell, two spaces apart, headers as given, no trailing spaces.
@@ -60,10 +63,10 @@ enum Render {
         let plain = keys.filter { !isNested(fields[$0]!) }
         let width = (plain.map(\.count).max() ?? 0) + 1
         var lines = plain.map { key in
-            trimmed(indent + (key + ":").padding(width) + " " + cell(fields[key]))
+            trimmed(indent + (clean(key) + ":").padding(width) + " " + cell(fields[key]))
         }
         for key in keys where isNested(fields[key]!) {
-            lines.append(indent + key + ":")
+            lines.append(indent + clean(key) + ":")
             if case .array(let items) = fields[key]! {
                 lines += objectTable(items, indent: indent + "  ")
             } else {
@@ -90,7 +93,7 @@ enum Render {
         for case .object(let fields) in items { keys.formUnion(fields.keys) }
         let rest = keys.filter { !itemKeys.contains($0) && $0 != "detail" }.sorted()
         let columns = itemKeys.filter(keys.contains) + rest + (keys.contains("detail") ? ["detail"] : [])
-        let headers = columns.map { $0.uppercased().replacingOccurrences(of: "_", with: " ") }
+        let headers = columns.map { clean($0).uppercased().replacingOccurrences(of: "_", with: " ") }
         return table(headers, items.map { item in columns.map { cell(item.field($0)) } }, indent: indent)
     }
 }

@@ -250,6 +250,11 @@ struct CLITests {
             return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: body)))
         }
         router.get("/v1/nodes/big") { _, _ in Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: #"{"gpus":1e400}"#))) }
+        // Escapes in keys, not only in values: a window title (OSC 0), a colour, a screen clear, a right-to-left mark.
+        router.get("/v1/nodes/keys") { _, _ in
+            let body = #"{"\u001b]0;PWNED\u0007key":1,"nested":{"\u001b[2Jclear":"x"},"timeline":[{"\u001b[31mstep":"a\u200fb"}]}"#
+            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: body)))
+        }
         router.get("/v1/jobs") { _, _ in Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: #"{"items":7}"#))) }
         router.get("/v1/services") { _, _ in
             Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: #"{"items":[{"id":"s"}],"next_cursor":"c1"}"#)))
@@ -274,6 +279,10 @@ struct CLITests {
                     y       1e+20  -     -      -/-              -        -
 
                     """)
+            let keys = try await runSpotd(["get", "nodes", "keys"], environment: env)
+            #expect(keys.status == 0, "\(keys.stderr)")
+            #expect(!keys.stdout.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 || $0.value == 0x200F }, "\(keys.stdout)")
+            #expect(keys.stdout.contains("?]0;PWNED?key: 1") && keys.stdout.contains("?[2Jclear: x"), "\(keys.stdout)")
             let big = try await runSpotd(["get", "nodes", "big"], environment: env)
             #expect(big.status == 3)
             #expect(big.stderr.contains("number out of range"))

@@ -79,6 +79,15 @@ struct ObservabilityTests {
             #expect(lines.contains("spotd_provisioning_pending 0"), "the replacement booted within the minute")
             #expect(lines.contains(#"spotd_provisioning_total{outcome="fulfilled"} 1"#))
             #expect(lines.contains(#"spotd_subscription_deliveries_total{outcome="failed"} 0"#), "known labels start at 0")
+            // A generic notice names its own source: no caller can add a series per source.
+            for index in 0..<20 {
+                try await client.expect(
+                    .accepted, .post, "/v1/interruptions",
+                    #"{"node_id":"ghost-\#(index)","kind":"termination","notice_seconds":60,"source":"src-\#(index)"}"#)
+            }
+            let after = try await client.call(.get, "/metrics").text.split(separator: "\n")
+            #expect(after.filter { $0.hasPrefix("spotd_notices_unknown_node_total{") }.count == 5, "aws, gcp, azure, generic, other")
+            #expect(after.contains(#"spotd_notices_unknown_node_total{source="other"} 20"#))
 
             guard Self.promtool else {
                 #expect(ProcessInfo.processInfo.environment["SPOTD_REQUIRE_PROMTOOL"] != "1", "SPOTD_REQUIRE_PROMTOOL=1 but no promtool")

@@ -33,6 +33,10 @@ struct StatusPageTests {
             #expect(wrong.status == .unauthorized && wrong.text.contains("unknown or revoked") && wrong.headers[.setCookie] == nil)
             #expect(try await client.call(.post, "/login", "token=\(notifier)", headers: form).status == .forbidden)
 
+            // A form posted from another site (login CSRF) is refused; the server's own origin is taken.
+            var foreign = form
+            foreign[HTTPField.Name("Origin")!] = "https://evil.example"
+            #expect(try await client.call(.post, "/login", "token=\(viewer)", headers: foreign).status == .forbidden)
             let signedIn = try await client.call(.post, "/login", "token=\(viewer)", headers: form)
             #expect(signedIn.status == .seeOther && signedIn.headers[.location] == "/")
             let setCookie = try #require(signedIn.headers[.setCookie])
@@ -61,6 +65,8 @@ struct StatusPageTests {
 
     /// Every value from the store is escaped: a timeline detail holding markup shows as text.
     @Test func valuesAreEscaped() {
+        // A quote or a bracket followed by a combining mark is one Character, and still escaped.
+        #expect(StatusHTML.escape("\"\u{338} <\u{301}") == "&quot;\u{338} &lt;\u{301}")
         #expect(
             StatusHTML.escape(#"<script>alert("x")</script> & 'y'"#)
                 == "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;")

@@ -171,6 +171,11 @@ struct SubscriptionTests {
                     try await client.expect(
                         .created, .post, "/v1/subscriptions", #"{"url":"http://127.0.0.1:\#(freePort())/hook","events":["pool.*"]}"#)["id"]?
                         .string)
+                // A subscription to every event does not get its own creation.
+                let everything = try await client.expect(
+                    .created, .post, "/v1/subscriptions", #"{"url":"http://127.0.0.1:\#(port)/hook","events":["*"]}"#)
+                #expect(everything["delivery"]?["events_behind"]?.int == 0)
+                try await client.expect(.noContent, .delete, "/v1/subscriptions/\(try #require(everything["id"]?.string))")
                 try await client.expect(.created, .post, "/v1/pools", Seed.pool("spot-a", "spot"))
                 let started = ContinuousClock.now
                 try await env.worker.deliveries.run(lease: try await env.lease())
@@ -187,6 +192,16 @@ struct SubscriptionTests {
         }
     }
 
+    /// Slack lines escape what Slack reads as markup: a job's reason cannot ping the channel or hide a link.
+    @Test func slackLinesAreEscaped() {
+        let event = Event(
+            id: 9, at: 0, type: "job.requeued", subject: "jobs/j1", actor: "a<b>",
+            data: .object(["reason": .string("<!channel> <https://evil.example|click> &amp;")]))
+        let line = DeliveryFormat.slackLine(event)
+        #expect(line.hasPrefix("[spotd] Job j1 requeued: &lt;!channel&gt; &lt;https://evil.example|click&gt; &amp;amp;"), "\(line)")
+        #expect(!line.contains("<") && !line.contains(">"))
+    }
+
     /// Bad subscriptions are refused with a problem naming the field, and change nothing.
     @Test func badSubscriptionsAreRefused() async throws {
         let env = try TestEnv()
@@ -197,6 +212,8 @@ struct SubscriptionTests {
                 (.unprocessableContent, #"{"url":"http:///hook","events":["*"]}"#, "url"),
                 (.unprocessableContent, #"{"url":"http://x/hook#frag","events":["*"]}"#, "url"),
                 (.unprocessableContent, #"{"url":"http://x:99999/hook","events":["*"]}"#, "url"),
+                (.unprocessableContent, #"{"url":"http://x:18610000000000000000000/hook","events":["*"]}"#, "url"),
+                (.unprocessableContent, #"{"url":"http://user:pw@x/hook","events":["*"]}"#, "url"),
                 (.badRequest, #"{"url":"http://x/h ok","events":["*"]}"#, "url"), (.badRequest, #"{"url":"","events":["*"]}"#, "url"),
                 (.badRequest, #"{"url":"http://x/hook","events":[]}"#, "events"),
                 (.badRequest, #"{"url":"http://x/hook","events":["Node.*"]}"#, "events[0]"),

@@ -112,6 +112,20 @@ enum DeliveryFormat {
             let details = ["node_id", "pool", "reason", "state"].compactMap { key in field(key).map { "\(key)=\($0)" } }
             line = "\(event.type) \(subject)" + (details.isEmpty ? "" : " (\(details.joined(separator: ", ")))")
         }
-        return "[spotd] \(line) — \(time) by \(event.actor)"
+        return slackEscaped("[spotd] \(line) — \(time) by \(event.actor)")
+    }
+
+    /// Slack's escaping of message text: `&`, `<` and `>` (so that a reason cannot ping `<!channel>` or hide a link).
+    static func slackEscaped(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 }

@@ -46,6 +46,9 @@ struct StatusPageController {
     @Sendable func login(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
         guard authOn else { return Response(status: .seeOther, headers: [.location: "/"]) }
+        guard Self.sameOrigin(request) else {
+            return Self.html(StatusHTML.login(error: "Sign in from this server's own page."), status: .forbidden)
+        }
         let body = try await request.collectLimited(context)
         guard body.count <= 4096, let text = String(data: body, encoding: .utf8) else {
             return Self.html(StatusHTML.login(error: "The form could not be read."), status: .badRequest)
@@ -74,9 +77,21 @@ struct StatusPageController {
     /// Clears the session cookie and says so, with a link to sign in again.
     @Sendable func logout(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
+        guard Self.sameOrigin(request) else { return Self.html(StatusHTML.signedOut, status: .forbidden) }
         var response = Self.html(StatusHTML.signedOut)
         response.headers[.setCookie] = Session.clearCookie
         return response
+    }
+
+    /// A form post from another site (login CSRF: signing a browser into someone else's session, or out of its
+    /// own) carries that site's `Origin`: only this server's own origin, or none (curl, old browsers), is taken.
+    static func sameOrigin(_ request: Request) -> Bool {
+        guard let origin = request.headers[HTTPField.Name("Origin")!] else { return true }
+        guard let host = request.head.authority, let url = URLComponents(string: origin),
+            let originHost = url.host
+        else { return false }
+        let port = url.port.map { ":\($0)" } ?? ""
+        return (originHost + port).lowercased() == host.lowercased()
     }
 
     static func html(_ text: String, status: HTTPResponse.Status = .ok) -> Response {
@@ -124,16 +139,17 @@ struct StatusModel {
 /// The page's HTML. Every value from the store goes through `escape`.
 enum StatusHTML {
     static func escape(_ text: String) -> String {
+        // Scalar by scalar: a quote followed by a combining mark is one Character, and must still be escaped.
         var out = ""
         out.reserveCapacity(text.utf8.count)
-        for character in text {
-            switch character {
+        for scalar in text.unicodeScalars {
+            switch scalar {
             case "&": out += "&amp;"
             case "<": out += "&lt;"
             case ">": out += "&gt;"
             case "\"": out += "&quot;"
             case "'": out += "&#39;"
-            default: out.append(character)
+            default: out.unicodeScalars.append(scalar)
             }
         }
         return out

@@ -48,7 +48,13 @@ struct SubscriptionController {
             throw Problem.unprocessable("url", "must be an absolute URL with a host")
         }
         guard components.fragment == nil else { throw Problem.unprocessable("url", "must not have a fragment (#…)") }
-        if let port = components.port, !(1...65535).contains(port) { throw Problem.unprocessable("url", "has a port out of range") }
+        // A port too large for an integer parses as no port at all: the range of its text says it was there.
+        if components.rangeOfPort != nil, !(1...65535).contains(components.port ?? 0) {
+            throw Problem.unprocessable("url", "has a port out of range (1-65535)")
+        }
+        guard components.user == nil, components.password == nil else {
+            throw Problem.unprocessable("url", "must not carry credentials (user:password@): they would not be sent; use a secret path")
+        }
         return text
     }
 

@@ -88,12 +88,20 @@ public final class SpotMetrics: Sendable {
         registry.makeCounter(descriptor: family.descriptor, labels: labels)
     }
 
+    /// The sources a label may carry; a generic notice names its own source, which becomes `other` here, so that
+    /// no caller can grow the scrape (and the server's memory) one series per source.
+    static let sources: Set<String> = [
+        "aws", "gcp", "azure", "generic", "drill", "aws-imds", "gcp-metadata", "azure-scheduled-events", "aws-sqs",
+    ]
+
+    static func sourceLabel(_ source: String) -> String { sources.contains(source) ? source : "other" }
+
     func notice(source: String, kind: String) {
-        counter(.notices, [("source", source), ("kind", kind)]).increment()
+        counter(.notices, [("source", Self.sourceLabel(source)), ("kind", kind == "rebalance" ? kind : "termination")]).increment()
     }
 
     func unknownNodeNotice(source: String) {
-        counter(.unknownNodeNotices, [("source", source)]).increment()
+        counter(.unknownNodeNotices, [("source", Self.sourceLabel(source))]).increment()
     }
 
     func deadlineMisses(_ count: Int) {

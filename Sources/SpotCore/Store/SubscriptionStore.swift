@@ -46,7 +46,12 @@ extension SQLiteStore {
                     "url": .string(subscription.redactedURL), "events": .array(events.map { .string($0.text) }),
                     "format": .string(format.rawValue),
                 ])
-            return subscription
+            // What it delivers starts after its own creation.
+            let created = try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM events") ?? cursor
+            try db.execute(sql: "UPDATE subscriptions SET cursor = ? WHERE id = ?", arguments: [created, subscription.id])
+            var result = subscription
+            result.cursor = created
+            return result
         }
     }
 

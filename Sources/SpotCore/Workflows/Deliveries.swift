@@ -163,8 +163,24 @@ struct Deliveries: Sendable {
             } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout {
                 return .failed(status: nil, error: "no answer within \(Int(timeout)) s")
             } catch {
-                return .failed(status: nil, error: "unreachable: \(error)")
+                return .failed(status: nil, error: "unreachable: \(Self.describe(error))")
             }
+        }
+    }
+}
+
+extension Deliveries {
+    /// A transport error in words a reader of the subscription may see: the HTTP client's and the system's own
+    /// descriptions, else the error's type and case (a TLS library's description carries source paths).
+    static func describe(_ error: any Error) -> String {
+        switch error {
+        case let error as HTTPClientError: return String(describing: error)
+        case let error as IOError: return error.description
+        default:
+            let name = String(describing: type(of: error))
+            let mirror = Mirror(reflecting: error)
+            guard mirror.displayStyle == .enum, let label = mirror.children.first?.label else { return name }
+            return "\(name).\(label)"
         }
     }
 }
