@@ -287,7 +287,7 @@ struct AgentCommand: AsyncParsableCommand {
         abstract: "Run on a GPU node: post the cloud's notices to spotd, and hand checkpoint requests to the workload on loopback.")
 
     @Option(help: "spotd's URL (env SPOTD_URL).") var server: String?
-    @Option(help: "An API token with the notifier role or above (env SPOTD_TOKEN).") var token: String?
+    @Option(help: "An API token with the agent role (or operator, or admin) (env SPOTD_TOKEN).") var token: String?
     @Option(help: "HMAC secret for notices, as spotd's --webhook-secret (env SPOTD_WEBHOOK_SECRET).") var webhookSecret: String?
     @Option(help: "The cloud: aws, gcp, azure or auto (env SPOTD_AGENT_CLOUD; default auto).") var cloud: String?
     @Option(help: "This node's id in spotd (default: the instance id, from the metadata service).") var nodeId: String?

@@ -285,6 +285,43 @@ struct AgentTests {
 
     /// GCP end to end: the agent long-polls `preempted` with `wait_for_change`; when it turns `TRUE` the node is
     /// cordoned at once with a 30 s deadline, the notice posted once.
+    /// With auth on, an `agent` token is all the agent needs: its notice cordons the node, and the checkpoint
+    /// hand-off (reading the node's jobs, reporting the checkpoint) goes through; the same token may not read tokens
+    /// or the event log.
+    @Test func anAgentTokenIsEnoughForTheAgent() async throws {
+        let metadata = FakeGCPMetadata(name: "gpu-node-9")
+        try await withLoopbackProvisioner(metadata.router) { metadataPort in
+            let folder = try directory()
+            let admin = "admin-token-for-the-agent-role-test"
+            let server = SpotdProcess(directory: folder, port: freePort(), extra: ["--admin-token", admin])
+            server.token = admin
+            try await server.start()
+            try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot"))
+            try await server.request("POST", "/v1/nodes", Seed.node(metadata.name, pool: "spot-a"))
+            try await server.request("POST", "/v1/jobs", Seed.job("agent-train", tier: "best_effort", gpus: 8, checkpointable: true))
+            let (status, created) = try await server.request("POST", "/v1/tokens", #"{"name":"agent-gpu-node-9","role":"agent"}"#)
+            #expect(status == 201)
+            let token = try #require(created["token"]?.string)
+            let asAgent = DemoClient(base: "http://127.0.0.1:\(server.port)", token: token)
+            #expect(try await asAgent.call("GET", "/v1/tokens").0 == 403)
+            #expect(try await asAgent.call("GET", "/v1/events").0 == 403)
+            #expect(try await asAgent.call("POST", "/v1/pools", Seed.pool("spot-z", "spot")).0 == 403)
+            #expect(
+                try await server.eventually { try await server.request("GET", "/v1/jobs/agent-train").1["state"] == .string("running") })
+            let listen = freePort()
+            let agent = try AgentProcess(
+                server: server.port, metadata: metadataPort, listen: listen, directory: folder, extra: ["--cloud", "gcp", "--token", token])
+            defer { agent.stop() }
+            #expect(try await server.eventually { metadata.heldRequests > 0 })
+            metadata.preempt()
+            #expect(
+                try await server.eventually { try await server.request("GET", "/v1/nodes/\(metadata.name)").1["state"] != .string("ready") }
+            )
+            try await checkpointThroughTheAgent(server, listen: listen, job: "agent-train")
+            server.kill(SIGTERM)
+        }
+    }
+
     @Test func gcpPreemptionThroughTheAgent() async throws {
         let metadata = FakeGCPMetadata(name: "gpu-node-7")
         try await withLoopbackProvisioner(metadata.router) { metadataPort in

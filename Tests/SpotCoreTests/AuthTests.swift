@@ -12,7 +12,11 @@ struct AuthTests {
     func bearer(_ token: String) -> HTTPFields { [.authorization: "Bearer \(token)"] }
 
     static let readers: Set<Role> = [.admin, .operator, .scheduler, .viewer]
-    static let notifiers: Set<Role> = [.admin, .operator, .notifier]
+    /// Nodes and jobs: the readers, and node agents.
+    static let workReaders: Set<Role> = [.admin, .operator, .scheduler, .viewer, .agent]
+    /// Reports on running work: schedulers and node agents.
+    static let reporters: Set<Role> = [.admin, .operator, .scheduler, .agent]
+    static let notifiers: Set<Role> = [.admin, .operator, .notifier, .agent]
     static let schedulers: Set<Role> = [.admin, .operator, .scheduler]
     static let operators: Set<Role> = [.admin, .operator]
     static let admins: Set<Role> = [.admin]
@@ -23,15 +27,15 @@ struct AuthTests {
         "GET /healthz": nil, "GET /readyz": nil, "GET /metrics": readers, "GET /v1/summary": readers, "GET /v1/reports/cost": readers,
         "POST /v1/pools": operators, "GET /v1/pools": readers, "GET /v1/pools/:name": readers,
         "PATCH /v1/pools/:name": operators, "DELETE /v1/pools/:name": operators,
-        "POST /v1/nodes": operators, "GET /v1/nodes": readers, "GET /v1/nodes/:id": readers,
+        "POST /v1/nodes": operators, "GET /v1/nodes": workReaders, "GET /v1/nodes/:id": workReaders,
         "POST /v1/nodes/:id/cordon": operators, "POST /v1/nodes/:id/uncordon": operators, "POST /v1/nodes/:id/drain": operators,
         "DELETE /v1/nodes/:id": operators,
-        "POST /v1/jobs": schedulers, "GET /v1/jobs": readers, "GET /v1/jobs/:id": readers,
-        "POST /v1/jobs/:id/checkpoints": schedulers, "POST /v1/jobs/:id/complete": schedulers, "POST /v1/jobs/:id/fail": schedulers,
+        "POST /v1/jobs": schedulers, "GET /v1/jobs": workReaders, "GET /v1/jobs/:id": workReaders,
+        "POST /v1/jobs/:id/checkpoints": reporters, "POST /v1/jobs/:id/complete": reporters, "POST /v1/jobs/:id/fail": reporters,
         "POST /v1/jobs/:id/cancel": schedulers, "POST /v1/placements": schedulers,
         "POST /v1/services": schedulers, "GET /v1/services": readers, "GET /v1/services/:id": readers,
         "PATCH /v1/services/:id": schedulers, "DELETE /v1/services/:id": schedulers,
-        "POST /v1/services/:id/replicas/:rid/ready": schedulers,
+        "POST /v1/services/:id/replicas/:rid/ready": reporters,
         "POST /v1/interruptions": notifiers, "POST /v1/interruptions/aws": notifiers, "POST /v1/interruptions/gcp": notifiers,
         "POST /v1/interruptions/azure": notifiers, "GET /v1/interruptions": readers, "GET /v1/interruptions/:id": readers,
         "GET /v1/provisioning-requests": readers, "GET /v1/provisioning-requests/:id": readers,
@@ -66,7 +70,7 @@ struct AuthTests {
             try await client.expect(.created, .post, "/v1/pools", Seed.pool("od", "on_demand"), headers: adminHeaders)
             try await client.expect(.created, .post, "/v1/nodes", Seed.node("o1", pool: "od"), headers: adminHeaders)
             var tokens: [Role: String] = [.admin: Self.admin]
-            for role in [Role.operator, .scheduler, .notifier, .viewer] {
+            for role in [Role.operator, .scheduler, .notifier, .viewer, .agent] {
                 let created = try await client.expect(
                     .created, .post, "/v1/tokens", #"{"name":"\#(role.rawValue)-bot","role":"\#(role.rawValue)"}"#, headers: adminHeaders)
                 tokens[role] = try #require(created["token"]?.string)
@@ -120,7 +124,7 @@ struct AuthTests {
                 }
             }
             // Every token is still there: no role below admin reached DELETE /v1/tokens/{id} by any spelling.
-            #expect(try await client.call(.get, "/v1/tokens", headers: adminHeaders)["items"]?.array.count == 4)
+            #expect(try await client.call(.get, "/v1/tokens", headers: adminHeaders)["items"]?.array.count == 5)
             // The scheme name is case-insensitive (RFC 9110).
             #expect(try await client.call(.get, "/v1/pools", headers: [.authorization: "bearer \(Self.admin)"]).status == .ok)
             let wrong = try await client.expectProblem(.unauthorized, .get, "/v1/pools", headers: bearer("nope"))

@@ -57,7 +57,9 @@ public enum ProvisioningState: String, Sendable, CaseIterable, Codable {
 
 /// Roles of API tokens.
 public enum Role: String, Sendable, CaseIterable, Codable {
-    case admin, `operator`, scheduler, notifier, viewer
+    /// `agent`: a node agent's token (`spotd agent`): it posts notices, reads nodes and jobs, and reports for the
+    /// work on its node (checkpoints, complete, fail, a replica ready); nothing else.
+    case admin, `operator`, scheduler, notifier, viewer, agent
 }
 
 /// Rules for API token names, which appear as the actor of every event the token causes.

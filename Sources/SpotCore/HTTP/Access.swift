@@ -12,6 +12,10 @@ public enum Access: String, Sendable, CaseIterable {
     case read
     /// Post interruption notices.
     case notify
+    /// Nodes and jobs, read: every reader, and node agents.
+    case readWork
+    /// Reports on work that runs: checkpoints, complete, fail, a replica ready (schedulers and node agents).
+    case report
     /// Jobs and placements.
     case schedule
     /// Everything but tokens.
@@ -25,8 +29,10 @@ public enum Access: String, Sendable, CaseIterable {
         case .admin: role == .admin
         case .operate: role == .admin || role == .operator
         case .schedule: role == .admin || role == .operator || role == .scheduler
-        case .notify: role == .admin || role == .operator || role == .notifier
-        case .read: role != .notifier
+        case .notify: role == .admin || role == .operator || role == .notifier || role == .agent
+        case .read: role != .notifier && role != .agent
+        case .readWork: role != .notifier
+        case .report: role == .admin || role == .operator || role == .scheduler || role == .agent
         }
     }
 }

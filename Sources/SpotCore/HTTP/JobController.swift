@@ -9,11 +9,11 @@ struct JobController {
 
     func register(on routes: RouteBook) {
         routes.add(.post, "/v1/jobs", .schedule, use: create)
-        routes.add(.get, "/v1/jobs", .read, use: list)
-        routes.add(.get, "/v1/jobs/:id", .read, use: get)
-        routes.add(.post, "/v1/jobs/:id/checkpoints", .schedule, use: checkpoint)
-        routes.add(.post, "/v1/jobs/:id/complete", .schedule, use: complete)
-        routes.add(.post, "/v1/jobs/:id/fail", .schedule, use: fail)
+        routes.add(.get, "/v1/jobs", .readWork, use: list)
+        routes.add(.get, "/v1/jobs/:id", .readWork, use: get)
+        routes.add(.post, "/v1/jobs/:id/checkpoints", .report, use: checkpoint)
+        routes.add(.post, "/v1/jobs/:id/complete", .report, use: complete)
+        routes.add(.post, "/v1/jobs/:id/fail", .report, use: fail)
         routes.add(.post, "/v1/jobs/:id/cancel", .schedule, use: cancel)
         routes.add(.post, "/v1/placements", .schedule, use: place)
     }

@@ -8,8 +8,8 @@ struct NodeController {
 
     func register(on routes: RouteBook) {
         routes.add(.post, "/v1/nodes", .operate, use: create)
-        routes.add(.get, "/v1/nodes", .read, use: list)
-        routes.add(.get, "/v1/nodes/:id", .read, use: get)
+        routes.add(.get, "/v1/nodes", .readWork, use: list)
+        routes.add(.get, "/v1/nodes/:id", .readWork, use: get)
         routes.add(.post, "/v1/nodes/:id/cordon", .operate, use: cordon)
         routes.add(.post, "/v1/nodes/:id/uncordon", .operate, use: uncordon)
         routes.add(.post, "/v1/nodes/:id/drain", .operate, use: drain)

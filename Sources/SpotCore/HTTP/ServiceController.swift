@@ -11,7 +11,7 @@ struct ServiceController {
         routes.add(.get, "/v1/services/:id", .read, use: get)
         routes.add(.patch, "/v1/services/:id", .schedule, use: patch)
         routes.add(.delete, "/v1/services/:id", .schedule, use: delete)
-        routes.add(.post, "/v1/services/:id/replicas/:rid/ready", .schedule, use: ready)
+        routes.add(.post, "/v1/services/:id/replicas/:rid/ready", .report, use: ready)
     }
 
     @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {

@@ -383,7 +383,25 @@ ALTER TABLE service_replicas ADD COLUMN started_at INTEGER;
 
 """#)!,
         Migration(file: "0011_operator_tools.sql", sql: #"""
--- Operator tools (issue 17): subscriptions and drills.
+-- Operator tools (issue 17): subscriptions and drills; and the node agent's role.
+
+-- The `agent` role (PRODUCT.md, roles for part two): a node agent posts notices, reads nodes and jobs, and reports
+-- checkpoints, completions, failures and replica readiness. SQLite cannot change a CHECK constraint: the table is
+-- rebuilt, its rows, ids and sequence numbers kept.
+CREATE TABLE tokens_next (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'scheduler', 'notifier', 'viewer', 'agent')),
+    secret_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+INSERT INTO tokens_next (seq, id, name, role, secret_hash, created_at, revoked_at)
+SELECT seq, id, name, role, secret_hash, created_at, revoked_at FROM tokens;
+DROP TABLE tokens;
+ALTER TABLE tokens_next RENAME TO tokens;
+CREATE UNIQUE INDEX tokens_name ON tokens(name COLLATE NOCASE);
 
 -- A subscription delivers matching events to a URL, in event order, at least once. The event log is its outbox:
 -- `cursor` is the id of the last event it has dealt with (delivered, or skipped as not matching), moved on only
