@@ -21,7 +21,7 @@ extension SQLiteStore {
         guard count <= eligible.count else {
             throw StoreError.unprocessable(
                 field: { if case .count = request.size { "count" } else { "fraction" } }(),
-                "pool \(request.pool) has \(eligible.count) ready nodes without an interruption; a drill cannot take \(count)")
+                "asks for \(count) node(s), more than the \(eligible.count) ready node(s) of pool \(request.pool) without an interruption")
         }
         return DrillRequest.choose(eligible, count: count)
     }

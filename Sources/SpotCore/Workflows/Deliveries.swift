@@ -115,6 +115,8 @@ struct Deliveries: Sendable {
                     sent += 1
                     if sent >= batch { break reading }
                 case .failed(let status, let error):
+                    // Cut off by the worker stopping: not the receiver's failure (the event goes again after restart).
+                    guard !Task.isCancelled else { return }
                     metrics.delivery("failed")
                     if passed { try await store.recordDelivery(subscription.id, .passed(cursor: cursor), lease: lease) }
                     try await store.recordDelivery(subscription.id, outcome, lease: lease)
