@@ -243,11 +243,13 @@ struct TokenCommand: AsyncParsableCommand {
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a token; its secret is printed once.")
         @OptionGroup var store: StoreOptions
-        @Option(help: "Role: admin, operator, scheduler, notifier or viewer.") var role: String
+        @Option(help: "Role: admin, operator, scheduler, notifier, viewer or agent.") var role: String
         @Option(help: "A name for the token (shown as the actor in events).") var name: String
 
         func run() async throws {
-            guard let role = Role(rawValue: role) else { fail("role must be one of admin, operator, scheduler, notifier, viewer") }
+            guard let role = Role(rawValue: role) else {
+                fail("role must be one of \(Role.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
             if let problem = TokenName.check(name) { fail("--name: \(problem)") }
             var config = SpotConfig()
             store.apply(to: &config)

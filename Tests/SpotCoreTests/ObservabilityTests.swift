@@ -102,6 +102,23 @@ struct ObservabilityTests {
         }
     }
 
+    /// A stockout is counted as `unavailable`, apart from failures (it is expected on spot, and the alert on
+    /// failures must not fire for it).
+    @Test func stockoutsAreUnavailableNotFailed() async throws {
+        let env = try TestEnv()
+        try await env.app().test(.router) { client in
+            try await Seed.standardPools(client)
+            try await client.expect(.ok, .patch, "/v1/pools/spot-b", #"{"stockout":true}"#)
+            try await client.expect(.created, .post, "/v1/nodes", Seed.node("s1", pool: "spot-a"))
+            try await client.expect(.accepted, .post, "/v1/interruptions", #"{"node_id":"s1","kind":"termination","notice_seconds":60}"#)
+            // The simulated provider answers once the boot time (5 s here) has passed: a stockout.
+            for _ in 0..<7 { try await env.advance(1) }
+            let lines = try await client.call(.get, "/metrics").text.split(separator: "\n")
+            #expect(lines.contains(#"spotd_provisioning_total{outcome="unavailable"} 1"#))
+            #expect(lines.contains(#"spotd_provisioning_total{outcome="failed"} 0"#))
+        }
+    }
+
     /// A real server with `LOG_FORMAT=json` writes nothing but JSON objects, one per line.
     @Test func aServerWithJSONLogsWritesOnlyJSON() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("spotd-json-log-\(UUID().uuidString)")

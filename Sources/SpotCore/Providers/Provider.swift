@@ -32,6 +32,10 @@ public protocol SimulatedCloud: Sendable {
 
 /// The embedded provider: a node appears in the asked pool after the boot time, unless the pool is in stockout.
 public struct SimulatedProvider: Provider {
+    /// How a failed call for a pool in stockout begins: metrics count it apart (outcome `unavailable`), since on spot it
+    /// is expected and falls back to on-demand.
+    static let stockout = "stockout"
+
     public var bootSeconds: Double
     public let cloud: any SimulatedCloud
 
@@ -45,7 +49,7 @@ public struct SimulatedProvider: Provider {
 
     public func advance(_ request: ProvisioningRequest, pool: Pool, now: Millis) async -> ProviderStep {
         guard Double(now - request.createdAt) >= bootSeconds * 1000 else { return .wait }
-        if pool.stockout { return .failed("stockout: pool \(pool.name) has no \(pool.capacityType.rawValue) capacity") }
+        if pool.stockout { return .failed("\(Self.stockout): pool \(pool.name) has no \(pool.capacityType.rawValue) capacity") }
         let id = Self.instanceId(request)
         do {
             try await cloud.launchInstance(id, pool: pool.name, at: now)

@@ -60,7 +60,8 @@ struct ReplacementReconciler: Sendable {
         case .fulfilled: metrics.provisioning("fulfilled")
         case .failed(let message), .retry(let message):
             // A stockout is expected on spot (the replacement falls back to on-demand): counted apart from failures.
-            metrics.provisioning(step == .failed(message) ? (message.hasPrefix("stockout") ? "unavailable" : "failed") : "retried")
+            metrics.provisioning(
+                step == .failed(message) ? (message.hasPrefix(SimulatedProvider.stockout) ? "unavailable" : "failed") : "retried")
             logger.warning(
                 "provisioning call failed", metadata: ["request": "\(request.id)", "pool": "\(request.pool)", "error": "\(message)"])
         default: break
