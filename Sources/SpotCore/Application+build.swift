@@ -7,8 +7,8 @@ import ServiceLifecycle
 /// Everything a running spotd holds: the store, the worker's wake-up signal, the settings, the shared limits.
 public struct SpotRuntime: Sendable {
     public let config: SpotConfig
-    /// The store: SQLite, the embedded default (the one place that names it).
-    let store: SQLiteStore
+    /// The store: SQLite (the embedded default) or PostgreSQL (the one place that names it).
+    let store: SpotStore
     public let clock: any SpotClock
     public let signal: WorkerSignal
     public let provider: any Provider
@@ -25,9 +25,9 @@ public struct SpotRuntime: Sendable {
         if let problem = config.validate() { throw problem }
         self.config = config
         self.clock = clock
-        let migrations = try config.migrationsDirectory.map(Migration.load(from:)) ?? Migration.embedded
-        self.store = try SQLiteStore(
-            path: config.dbPath, migrations: migrations, admissionLimit: config.admissionLimitSeconds,
+        let migrations = try config.migrationsDirectory.map(Migration.load(from:))
+        self.store = try SpotStore(
+            location: config.dbPath, migrations: migrations, admissionLimit: config.admissionLimitSeconds,
             replicaDrainSeconds: config.replicaDrainSeconds, simulatedCloud: config.provider == .simulated, clock: clock, logger: logger)
         try store.seedPolicies(admissionLimit: config.admissionLimitSeconds)
         self.signal = WorkerSignal()
@@ -46,7 +46,7 @@ public struct SpotRuntime: Sendable {
         ) { metrics.eventStreams($0) }
         self.feed = feed
         // What each commit wrote: counted by type (the requeue count among them) and announced to the event streams.
-        store.batcher.observeCommits { events in
+        store.observeCommits { events in
             metrics.committed(events)
             feed.poke()
         }
@@ -143,7 +143,10 @@ public func buildApplication(
         onServerRunning: { channel in onServerRunning(channel.localAddress?.port) },
         logger: logger)
     if withWorker {
-        app.addServices(runtime.worker(logger: logger), Checkpointer(path: config.dbPath, interval: .milliseconds(200), logger: logger))
+        app.addServices(runtime.worker(logger: logger))
+        if runtime.store.kind == "sqlite" {
+            app.addServices(Checkpointer(path: config.dbPath, interval: .milliseconds(200), logger: logger))
+        }
     }
     if let queue = config.sqsQueueURL, let credentials = config.awsCredentials,
         let region = config.awsRegion ?? SQSQueuePoller.Settings.region(of: queue)

@@ -14,7 +14,8 @@ struct RowLayoutTests {
             (Pool.columns, "pools"), (Node.columns, "nodes"), (Job.columns, "jobs"), (Interruption.columns, "interruptions"),
             (ProvisioningRequest.columns, "provisioning_requests"),
         ]
-        try env.store.writer.read { db in
+        let writer = try #require(env.store.sqliteWriter, "reads SQLite's statements")
+        try writer.read { db in
             for (columns, table) in layouts {
                 let names = try db.makeStatement(sql: "SELECT \(columns) FROM \(table)").columnNames
                 #expect(names == columns.split(separator: ",").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })
@@ -65,8 +66,9 @@ struct CommitObservationTests {
     /// event ever written on every commit (placements fell from 12,000/s to 3,000/s at 16 connections).
     @Test func batchEventsAreReadByRowidRange() async throws {
         let env = try TestEnv()
+        try #require(env.store.kind == "sqlite", "a SQLite query plan")
         let plan = try await env.store.read { db in
-            try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + WriteBatcher.batchEventTypesSQL, arguments: [0]).map {
+            try SpotCore.Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + WriteBatcher.batchEventTypesSQL, arguments: [0]).map {
                 $0["detail"] as String
             }
         }
@@ -77,9 +79,11 @@ struct CommitObservationTests {
     /// running job through the state index: at 20,000 running jobs that was 200 times slower, on every drain.
     @Test func jobsOnANodeAreFoundByNode() async throws {
         let env = try TestEnv()
+        try #require(env.store.kind == "sqlite", "a SQLite query plan")
         let plan = try await env.store.read { db in
-            try Row.fetchAll(
-                db, sql: "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE \(Database.onNode) AND \(Database.holdsGPUs)", arguments: ["n", "n"]
+            try SpotCore.Row.fetchAll(
+                db, sql: "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE \(SpotCore.Database.onNode) AND \(SpotCore.Database.holdsGPUs)",
+                arguments: ["n", "n"]
             ).map { $0["detail"] as String }
         }
         #expect(plan.contains("MULTI-INDEX OR") && !plan.contains { $0.contains("jobs_state_order") }, "\(plan)")
@@ -91,7 +95,7 @@ struct CommitObservationTests {
         let env = try TestEnv()
         final class Seen: Sendable { let counts = Mutex<[String: Int]>([:]) }
         let seen = Seen()
-        env.store.batcher.observeCommits { events in seen.counts.withLock { $0.merge(events, uniquingKeysWith: +) } }
+        env.store.observeCommits { events in seen.counts.withLock { $0.merge(events, uniquingKeysWith: +) } }
         try await env.store.write { db in
             try db.appendEvent("test.kept", subject: "x", actor: "test", at: 0)
             try db.appendEvent("test.kept", subject: "y", actor: "test", at: 0)

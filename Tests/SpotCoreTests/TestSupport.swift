@@ -30,7 +30,7 @@ struct TestEnv {
         worker = runtime.worker(logger: Logger(label: "spotd-test-worker"))
     }
 
-    var store: SQLiteStore { runtime.store }
+    var store: SpotStore { runtime.store }
 
     /// The app without its background worker: tests step the worker themselves.
     func app() -> some ApplicationProtocol {
@@ -61,23 +61,26 @@ struct TestEnv {
 
     /// Counts rows of a table, to prove a refused request changed nothing.
     func count(_ table: String) throws -> Int {
-        try store.writer.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table)") ?? 0 }
+        try store.blockingRead { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table)") ?? 0 }
     }
 
     /// Every row of every table a workflow could change, as text: equal digests mean nothing changed at all, not
     /// only the row counts (an update that appends no event shows here too).
     func digest() throws -> String {
-        try store.writer.read { db in
+        try store.blockingRead { db in
             var text = ""
             for table in [
                 "pools", "nodes", "jobs", "job_nodes", "interruptions", "interruption_steps", "provisioning_requests", "events",
                 "tokens", "notice_replays", "policies", "services", "service_replicas",
             ] {
-                // Every column, every row, in a stable order (notice_replays has no rowid: order by its key).
+                // Every column, every row, in a stable order (by key where a table has no seq).
                 let order =
                     table == "notice_replays"
-                    ? "signature" : table == "policies" ? "tier" : table == "job_nodes" ? "job_id, member" : "rowid"
-                for row in try Row.fetchAll(db, sql: "SELECT * FROM \(table) ORDER BY \(order)") { text += "\(table) \(row)\n" }
+                    ? "signature"
+                    : table == "policies" ? "tier" : table == "job_nodes" ? "job_id, member" : table == "events" ? "id" : "seq"
+                for row in try SpotCore.Row.fetchAll(db, sql: "SELECT * FROM \(table) ORDER BY \(order)") {
+                    text += "\(table) \(row)\n"
+                }
             }
             return text
         }

@@ -109,6 +109,11 @@ public struct Problem: Error, HTTPResponseError, Sendable, Equatable {
             self = Problem(
                 status: .serviceUnavailable, type: "urn:spotd:problem:not-leader", title: "Not the leader",
                 detail: "this replica no longer holds the worker lease")
+        case .unavailable(let detail):
+            self = Problem(
+                status: .serviceUnavailable, type: "urn:spotd:problem:store-unavailable", title: "Store unavailable",
+                detail: "\(detail); try again shortly")
+            headers[.retryAfter] = "1"
         }
     }
 

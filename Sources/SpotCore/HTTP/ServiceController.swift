@@ -27,7 +27,7 @@ struct ServiceController {
             minAvailable: try body.int("min_available", range: 0...1000).map(Int.init),
             baseOnDemand: Int(try body.int("base_on_demand", range: 0...1000) ?? 0))
         let minAvailable = submission.minAvailable ?? InferenceService.defaultMinAvailable(replicas: replicas)
-        if let refusal = SQLiteStore.serviceRefusal(replicas: replicas, minAvailable: minAvailable, base: submission.baseOnDemand) {
+        if let refusal = SpotStore.serviceRefusal(replicas: replicas, minAvailable: minAvailable, base: submission.baseOnDemand) {
             throw Problem.unprocessable(refusal.field, refusal.detail)
         }
         let created = try await store.createService(submission, actor: context.caller.name)

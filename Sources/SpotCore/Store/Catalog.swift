@@ -1,4 +1,3 @@
-import GRDB
 import Synchronization
 
 /// Pools and stored policies, kept in memory for the placement path and checked against the store's catalog token

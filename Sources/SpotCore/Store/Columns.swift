@@ -1,7 +1,7 @@
 import GRDB
 import GRDBSQLite
 
-/// Where a model's columns are read from, by position: a GRDB `Row` (list pages) or the SQLite statement itself
+/// Where a model's columns are read from, by position: a `Row` (list pages, and PostgreSQL) or the SQLite statement itself
 /// (the hot paths). One decoder per model serves both.
 protocol ColumnSource {
     func int(_ index: Int32) -> Int64
@@ -14,14 +14,6 @@ protocol ColumnSource {
 extension ColumnSource {
     func int(_ index: Int32) -> Int { Int(int(index) as Int64) }
     func bool(_ index: Int32) -> Bool { (int(index) as Int64) != 0 }
-}
-
-extension Row: ColumnSource {
-    func int(_ index: Int32) -> Int64 { self[Int(index)] }
-    func optionalInt(_ index: Int32) -> Int64? { self[Int(index)] }
-    func double(_ index: Int32) -> Double { self[Int(index)] }
-    func text(_ index: Int32) -> String { self[Int(index)] }
-    func optionalText(_ index: Int32) -> String? { self[Int(index)] }
 }
 
 /// The current row of a stepping SQLite statement, read with the C API: no `Row`, no copy, no name lookup.
@@ -57,25 +49,27 @@ protocol ColumnDecodable {
 extension ColumnDecodable {
     init(row: Row) { self.init(columns: row) }
 
-    /// All rows of a (cached) statement.
+    /// All rows of a (cached) statement: on SQLite read in place from the statement.
     static func fetchAll(_ statement: Statement, arguments: StatementArguments = []) throws -> [Self] {
+        guard let sqlite = statement.sqlite else { return try statement.rows(arguments).map(Self.init(row:)) }
         var items: [Self] = []
-        try ModelCursor<Self>(statement, arguments: arguments).forEach { items.append($0) }
+        try ModelCursor<Self>(sqlite, arguments: arguments.grdb).forEach { items.append($0) }
         return items
     }
 
     /// The first row of a (cached) statement, if any.
     static func fetchOne(_ statement: Statement, arguments: StatementArguments = []) throws -> Self? {
-        try ModelCursor<Self>(statement, arguments: arguments).next()
+        guard let sqlite = statement.sqlite else { return try statement.rows(arguments, limit: 1).first.map(Self.init(row:)) }
+        return try ModelCursor<Self>(sqlite, arguments: arguments.grdb).next()
     }
 }
 
 /// GRDB's extension point for custom cursors: it steps the statement (with GRDB's bookkeeping); we read the columns.
 final class ModelCursor<Element: ColumnDecodable>: DatabaseCursor {
-    let _statement: Statement
+    let _statement: GRDB.Statement
     var _isDone = false
 
-    init(_ statement: Statement, arguments: StatementArguments) throws {
+    init(_ statement: GRDB.Statement, arguments: GRDB.StatementArguments) throws {
         _statement = statement
         try statement.setArguments(arguments)
     }

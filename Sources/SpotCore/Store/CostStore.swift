@@ -1,5 +1,3 @@
-import GRDB
-
 /// The cost report: per pool and per tier, for whole hours.
 struct CostReport: Sendable {
     var since: Millis
@@ -62,7 +60,7 @@ extension Database {
     }
 }
 
-extension SQLiteStore {
+extension SpotStore {
     /// The cost report for `[since, until)`, widened to whole hours: the hourly rollup, plus what is still open
     /// (live nodes, work on nodes) up to now, at today's prices.
     func costReport(since: Millis, until: Millis) async throws -> CostReport {

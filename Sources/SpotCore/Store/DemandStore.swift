@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 
 /// What one demand pass did.
 struct DemandReport: Sendable, Equatable {
@@ -7,7 +6,7 @@ struct DemandReport: Sendable, Equatable {
     var cancelled = 0
 }
 
-extension SQLiteStore {
+extension SpotStore {
     /// At most this many queued jobs are weighed per pass (the head of the queue, in the scheduler's order).
     static let demandHorizon = 5000
 
@@ -78,7 +77,7 @@ extension SQLiteStore {
     }
 }
 
-extension SQLiteStore {
+extension SpotStore {
     /// What the demand pass weighs, read in `db` at `now`; with each queued job's current `pending_reason`.
     static func demandInput(_ db: Database, now: Millis, autoPlace: Bool, admissionLimit: Int64, catalog: Catalog)
         throws -> (DemandInput, [String: String?])

@@ -1,8 +1,7 @@
 import Foundation
-import GRDB
 
 /// Drills: notices injected by spotd itself, through the same recording as a cloud's.
-extension SQLiteStore {
+extension SpotStore {
     /// The pool's nodes a drill may take: ready, with no termination under way.
     private static func drillable(_ db: Database, pool: String) throws -> [String] {
         try String.fetchAll(

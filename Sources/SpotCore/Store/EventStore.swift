@@ -1,8 +1,7 @@
 import Crypto
 import Foundation
-import GRDB
 
-extension SQLiteStore {
+extension SpotStore {
     /// Events after `since` (an event id), optionally of one type, oldest first.
     func events(since: Int64, type: String?, limit: Int) async throws -> [Event] {
         try await read { db in
@@ -38,7 +37,7 @@ extension SQLiteStore {
         let token = Token(id: Ids.new("tok"), name: name, role: role, createdAt: clock.now())
         try await write { db in
             // Names are unique among all tokens, revoked ones too: the event log names actors by token name.
-            if try String.fetchOne(db.cachedStatement(sql: "SELECT id FROM tokens WHERE name = ? COLLATE NOCASE"), arguments: [name]) != nil
+            if try String.fetchOne(db.cachedStatement(sql: "SELECT id FROM tokens WHERE lower(name) = lower(?)"), arguments: [name]) != nil
             {
                 throw StoreError.conflict("a token named '\(name)' (in some case) exists or existed; token names are never reused")
             }
@@ -101,7 +100,7 @@ struct StoreSummary: Sendable {
     var failingSubscriptions = 0
 }
 
-extension SQLiteStore {
+extension SpotStore {
     // MARK: - Summary
 
     func summary() async throws -> StoreSummary {

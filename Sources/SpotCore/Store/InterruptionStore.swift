@@ -1,5 +1,3 @@
-import GRDB
-
 /// An interruption with its timeline.
 public struct InterruptionDetail: Sendable, Equatable {
     public var interruption: Interruption
@@ -19,7 +17,7 @@ struct InterruptionFilter: Sendable {
     var node: String?
 }
 
-extension SQLiteStore {
+extension SpotStore {
     /// Records notices and cordons their nodes, all in one transaction, before anything is answered.
     /// With a `replayKey` (a verified signature), a second request with the same key records nothing and gets the
     /// first request's records back. Returns each notice's record and whether it is new.
@@ -99,7 +97,7 @@ extension SQLiteStore {
         if notice.kind == .termination { try db.addUsage(hour: Usage.hourStart(now), pool: node.pool, tier: "", interruptions: 1) }
         switch node.state {
         case .ready, .provisioning:
-            try SQLiteStore.cordon(db, node: node, at: now, actor: actor, reason: "\(notice.kind.rawValue) notice \(id)")
+            try SpotStore.cordon(db, node: node, at: now, actor: actor, reason: "\(notice.kind.rawValue) notice \(id)")
             try db.appendStep(id, "cordoned", at: now)
         case .cordoned, .draining, .drained:
             try db.appendStep(id, "cordoned", at: now, detail: "already \(node.state.rawValue)")

@@ -1,5 +1,3 @@
-import GRDB
-
 struct JobFilter: Sendable {
     var state: JobState?
     var tier: Tier?
@@ -32,7 +30,7 @@ enum JobOutcome: String, Sendable {
     case completed, failed, cancelled
 }
 
-extension SQLiteStore {
+extension SpotStore {
     func submitJob(_ submission: JobSubmission, actor: String) async throws -> Job {
         try await write { [self] db in
             let now = clock.now()

@@ -1,5 +1,3 @@
-import GRDB
-
 /// A paged list query: a base `SELECT … WHERE <seq> > ?`, optional equality filters, then `ORDER BY <seq> LIMIT`.
 struct ListQuery {
     private var sql: String

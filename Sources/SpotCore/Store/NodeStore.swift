@@ -1,5 +1,3 @@
-import GRDB
-
 /// A node with what hangs off it.
 public struct NodeDetail: Sendable, Equatable {
     public var node: Node
@@ -16,7 +14,7 @@ struct NodeFilter: Sendable {
     var capacityType: CapacityType?
 }
 
-extension SQLiteStore {
+extension SpotStore {
     func registerNode(id: String, pool poolName: String, gpus: Int?, provisioningRequestId: String?, actor: String) async throws
         -> NodeDetail
     {

@@ -1,4 +1,3 @@
-import GRDB
 import Synchronization
 
 /// The soft inputs of a placement (pool risk, best-effort spread), recomputed at most once a second.
@@ -28,13 +27,13 @@ final class PlacementHints: Sendable {
 
     /// The current hints. A stale snapshot is recomputed once: the caller that finds it stale waits for the
     /// refresh, callers meanwhile keep using the previous snapshot (or, at the very start, wait for the same one).
-    func current(_ store: SQLiteStore, now: Millis) async throws -> Snapshot {
+    func current(_ store: SpotStore, now: Millis) async throws -> Snapshot {
         let (cached, refresh) = state.withLock { state -> (Snapshot?, Task<Snapshot, any Error>?) in
             if let snapshot = state.snapshot, now >= snapshot.at, now - snapshot.at < maxAgeMillis { return (snapshot, nil) }
             if let running = state.refresh { return (state.snapshot, state.snapshot == nil ? running : nil) }
             let task = Task {
                 try await store.read { db in
-                    Snapshot(at: now, stats: try SQLiteStore.poolStats(db, now: now), bestEffortJobs: try SQLiteStore.bestEffortByPool(db))
+                    Snapshot(at: now, stats: try SpotStore.poolStats(db, now: now), bestEffortJobs: try SpotStore.bestEffortByPool(db))
                 }
             }
             state.refresh = task
@@ -57,7 +56,7 @@ final class PlacementHints: Sendable {
     }
 }
 
-extension SQLiteStore {
+extension SpotStore {
     /// Running best-effort jobs per pool.
     static func bestEffortByPool(_ db: Database) throws -> [String: Int] {
         var counts: [String: Int] = [:]

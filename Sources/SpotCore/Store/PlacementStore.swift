@@ -1,5 +1,3 @@
-import GRDB
-
 /// The outcome of one placement call.
 struct PlacementResult: Sendable, Equatable {
     var jobId: String
@@ -12,7 +10,7 @@ struct PlacementResult: Sendable, Equatable {
     var nodeIds: [String]
 }
 
-extension SQLiteStore {
+extension SpotStore {
     // MARK: - Policies
 
     func policies() async throws -> [Policy] {
@@ -33,12 +31,12 @@ extension SQLiteStore {
 
     /// Seeds the default policies once, with the configured admission limit.
     func seedPolicies(admissionLimit: Int64) throws {
-        try writer.write { [self] db in
+        try blockingWrite { [self] db in
             for policy in Policy.defaults(admissionLimit: admissionLimit, at: clock.now()) {
                 try db.cachedStatement(
                     sql: """
-                        INSERT OR IGNORE INTO policies (tier, capacity_types, max_uncheckpointable_spot_seconds,
-                            spot_requires_checkpointable, updated_at) VALUES (?, ?, ?, ?, ?)
+                        INSERT INTO policies (tier, capacity_types, max_uncheckpointable_spot_seconds,
+                            spot_requires_checkpointable, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
                         """
                 ).execute(arguments: [
                     policy.tier.rawValue, policy.capacityTypes.map(\.rawValue).joined(separator: ","),

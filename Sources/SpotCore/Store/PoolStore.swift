@@ -1,5 +1,3 @@
-import GRDB
-
 /// Read-only figures shown on a pool.
 public struct PoolStats: Sendable, Equatable {
     public var nodesByState: [NodeState: Int] = [:]
@@ -29,7 +27,7 @@ struct PoolPatch: Sendable {
     var instanceType: String?
 }
 
-extension SQLiteStore {
+extension SpotStore {
     func createPool(_ pool: Pool, actor: String) async throws -> Pool {
         try await write { db in
             if try db.fetchPool(pool.name) != nil { throw StoreError.conflict("pool '\(pool.name)' already exists") }

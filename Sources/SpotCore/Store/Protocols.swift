@@ -1,5 +1,5 @@
 /// The store behind protocols shaped by what uses it: the API's resources, the event log, the tokens, and the
-/// workflows. Each method is one transaction. `SQLiteStore` implements them all; a second store (PostgreSQL) is a
+/// workflows. Each method is one transaction. `SpotStore` implements them all; a second store (PostgreSQL) is a
 /// second conformance, and nothing outside `Store/` names either, but where the application is assembled.
 
 /// The reads and writes behind the HTTP API's resources.
@@ -79,7 +79,7 @@ protocol AccessStore: Sendable {
 /// - Every workflow write checks, in its own transaction, that its lease is still held, unexpired, with its token,
 ///   and commits nothing otherwise (`StoreError.fenced`). The check must be serialized with `acquireLease`: SQLite
 ///   has one writer; a PostgreSQL store must lock the lease row (`SELECT … FOR SHARE`) or run SERIALIZABLE.
-/// - Implementations live in this module, beside `SQLiteStore`.
+/// - Implementations live in this module, beside `SpotStore`.
 protocol WorkflowStore: EventLog {
     func acquireLease(_ name: String, owner: String, ttlMillis: Millis) async throws -> Lease?
     func releaseLease(_ lease: Lease) async throws
@@ -145,4 +145,4 @@ protocol DrillStore: Sendable {
     func drillReport(_ id: String) async throws -> DrillReport?
 }
 
-extension SQLiteStore: ResourceStore, AccessStore, WorkflowStore, SubscriptionStore, DrillStore {}
+extension SpotStore: ResourceStore, AccessStore, WorkflowStore, SubscriptionStore, DrillStore {}

@@ -1,6 +1,4 @@
-import GRDB
-
-extension SQLiteStore {
+extension SpotStore {
     func listProvisioningRequests(state: ProvisioningState?, _ page: PageRequest) async throws -> Page<ProvisioningRequest> {
         try await read { db in
             var query = ListQuery("SELECT \(ProvisioningRequest.columns) FROM provisioning_requests", after: page)

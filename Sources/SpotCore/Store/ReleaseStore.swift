@@ -1,7 +1,5 @@
-import GRDB
-
 /// Nodes given back through the provider, and the simulated provider's cloud.
-extension SQLiteStore: SimulatedCloud {
+extension SpotStore: SimulatedCloud {
     /// Why a reclaimed node's release is sent (the cloud takes it anyway; the release makes sure).
     static let reclaimedRelease = "reclaimed: taken by the cloud"
 

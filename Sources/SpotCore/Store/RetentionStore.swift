@@ -1,6 +1,4 @@
-import GRDB
-
-extension SQLiteStore {
+extension SpotStore {
     /// Removes, in one transaction, at most `batch` rows of each kind that are finished and older than `cutoff`:
     /// events (whole, oldest first), finished jobs, completed or unmatched interruptions with their timelines,
     /// resolved provisioning requests, terminated nodes that nothing points at, service replicas gone, acknowledged releases (and the simulated cloud's released instances), drills; and replay

@@ -1,5 +1,3 @@
-import GRDB
-
 // MARK: - Row decoding
 
 // Rows are decoded by position (GRDB's lookup by name lowercases the name on every read, which the profile showed):
@@ -180,6 +178,7 @@ extension Database {
         try self.cachedStatement(sql: "INSERT INTO events (at, type, subject, actor, data) VALUES (?, ?, ?, ?, ?)").execute(arguments: [
             at, type, subject, actor, JSONValue.object(data).jsonText,
         ])
+        if case .postgres(let session) = backend { session.appendedEvents[type, default: 0] += 1 }
     }
 
     /// Appends a step to an interruption's timeline.

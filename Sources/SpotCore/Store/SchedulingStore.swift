@@ -1,6 +1,4 @@
-import GRDB
-
-extension SQLiteStore {
+extension SpotStore {
     /// One pass of the scheduling loop, in one transaction: the queue in order (tier, priority, age), a page at a
     /// time, each job decided by the planner `makePlanner` builds (from `Domain/`) and bound where it says. When it
     /// asks for premium protection, `protect` (from `Domain/`) picks the best-effort work that yields.

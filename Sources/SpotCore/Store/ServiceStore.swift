@@ -1,5 +1,3 @@
-import GRDB
-
 /// What a service is asked to be when created.
 struct ServiceSubmission: Sendable {
     var id: String
@@ -206,7 +204,7 @@ extension Database {
     }
 }
 
-extension SQLiteStore {
+extension SpotStore {
     // MARK: - The API
 
     func createService(_ submission: ServiceSubmission, actor: String) async throws -> ServiceDetail {

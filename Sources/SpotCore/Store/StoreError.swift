@@ -14,4 +14,6 @@ public enum StoreError: Error, Equatable, Sendable {
     case noCapacity(String, reasons: [String: String])
     /// This process no longer holds the worker lease: a workflow write was refused.
     case fenced
+    /// The database cannot be reached (PostgreSQL restarting, say): nothing was changed; try again shortly.
+    case unavailable(String)
 }

@@ -1,7 +1,5 @@
-import GRDB
-
 /// Subscriptions: the event log is their outbox, each holds a cursor into it.
-extension SQLiteStore {
+extension SpotStore {
     static let subscriptionColumns = """
         seq, id, url, events, format, secret, cursor, delivered, attempts, next_attempt_at, last_attempt_at, last_status, last_error,
         last_delivered_at, created_at, created_by

@@ -1,6 +1,4 @@
-import GRDB
-
-extension SQLiteStore {
+extension SpotStore {
     // MARK: - The lease and its fence
 
     /// Takes or renews the named lease for `owner`; nil while another live owner holds it. A new holder gets a new

@@ -7,7 +7,7 @@ import Synchronization
 final class WriteBatcher: Sendable {
     private struct Pending: Sendable {
         /// Runs the write inside the shared transaction, remembering its outcome.
-        let run: @Sendable (Database) -> Void
+        let run: @Sendable (GRDB.Database) -> Void
         /// Delivers the outcome once the transaction is committed (nil) or failed (the commit error).
         let finish: @Sendable ((any Error)?) -> Void
     }
@@ -34,7 +34,7 @@ final class WriteBatcher: Sendable {
         observers.withLock { $0.append(observer) }
     }
 
-    func write<T: Sendable>(_ updates: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    func write<T: Sendable>(_ updates: @escaping @Sendable (GRDB.Database) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             let outcome = Mutex<Result<T, any Error>?>(nil)
             let pending = Pending(
@@ -64,7 +64,7 @@ final class WriteBatcher: Sendable {
     /// Runs one write in its own savepoint: its failure rolls back only its own changes. The savepoint statements are
     /// prepared once (GRDB's `inSavepoint` parses them on every call). A failure that ended the whole transaction
     /// (SQLite aborts it on I/O errors, for one) fails the batch, so no later write can run outside it.
-    private static func inSavepoint<T>(_ db: Database, _ updates: (Database) throws -> T) throws -> T {
+    private static func inSavepoint<T>(_ db: GRDB.Database, _ updates: (GRDB.Database) throws -> T) throws -> T {
         try db.cachedStatement(sql: "SAVEPOINT request").execute()
         do {
             let value = try updates(db)
@@ -114,15 +114,15 @@ final class WriteBatcher: Sendable {
     /// The events of one batch, by rowid range (StoreTests checks that SQLite searches the rowid for it).
     static let batchEventTypesSQL = "SELECT type FROM events WHERE id > ?"
 
-    private static func newestEventId(_ db: Database) throws -> Int64 {
-        try Int64.fetchOne(db.cachedStatement(sql: "SELECT COALESCE(MAX(id), 0) FROM events")) ?? 0
+    private static func newestEventId(_ db: GRDB.Database) throws -> Int64 {
+        try Int64.fetchOne(db.cachedStatement(sql: "SELECT COALESCE(MAX(id), 0) FROM events") as GRDB.Statement) ?? 0
     }
 
     /// Events written after `id`, counted by type. Read by rowid range and counted here: a `GROUP BY type` makes
     /// SQLite walk the whole `events_type` index, every event ever written, on every commit.
-    private static func eventTypes(_ db: Database, after id: Int64) throws -> [String: Int] {
+    private static func eventTypes(_ db: GRDB.Database, after id: Int64) throws -> [String: Int] {
         var counts: [String: Int] = [:]
-        let types = try String.fetchCursor(db.cachedStatement(sql: batchEventTypesSQL), arguments: [id])
+        let types = try String.fetchCursor(db.cachedStatement(sql: batchEventTypesSQL) as GRDB.Statement, arguments: [id])
         while let type = try types.next() { counts[type, default: 0] += 1 }
         return counts
     }

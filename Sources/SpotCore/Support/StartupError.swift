@@ -6,6 +6,10 @@ public enum StartupError: Error, CustomStringConvertible, Equatable {
     case migrations(path: String, detail: String)
     case listen(address: String, detail: String)
     case setting(name: String, detail: String)
+    /// `--db` looks like a PostgreSQL URL but is not a usable one.
+    case databaseURL(String)
+    /// PostgreSQL refused or could not be reached: `target` is the URL without its password.
+    case postgres(target: String, detail: String)
 
     public var description: String {
         switch self {
@@ -13,6 +17,8 @@ public enum StartupError: Error, CustomStringConvertible, Equatable {
         case .migrations(let path, let detail): "cannot read the migrations in \(path): \(detail)"
         case .listen(let address, let detail): "cannot listen on \(address): \(detail)"
         case .setting(let name, let detail): "\(name) \(detail)"
+        case .databaseURL(let detail): "the --db URL is not usable: \(detail)"
+        case .postgres(let target, let detail): "cannot use the PostgreSQL database \(target): \(detail)"
         }
     }
 

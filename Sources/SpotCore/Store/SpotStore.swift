@@ -2,12 +2,18 @@ import Crypto
 import Foundation
 import GRDB
 import Logging
+import Synchronization
 
-/// The store: one SQLite file in WAL mode behind one `DatabasePool`.
+/// The store: one SQLite file in WAL mode behind one `DatabasePool` (the embedded default), or a PostgreSQL
+/// database that several replicas share. The store's transactions are written once, against `Database` (`SQL.swift`).
 /// Every method that keeps an invariant is exactly one transaction.
-public final class SQLiteStore: Sendable {
-    let writer: DatabasePool
-    let batcher: WriteBatcher
+public final class SpotStore: Sendable {
+    enum Engine: Sendable {
+        case sqlite(DatabasePool, WriteBatcher)
+        case postgres(PostgresPool)
+    }
+
+    let engine: Engine
     let placementHints = PlacementHints()
     let catalog = Catalog()
     let clock: any SpotClock
@@ -21,9 +27,29 @@ public final class SQLiteStore: Sendable {
     let replicaDrainSeconds: Int64
     /// Whether the simulated provider is the cloud: then a node registered through the API is one of its instances.
     let simulatedCloud: Bool
+    /// Told, after each commit, how many events of each type it wrote.
+    private let commitObservers = CommitObservers()
 
-    /// Opens (creating if needed) the store at `path` and applies `migrations` (by default those built into the
-    /// binary). Errors name the path and what is wrong with it.
+    /// Opens the store `location` names: a `postgres://` URL, or a SQLite file (created if needed). SQLite takes
+    /// `migrations` (by default those built into the binary), PostgreSQL its own (`migrations/postgres/`). Errors name
+    /// the path or server and what is wrong with it.
+    public convenience init(
+        location: String, migrations: [Migration]? = nil, admissionLimit: Int64 = 3600, replicaDrainSeconds: Int64 = 30,
+        simulatedCloud: Bool = false, clock: any SpotClock = SystemClock(), logger: Logger = Logger(label: "spotd.store")
+    ) throws {
+        if PostgresTarget.isPostgres(location) {
+            try self.init(
+                postgres: try PostgresTarget(url: location), migrations: migrations ?? Migration.embeddedPostgres,
+                admissionLimit: admissionLimit, replicaDrainSeconds: replicaDrainSeconds, simulatedCloud: simulatedCloud, clock: clock,
+                logger: logger)
+        } else {
+            try self.init(
+                path: location, migrations: migrations ?? Migration.embedded, admissionLimit: admissionLimit,
+                replicaDrainSeconds: replicaDrainSeconds, simulatedCloud: simulatedCloud, clock: clock, logger: logger)
+        }
+    }
+
+    /// Opens (creating if needed) the SQLite store at `path` and applies `migrations`.
     public init(
         path: String, migrations: [Migration] = Migration.embedded, admissionLimit: Int64 = 3600, replicaDrainSeconds: Int64 = 30,
         simulatedCloud: Bool = false,
@@ -40,12 +66,13 @@ public final class SQLiteStore: Sendable {
             // The Checkpointer service checkpoints off the write path; this threshold (40 MiB of WAL) is the net.
             try db.execute(sql: "PRAGMA wal_autocheckpoint = 10000")
         }
+        let writer: DatabasePool
         do {
-            self.writer = try DatabasePool(path: path, configuration: configuration)
+            writer = try DatabasePool(path: path, configuration: configuration)
         } catch let error as DatabaseError {
             throw StartupError.database(path: path, detail: StartupError.explain(error))
         }
-        self.batcher = WriteBatcher(writer: writer)
+        self.engine = .sqlite(writer, WriteBatcher(writer: writer))
         self.clock = clock
         self.logger = logger
         self.migrations = migrations
@@ -58,6 +85,46 @@ public final class SQLiteStore: Sendable {
             throw StartupError.database(path: path, detail: error.description)
         } catch let error as DatabaseError {
             throw StartupError.database(path: path, detail: StartupError.explain(error))
+        }
+        if case .sqlite(_, let batcher) = engine {
+            let observers = commitObservers
+            batcher.observeCommits { observers.tell($0) }
+        }
+    }
+
+    /// Connects to PostgreSQL and applies `migrations` under an advisory lock (replicas starting together apply them
+    /// once). Errors say which of URL, host, password or database is wrong.
+    init(
+        postgres target: PostgresTarget, migrations: [Migration], connections: Int = 8, admissionLimit: Int64 = 3600,
+        replicaDrainSeconds: Int64 = 30, simulatedCloud: Bool = false, clock: any SpotClock = SystemClock(),
+        logger: Logger = Logger(label: "spotd.store")
+    ) throws {
+        let pool: PostgresPool
+        do {
+            pool = try PostgresPool(target: target, connections: connections, logger: logger)
+        } catch {
+            throw StartupError.postgres(target: target.description, detail: "TLS cannot be set up: \(error)")
+        }
+        self.engine = .postgres(pool)
+        self.clock = clock
+        self.logger = logger
+        self.migrations = migrations
+        self.admissionLimit = admissionLimit
+        self.replicaDrainSeconds = replicaDrainSeconds
+        self.simulatedCloud = simulatedCloud
+        do {
+            try PostgresMigrator(migrations: migrations, logger: logger).apply(pool)
+        } catch {
+            pool.shutdown()
+            throw StartupError.postgres(target: target.description, detail: PostgresMigrator.explain(error, target: target))
+        }
+    }
+
+    /// "sqlite" or "postgres", as `/readyz` says.
+    public var kind: String {
+        switch engine {
+        case .sqlite: "sqlite"
+        case .postgres: "postgres"
         }
     }
 
@@ -74,22 +141,81 @@ public final class SQLiteStore: Sendable {
         }
     }
 
-    /// One write transaction, shared with concurrent writers (group commit); answered once it is on disk.
+    /// Calls `observer` after every commit with the events it wrote, by type (nothing for a write that rolled back).
+    func observeCommits(_ observer: @escaping @Sendable ([String: Int]) -> Void) {
+        commitObservers.add(observer)
+    }
+
+    /// One write transaction. SQLite: shared with concurrent writers (group commit), answered once it is on disk.
+    /// PostgreSQL: its own transaction, after the write lock.
     func write<T: Sendable>(_ updates: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        try await batcher.write(updates)
+        switch engine {
+        case .sqlite(_, let batcher):
+            return try await batcher.write { db in try updates(Database(sqlite: db)) }
+        case .postgres(let pool):
+            let (value, events) = try await pool.transaction(write: true) { db in
+                let value = try updates(db)
+                guard case .postgres(let session) = db.backend else { return (value, [String: Int]()) }
+                return (value, session.appendedEvents)
+            }
+            if !events.isEmpty { commitObservers.tell(events) }
+            return value
+        }
     }
 
     /// A read from a snapshot, off the cooperative threads.
     func read<T: Sendable>(_ value: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        try await writer.read(value)
+        switch engine {
+        case .sqlite(let writer, _): try await writer.read { db in try value(Database(sqlite: db)) }
+        case .postgres(let pool): try await pool.transaction(write: false, value)
+        }
     }
 
-    /// Flushes the WAL into the main file; called at shutdown.
+    /// A read on the calling thread (tests, and tools that are not async).
+    func blockingRead<T>(_ value: (Database) throws -> T) throws -> T {
+        switch engine {
+        case .sqlite(let writer, _): try writer.read { db in try value(Database(sqlite: db)) }
+        case .postgres(let pool): try pool.blockingTransaction(write: false, value)
+        }
+    }
+
+    /// The SQLite pool, when the store is SQLite (the checkpointer, and tests of SQLite's query plans).
+    var sqliteWriter: DatabasePool? {
+        if case .sqlite(let writer, _) = engine { return writer }
+        return nil
+    }
+
+    /// A write at startup, before the server runs (seeding the policies).
+    func blockingWrite<T>(_ updates: (Database) throws -> T) throws -> T {
+        switch engine {
+        case .sqlite(let writer, _): try writer.write { db in try updates(Database(sqlite: db)) }
+        case .postgres(let pool): try pool.blockingTransaction(write: true, updates)
+        }
+    }
+
+    /// SQLite: flushes the WAL into the main file. PostgreSQL: closes the connections. Called at shutdown.
     public func close() throws {
-        try writer.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) }
-        try writer.close()
+        switch engine {
+        case .sqlite(let writer, _):
+            try writer.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) }
+            try writer.close()
+        case .postgres(let pool):
+            pool.shutdown()
+        }
+    }
+}
+
+/// The observers of commits, told what each commit wrote.
+final class CommitObservers: Sendable {
+    private let observers = Mutex<[@Sendable ([String: Int]) -> Void]>([])
+
+    func add(_ observer: @escaping @Sendable ([String: Int]) -> Void) {
+        observers.withLock { $0.append(observer) }
     }
 
+    func tell(_ events: [String: Int]) {
+        for observer in observers.withLock({ $0 }) { observer(events) }
+    }
 }
 
 /// One schema change: `NNNN_name.sql`, applied once, in order, and recorded with its checksum.
@@ -151,7 +277,7 @@ struct Migrator {
                         version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at INTEGER NOT NULL)
                     """)
             // A version this binary does not know means a newer spotd wrote the store: its schema may not be ours.
-            let applied = try Row.fetchAll(db, sql: "SELECT version, name FROM schema_migrations ORDER BY version")
+            let applied = try GRDB.Row.fetchAll(db, sql: "SELECT version, name FROM schema_migrations ORDER BY version")
             for row in applied {
                 let version: Int = row["version"]
                 if known[version] == nil {
@@ -161,8 +287,8 @@ struct Migrator {
             for migration in migrations.sorted(by: { $0.version < $1.version }) {
                 try db.inTransaction(.immediate) {
                     if let existing = try String.fetchOne(
-                        db, sql: "SELECT checksum FROM schema_migrations WHERE version = ?", arguments: [migration.version])
-                    {
+                        db as GRDB.Database, sql: "SELECT checksum FROM schema_migrations WHERE version = ?", arguments: [migration.version]
+                    ) {
                         guard existing == migration.checksum else { throw MigrationError.edited(migration.name) }
                         return .commit
                     }
