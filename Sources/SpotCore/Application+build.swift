@@ -27,7 +27,7 @@ public struct SpotRuntime: Sendable {
         self.clock = clock
         let migrations = try config.migrationsDirectory.map(Migration.load(from:))
         self.store = try SpotStore(
-            location: config.dbPath, migrations: migrations, admissionLimit: config.admissionLimitSeconds,
+            location: config.dbPath, migrations: migrations, connections: config.dbPoolSize, admissionLimit: config.admissionLimitSeconds,
             replicaDrainSeconds: config.replicaDrainSeconds, simulatedCloud: config.provider == .simulated, clock: clock, logger: logger)
         try store.seedPolicies(admissionLimit: config.admissionLimitSeconds)
         self.signal = WorkerSignal()

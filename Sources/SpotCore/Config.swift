@@ -8,7 +8,10 @@ public struct SpotConfig: Sendable {
 
     public var host = "127.0.0.1"
     public var port = 8080
+    /// The store: a SQLite file, or a `postgres://` URL (several replicas may share one PostgreSQL database).
     public var dbPath = "./spotd.sqlite"
+    /// PostgreSQL: connections each replica keeps at most.
+    public var dbPoolSize = 8
     public var adminToken: String?
     public var webhookSecret: String?
     public var autoPlace = true
@@ -64,6 +67,12 @@ public struct SpotConfig: Sendable {
 
     /// Checks every setting, each against its range, before anything uses one: a value from a flag or a variable
     /// is never used in arithmetic unchecked. Returns what is wrong, naming the flag.
+    /// The store as logs and messages name it: a PostgreSQL URL without its password.
+    public var dbDescription: String {
+        guard PostgresTarget.isPostgres(dbPath), let target = try? PostgresTarget(url: dbPath) else { return dbPath }
+        return target.description
+    }
+
     public func validate() -> StartupError? {
         func outside<T: Comparable>(_ value: T, _ range: ClosedRange<T>, _ flag: String, _ unit: String = "") -> StartupError? {
             range.contains(value)
@@ -75,6 +84,14 @@ public struct SpotConfig: Sendable {
                 ? outside(value, range, flag, " seconds") : .setting(name: flag, detail: "must be a finite number (got \(value))")
         }
         if host.isEmpty { return .setting(name: "--host (SPOTD_HOST)", detail: "must not be empty") }
+        if PostgresTarget.isPostgres(dbPath) {
+            do {
+                _ = try PostgresTarget(url: dbPath)
+            } catch {
+                return error
+            }
+        }
+        if let problem = outside(dbPoolSize, 1...64, "--db-pool-size (SPOTD_DB_POOL_SIZE)") { return problem }
         if adminToken == nil && !isLoopback {
             return .setting(
                 name: "--host (SPOTD_HOST)",

@@ -44,14 +44,18 @@ struct Spotd: AsyncParsableCommand {
 
 /// Settings shared by every command that opens the store.
 struct StoreOptions: ParsableArguments {
-    @Option(help: "SQLite file (env SPOTD_DB; default ./spotd.sqlite).")
+    @Option(help: "SQLite file, or postgres://user:password@host:5432/database for PostgreSQL (env SPOTD_DB; default ./spotd.sqlite).")
     var db: String?
+
+    @Option(help: "PostgreSQL: connections this replica keeps at most, 1-64 (env SPOTD_DB_POOL_SIZE; default 8).")
+    var dbPoolSize: Int?
 
     @Option(help: "Folder of NNNN_name.sql migrations to use instead of the built-in ones (env SPOTD_MIGRATIONS).")
     var migrations: String?
 
     func apply(to config: inout SpotConfig) {
         config.dbPath = db ?? env("SPOTD_DB") ?? config.dbPath
+        if let size = dbPoolSize ?? env("SPOTD_DB_POOL_SIZE").map({ Int($0) ?? -1 }) { config.dbPoolSize = size }
         config.migrationsDirectory = migrations ?? env("SPOTD_MIGRATIONS")
     }
 }
@@ -206,7 +210,7 @@ struct Serve: AsyncParsableCommand {
         logger.info(
             "spotd starting",
             metadata: [
-                "version": "\(SpotVersion.current)", "address": "\(config.host):\(config.port)", "db": "\(config.dbPath)",
+                "version": "\(SpotVersion.current)", "address": "\(config.host):\(config.port)", "db": "\(config.dbDescription)",
                 "provider": "\(config.provider.rawValue)", "auto_place": "\(config.autoPlace)",
                 "signed_webhooks": "\(config.webhookSecret != nil)",
             ])
@@ -232,7 +236,7 @@ struct Migrate: AsyncParsableCommand {
         store.apply(to: &config)
         let runtime = openRuntime(config)
         try runtime.close()
-        print("migrations applied to \(config.dbPath)")
+        print("migrations applied to \(config.dbDescription)")
     }
 }
 

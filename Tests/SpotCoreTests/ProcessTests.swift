@@ -10,7 +10,7 @@ import Testing
     import FoundationNetworking
 #endif
 
-/// A real `spotd serve` process on a real SQLite file, killed and restarted.
+/// A real `spotd serve` process on a real store (a SQLite file, or a PostgreSQL database), killed and restarted.
 final class SpotdProcess {
     let port: Int
     let dbPath: String
@@ -27,11 +27,11 @@ final class SpotdProcess {
 
     init(
         directory: URL, port: Int, extra: [String] = [], binary: URL = SpotdProcess.binary, workingDirectory: URL? = nil,
-        environment: [String: String] = [:]
+        environment: [String: String] = [:], db: String? = nil
     ) {
         self.environment = environment
         self.port = port
-        self.dbPath = directory.appendingPathComponent("spotd.sqlite").path
+        self.dbPath = db ?? TestStore.location(in: directory)
         self.arguments = ["serve", "--port", String(port), "--db", dbPath] + extra
         self.binary = binary
         self.workingDirectory = workingDirectory

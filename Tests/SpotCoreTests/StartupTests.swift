@@ -171,13 +171,13 @@ struct StartupTests {
         try await server.start()
         let (status, ready) = try await server.request("GET", "/readyz")
         #expect(status == 200, "\(ready)")
-        #expect(ready["store"]?.string == "sqlite")
+        #expect(ready["store"]?.string == (TestStore.isPostgres ? "postgres" : "sqlite"))
         // The only process: it takes the worker lease within a renewal or two.
         #expect(try await server.eventually { try await server.request("GET", "/readyz").1["leader"]?.bool == true })
-        let applied = try await DatabaseQueue(path: server.dbPath).read { db in
-            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM schema_migrations")
-        }
-        #expect(applied == Migration.embedded.count)
+        let store = try SpotStore(location: server.dbPath, connections: 1)
+        let applied = try store.blockingRead { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM schema_migrations") }
+        #expect(applied == (TestStore.isPostgres ? Migration.embeddedPostgres : Migration.embedded).count)
+        try store.close()
         server.kill(SIGTERM)
     }
 

@@ -8,7 +8,8 @@ import Testing
 @Suite("Row layouts")
 struct RowLayoutTests {
     /// Rows are decoded by position; every SELECT of a model names `columns`, so their order must match the tables.
-    @Test func modelColumnsNameRealColumnsInTheDecodedOrder() throws {
+    @Test(.enabled(if: TestStore.isSQLite, "reads SQLite's prepared statements"))
+    func modelColumnsNameRealColumnsInTheDecodedOrder() throws {
         let env = try TestEnv()
         let layouts: [(String, String)] = [
             (Pool.columns, "pools"), (Node.columns, "nodes"), (Job.columns, "jobs"), (Interruption.columns, "interruptions"),
@@ -64,9 +65,9 @@ struct CatalogTests {
 struct CommitObservationTests {
     /// Counting a batch's events must read only that batch's rows: a `GROUP BY type` once made SQLite walk every
     /// event ever written on every commit (placements fell from 12,000/s to 3,000/s at 16 connections).
-    @Test func batchEventsAreReadByRowidRange() async throws {
+    @Test(.enabled(if: TestStore.isSQLite, "a SQLite query plan"))
+    func batchEventsAreReadByRowidRange() async throws {
         let env = try TestEnv()
-        try #require(env.store.kind == "sqlite", "a SQLite query plan")
         let plan = try await env.store.read { db in
             try SpotCore.Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + WriteBatcher.batchEventTypesSQL, arguments: [0]).map {
                 $0["detail"] as String
@@ -77,9 +78,9 @@ struct CommitObservationTests {
 
     /// A node's jobs are found through the node lookups (node_id, then gang membership), never by reading every
     /// running job through the state index: at 20,000 running jobs that was 200 times slower, on every drain.
-    @Test func jobsOnANodeAreFoundByNode() async throws {
+    @Test(.enabled(if: TestStore.isSQLite, "a SQLite query plan"))
+    func jobsOnANodeAreFoundByNode() async throws {
         let env = try TestEnv()
-        try #require(env.store.kind == "sqlite", "a SQLite query plan")
         let plan = try await env.store.read { db in
             try SpotCore.Row.fetchAll(
                 db, sql: "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE \(SpotCore.Database.onNode) AND \(SpotCore.Database.holdsGPUs)",

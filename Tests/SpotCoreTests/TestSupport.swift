@@ -5,11 +5,38 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
+import Synchronization
 import Testing
 
 @testable import SpotCore
 
-/// A throwaway store in a temporary folder, a manual clock, and the app built on them.
+/// The store the tests run on: SQLite files by default; with `SPOTD_TEST_POSTGRES` set (scripts/with-postgres.sh
+/// sets it), a fresh PostgreSQL database for every test and every spotd process, on that server.
+enum TestStore {
+    static let postgresServer: String? = ProcessInfo.processInfo.environment["SPOTD_TEST_POSTGRES"].flatMap { $0.isEmpty ? nil : $0 }
+    static var isPostgres: Bool { postgresServer != nil }
+    static var isSQLite: Bool { postgresServer == nil }
+
+    /// PostgreSQL databases made so far, by the folder they stand for: processes restarted on one folder, or
+    /// replicas sharing one, share its database as they would share its SQLite file.
+    private static let databases = Mutex<[String: String]>([:])
+
+    /// Where a test's store lives: a SQLite file in `directory`, or that folder's PostgreSQL database.
+    static func location(in directory: URL) -> String {
+        guard let server = postgresServer else { return directory.appendingPathComponent("spotd.sqlite").path }
+        if let made = databases.withLock({ $0[directory.path] }) { return made }
+        let name = "spotd_test_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        do {
+            let url = try PostgresScratch.createDatabase(serverURL: server, name: name)
+            databases.withLock { $0[directory.path] = url }
+            return url
+        } catch {
+            fatalError("SPOTD_TEST_POSTGRES is set, but a test database cannot be created there: \(String(reflecting: error))")
+        }
+    }
+}
+
+/// A throwaway store in a temporary folder (or PostgreSQL database), a manual clock, and the app built on them.
 struct TestEnv {
     let directory: URL
     let clock: ManualClock
@@ -20,7 +47,8 @@ struct TestEnv {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         clock = ManualClock()
         var config = SpotConfig()
-        config.dbPath = directory.appendingPathComponent("spotd.sqlite").path
+        config.dbPath = TestStore.location(in: directory)
+        config.dbPoolSize = 2
         config.port = 0
         config.simBootSeconds = 5
         configure(&config)

@@ -218,7 +218,7 @@ struct OpsController {
         }
         // Which store, and whether this process runs the workflows (holds the worker lease).
         return JSONValue.object([
-            "status": .string("ready"), "store": .string("sqlite"), "leader": .bool(metrics.leader.load(ordering: .relaxed)),
+            "status": .string("ready"), "store": .string(store.kind), "leader": .bool(metrics.leader.load(ordering: .relaxed)),
         ]).response()
     }
 

@@ -40,10 +40,18 @@ public struct AppRequestContext: RequestContext {
 
     public var maxUploadSize: Int { RequestLimits.maxBody }
 
-    /// A path parameter, percent-decoded (`a%3Ab` is `a:b`, as `encodeURIComponent` writes it).
+    /// A path parameter, percent-decoded (`a%3Ab` is `a:b`, as `encodeURIComponent` writes it). One that holds a
+    /// control character names nothing that can exist (no stored name may hold one): 404, before any store sees it
+    /// (PostgreSQL refuses a NUL in any text it is given).
     func pathParameter(_ name: String) throws -> String {
         let raw = try parameters.require(name)
-        return raw.removingPercentEncoding ?? raw
+        let value = raw.removingPercentEncoding ?? raw
+        if value.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
+            throw Problem(
+                status: .notFound, type: "urn:spotd:problem:not-found", title: "Not found",
+                detail: "nothing is named with a control character (path parameter \(name))")
+        }
+        return value
     }
 }
 

@@ -16,9 +16,10 @@ extension Database {
         try cachedStatement(
             sql: """
                 INSERT INTO usage_hourly (hour, pool, tier, node_ms, gpu_ms, cost, interruptions, lost_gpu_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (hour, pool, tier) DO UPDATE SET node_ms = node_ms + excluded.node_ms, gpu_ms = gpu_ms + excluded.gpu_ms,
-                    cost = cost + excluded.cost, interruptions = interruptions + excluded.interruptions,
-                    lost_gpu_ms = lost_gpu_ms + excluded.lost_gpu_ms
+                ON CONFLICT (hour, pool, tier) DO UPDATE SET node_ms = usage_hourly.node_ms + excluded.node_ms,
+                    gpu_ms = usage_hourly.gpu_ms + excluded.gpu_ms, cost = usage_hourly.cost + excluded.cost,
+                    interruptions = usage_hourly.interruptions + excluded.interruptions,
+                    lost_gpu_ms = usage_hourly.lost_gpu_ms + excluded.lost_gpu_ms
                 """
         ).execute(arguments: [hour, pool, tier, nodeMillis, gpuMillis, cost, interruptions, lostGPUMillis])
     }

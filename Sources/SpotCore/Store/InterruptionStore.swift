@@ -131,7 +131,7 @@ extension SpotStore {
                     db,
                     sql: """
                         SELECT step, at, job_id, detail FROM (
-                            SELECT seq, step, at, job_id, detail FROM interruption_steps WHERE interruption_id = ? ORDER BY seq DESC LIMIT ?)
+                            SELECT seq, step, at, job_id, detail FROM interruption_steps WHERE interruption_id = ? ORDER BY seq DESC LIMIT ?) AS newest
                         ORDER BY seq
                         """, arguments: [id, steps]
                 ).map { TimelineStep(step: $0["step"], at: $0["at"], jobId: $0["job_id"], detail: $0["detail"]) }

@@ -225,12 +225,24 @@ final class PostgresSession {
 
     /// Runs a statement; the rows it changed.
     func execute(_ sql: String, _ values: [SQLValue]) throws -> Int {
-        let result = try connection.query(query(sql, values), logger: logger).wait()
+        let result = try send(sql, values)
         return result.metadata.rows ?? 0
     }
 
+    /// One statement and its answer; PostgreSQL's refusal says what it refused and where.
+    private func send(_ sql: String, _ values: [SQLValue]) throws -> PostgresQueryResult {
+        do {
+            return try connection.query(query(sql, values), logger: logger).wait()
+        } catch let error as PSQLError where error.code == .server {
+            let state = error.serverInfo?[.sqlState] ?? ""
+            if state.hasPrefix("57P") || state.hasPrefix("08") { throw error }
+            throw PostgresStatementError(
+                message: error.serverInfo?[.message] ?? "refused", sqlState: state, statement: dialect.translate(sql))
+        }
+    }
+
     func rows(_ sql: String, _ values: [SQLValue]) throws -> [Row] {
-        let result = try connection.query(query(sql, values), logger: logger).wait()
+        let result = try send(sql, values)
         var names: [String]?
         return result.rows.map { row in
             var values: [SQLValue] = []
@@ -278,9 +290,19 @@ final class PostgresSession {
     }
 }
 
+/// PostgreSQL refused a statement (a bug, or a constraint the code did not expect): what, and which statement.
+struct PostgresStatementError: Error, CustomStringConvertible {
+    var message: String
+    var sqlState: String
+    var statement: String
+
+    var description: String { "PostgreSQL: \(message) [\(sqlState)] in `\(statement)`" }
+}
+
 /// The store's SQL is SQLite's; these are the few spellings PostgreSQL takes differently, rewritten once per text:
-/// `?` placeholders become `$1…`, the two-argument `MAX`/`MIN` become `GREATEST`/`LEAST`, SQLite's unary `+` (an
-/// index hint) goes, and `json_each` becomes `json_array_elements_text`.
+/// `?` placeholders become `$1…`, the two-argument `MAX`/`MIN` become `GREATEST`/`LEAST`, SQLite's index hints
+/// (`INDEXED BY`, a unary `+`) go, `IS [NOT] ?` becomes `IS [NOT] DISTINCT FROM ?`, and `json_each` becomes
+/// `json_array_elements_text`.
 final class PostgresDialect: Sendable {
     private let cache = Mutex<[String: String]>([:])
 
@@ -296,7 +318,10 @@ final class PostgresDialect: Sendable {
 
     static func rewrite(_ sql: String) -> String {
         var text = sql
-        text = text.replacingOccurrences(of: "+state IN", with: "state IN")
+        text = text.replacingOccurrences(of: "+state IN", with: "state IN").replacingOccurrences(of: "+j.state IN", with: "j.state IN")
+        text = text.replacingOccurrences(of: "IS NOT ?", with: "IS DISTINCT FROM ?")
+        text = text.replacingOccurrences(of: " IS ?", with: " IS NOT DISTINCT FROM ?")
+        text = text.replacingOccurrences(of: "\\s+INDEXED BY [a-z_]+", with: "", options: .regularExpression)
         text = text.replacingOccurrences(
             of: "SELECT value FROM json_each(?)", with: "SELECT value FROM json_array_elements_text(CAST(? AS json)) AS value")
         text = scalarMinMax(text)
@@ -391,8 +416,7 @@ struct PostgresMigrator {
         for migration in migrations.sorted(by: { $0.version < $1.version }) where !applied.contains(migration.version) {
             try session.run("BEGIN")
             do {
-                // The simple protocol: a migration is several statements.
-                _ = try connection.simpleQuery(migration.sql).wait()
+                for statement in Self.statements(migration.sql) { try session.run(statement) }
                 _ = try session.execute(
                     "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
                     [.int(Int64(migration.version)), .text(migration.name), .text(migration.checksum), .int(SystemClock().now())])
@@ -407,6 +431,47 @@ struct PostgresMigrator {
             logger.info("migration applied", metadata: ["migration": "\(migration.name)"])
         }
         try session.run("SELECT pg_advisory_unlock(\(PostgresPool.migrationLockKey))")
+    }
+
+    /// A migration's statements, split at the semicolons that end them (not those inside quotes, comments or a
+    /// `$$` function body): postgres-nio sends one statement at a time.
+    static func statements(_ sql: String) -> [String] {
+        var statements: [String] = []
+        var current = ""
+        var quoted = false
+        var dollar = false
+        var comment = false
+        let characters = Array(sql)
+        var index = 0
+        while index < characters.count {
+            let character = characters[index]
+            let next = index + 1 < characters.count ? characters[index + 1] : nil
+            if comment {
+                if character == "\n" { comment = false }
+            } else if !quoted && !dollar && character == "-" && next == "-" {
+                comment = true
+            } else {
+                if character == "'" && !dollar { quoted.toggle() }
+                if character == "$" && next == "$" && !quoted {
+                    dollar.toggle()
+                    current += "$$"
+                    index += 2
+                    continue
+                }
+                if character == ";" && !quoted && !dollar {
+                    let trimmed = current.trimmingCharacters(in: .whitespacesAndNewlines)
+                    if !trimmed.isEmpty { statements.append(trimmed) }
+                    current = ""
+                    index += 1
+                    continue
+                }
+                current.append(character)
+            }
+            index += 1
+        }
+        let trimmed = current.trimmingCharacters(in: .whitespacesAndNewlines)
+        if !trimmed.isEmpty { statements.append(trimmed) }
+        return statements
     }
 
     /// What an operator reads when spotd cannot use the database: the URL's server, the password, the database, or
@@ -438,5 +503,23 @@ struct PostgresMigrator {
         }
         if let error = error as? StoreError, case .unavailable(let detail) = error { return detail }
         return "\(error)"
+    }
+}
+
+/// Makes a fresh, empty database on a PostgreSQL server: each test (and each benchmark run) gets its own.
+public enum PostgresScratch {
+    /// Creates database `name` through `serverURL` (any database of that server) and answers its URL.
+    public static func createDatabase(serverURL: String, name: String) throws -> String {
+        var target = try PostgresTarget(url: serverURL)
+        let pool = try PostgresPool(target: target, connections: 1, logger: Logger(label: "spotd.scratch"))
+        defer { pool.shutdown() }
+        let connection = try pool.connect()
+        defer { _ = try? connection.close().wait() }
+        let quoted = name.replacingOccurrences(of: "\"", with: "\"\"")
+        _ = try connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \"\(quoted)\""), logger: Logger(label: "spotd.scratch")).wait()
+        target.database = name
+        var components = URLComponents(string: serverURL)!
+        components.path = "/" + name
+        return components.string!
     }
 }

@@ -51,6 +51,8 @@ protocol ResourceStore: Sendable {
     func summary() async throws -> StoreSummary
     func costReport(since: Millis, until: Millis) async throws -> CostReport
     func isReady() async -> Bool
+    /// "sqlite" or "postgres".
+    var kind: String { get }
 }
 
 /// The append-only event log, as the event list and the event streams read it.

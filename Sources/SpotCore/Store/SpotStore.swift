@@ -34,13 +34,15 @@ public final class SpotStore: Sendable {
     /// `migrations` (by default those built into the binary), PostgreSQL its own (`migrations/postgres/`). Errors name
     /// the path or server and what is wrong with it.
     public convenience init(
-        location: String, migrations: [Migration]? = nil, admissionLimit: Int64 = 3600, replicaDrainSeconds: Int64 = 30,
+        location: String, migrations: [Migration]? = nil, connections: Int = 8, admissionLimit: Int64 = 3600,
+        replicaDrainSeconds: Int64 = 30,
         simulatedCloud: Bool = false, clock: any SpotClock = SystemClock(), logger: Logger = Logger(label: "spotd.store")
     ) throws {
         if PostgresTarget.isPostgres(location) {
             try self.init(
                 postgres: try PostgresTarget(url: location), migrations: migrations ?? Migration.embeddedPostgres,
-                admissionLimit: admissionLimit, replicaDrainSeconds: replicaDrainSeconds, simulatedCloud: simulatedCloud, clock: clock,
+                connections: connections, admissionLimit: admissionLimit, replicaDrainSeconds: replicaDrainSeconds,
+                simulatedCloud: simulatedCloud, clock: clock,
                 logger: logger)
         } else {
             try self.init(
