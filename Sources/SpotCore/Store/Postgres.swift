@@ -90,6 +90,10 @@ final class PostgresPool: Sendable {
     /// Statement texts rewritten for PostgreSQL, once each.
     let dialect = PostgresDialect()
 
+    /// Longest wait for one statement's answer (the write lock included): past it the connection is dropped and the
+    /// request answered 503, so a connection that silently went away cannot hold a thread for ever.
+    static let statementSeconds: Int64 = 15
+
     /// Every write transaction takes this advisory lock first: writes are serialized across replicas, as SQLite
     /// serializes them in one process. Placements cannot double-book, a fence check cannot pass beside a lease
     /// change, and events commit in id order, so every reader of "events after id N" misses none.
@@ -111,7 +115,7 @@ final class PostgresPool: Sendable {
             defer { connections.removeAll() }
             return connections
         }
-        for connection in open { try? connection.close().wait() }
+        for connection in open { try? connection.close().boundedWait(seconds: 2) }
         try? threads.syncShutdownGracefully()
         try? group.syncShutdownGracefully()
     }
@@ -148,7 +152,9 @@ final class PostgresPool: Sendable {
             return value
         } catch {
             if connection.isClosed || Self.isConnectionError(error) {
-                _ = try? connection.close().wait()
+                _ = try? connection.close().boundedWait(seconds: 2)
+                // The others idle beside it most likely broke with it (a restart cuts every connection).
+                dropIdle()
                 throw StoreError.unavailable("PostgreSQL at \(target.host):\(target.port) is unreachable (\(Self.describe(error)))")
             }
             checkin(connection)
@@ -170,7 +176,17 @@ final class PostgresPool: Sendable {
     /// A new connection; errors as PostgreSQL or the network gave them.
     func connect() throws -> PostgresConnection {
         let id = nextId.add(1, ordering: .relaxed).oldValue
-        return try PostgresConnection.connect(on: group.next(), configuration: configuration, id: id, logger: logger).wait()
+        return try PostgresConnection.connect(on: group.next(), configuration: configuration, id: id, logger: logger)
+            .boundedWait(seconds: 10)
+    }
+
+    /// Closes every idle connection (after one broke: the next use connects afresh).
+    private func dropIdle() {
+        let open = idle.withLock { connections in
+            defer { connections.removeAll() }
+            return connections
+        }
+        for connection in open { _ = connection.close() as EventLoopFuture<Void> }
     }
 
     private func checkin(_ connection: PostgresConnection) {
@@ -179,7 +195,7 @@ final class PostgresPool: Sendable {
     }
 
     static func isConnectionError(_ error: any Error) -> Bool {
-        guard let error = error as? PSQLError else { return error is ChannelError || error is IOError }
+        guard let error = error as? PSQLError else { return error is ChannelError || error is IOError || error is PostgresTimeout }
         switch error.code {
         case .connectionError, .serverClosedConnection, .uncleanShutdown, .clientClosedConnection, .poolClosed: return true
         case .server:
@@ -220,7 +236,7 @@ final class PostgresSession {
 
     /// A statement of our own, without arguments.
     func run(_ sql: String) throws {
-        _ = try connection.query(PostgresQuery(unsafeSQL: sql), logger: logger).wait()
+        _ = try connection.query(PostgresQuery(unsafeSQL: sql), logger: logger).boundedWait(seconds: PostgresPool.statementSeconds)
     }
 
     /// Runs a statement; the rows it changed.
@@ -232,7 +248,7 @@ final class PostgresSession {
     /// One statement and its answer; PostgreSQL's refusal says what it refused and where.
     private func send(_ sql: String, _ values: [SQLValue]) throws -> PostgresQueryResult {
         do {
-            return try connection.query(query(sql, values), logger: logger).wait()
+            return try connection.query(query(sql, values), logger: logger).boundedWait(seconds: PostgresPool.statementSeconds)
         } catch let error as PSQLError where error.code == .server {
             let state = error.serverInfo?[.sqlState] ?? ""
             if state.hasPrefix("57P") || state.hasPrefix("08") { throw error }
@@ -288,6 +304,26 @@ final class PostgresSession {
             return (try? cell.decode(String.self)).map(SQLValue.text) ?? .null
         }
     }
+}
+
+extension EventLoopFuture {
+    /// Waits for the value on the calling (non-event-loop) thread, at most `seconds`: past it, a connection error
+    /// (and the caller drops the connection).
+    func boundedWait(seconds: Int64) throws -> Value {
+        let promise = eventLoop.makePromise(of: Value.self)
+        let timeout = eventLoop.scheduleTask(in: .seconds(seconds)) {
+            promise.fail(PostgresTimeout(seconds: seconds))
+        }
+        cascade(to: promise)
+        promise.futureResult.whenComplete { _ in timeout.cancel() }
+        return try promise.futureResult.wait()
+    }
+}
+
+/// PostgreSQL did not answer in time.
+struct PostgresTimeout: Error, CustomStringConvertible {
+    var seconds: Int64
+    var description: String { "no answer within \(seconds) s" }
 }
 
 /// PostgreSQL refused a statement (a bug, or a constraint the code did not expect): what, and which statement.
@@ -396,7 +432,7 @@ struct PostgresMigrator {
         let known = Dictionary(uniqueKeysWithValues: migrations.map { ($0.version, $0) })
         let newest = migrations.map(\.version).max()!
         let connection = try pool.connect()
-        defer { _ = try? connection.close().wait() }
+        defer { _ = try? connection.close().boundedWait(seconds: 2) }
         let session = PostgresSession(connection: connection, dialect: pool.dialect, logger: logger)
         try session.run("SELECT pg_advisory_lock(\(PostgresPool.migrationLockKey))")
         try session.run(
@@ -514,9 +550,10 @@ public enum PostgresScratch {
         let pool = try PostgresPool(target: target, connections: 1, logger: Logger(label: "spotd.scratch"))
         defer { pool.shutdown() }
         let connection = try pool.connect()
-        defer { _ = try? connection.close().wait() }
+        defer { _ = try? connection.close().boundedWait(seconds: 2) }
         let quoted = name.replacingOccurrences(of: "\"", with: "\"\"")
-        _ = try connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \"\(quoted)\""), logger: Logger(label: "spotd.scratch")).wait()
+        _ = try connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \"\(quoted)\""), logger: Logger(label: "spotd.scratch"))
+            .boundedWait(seconds: 60)
         target.database = name
         var components = URLComponents(string: serverURL)!
         components.path = "/" + name
