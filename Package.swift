@@ -59,6 +59,7 @@ let package = Package(
         .executableTarget(
             name: "spotd-bench",
             dependencies: [
+                "SpotCore",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -45,13 +45,13 @@ enum LoadClient {
 
     /// Opens `connections` sockets, then sends requests `make(0)`, `make(1)`, … as fast as they are answered, until
     /// `count` have been answered or `duration` seconds have passed. With `connections == count` every request is
-    /// written before the first answer is read: a burst.
+    /// written before the first answer is read: a burst. With several `ports` (replicas), connections go round-robin.
     static func run(
-        port: Int, connections: Int, count: Int?, duration: Double? = nil, make: (Int) -> (method: String, path: String, body: String?)
+        ports: [Int], connections: Int, count: Int?, duration: Double? = nil, make: (Int) -> (method: String, path: String, body: String?)
     ) throws -> LoadResult {
         var sockets: [Connection] = []
         defer { for connection in sockets { close(connection.fd) } }
-        for _ in 0..<connections { sockets.append(Connection(fd: try connect(port: port))) }
+        for index in 0..<connections { sockets.append(Connection(fd: try connect(port: ports[index % ports.count]))) }
 
         var next = 0
         var latencies: [Double] = []

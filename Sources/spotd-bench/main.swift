@@ -2,11 +2,13 @@ import Foundation
 import HTTPTypes
 import HummingbirdTesting
 import NIOCore
+import SpotCore
 
 // spotd-bench: starts a real `spotd serve` (the binary next to this one) on a fresh SQLite file, loads it over HTTP,
 // and prints every figure of the benchmark as a table and as JSON, with the trivial-route ceiling of the same run.
 // Run: swift build -c release && .build/release/spotd-bench   (options: --nodes N --jobs N --placements N --burst N
-// --connections N --seconds S)
+// --connections N --seconds S; --db postgres://user:password@host/any-database makes a fresh database on that server
+// and runs --replicas N processes on it, the load spread over them round-robin)
 
 /// Writes a line at once (stdout is block-buffered when it is not a terminal).
 func say(_ line: String) {
@@ -22,10 +24,17 @@ struct Settings {
     var burst = 1_000
     var connections = 64
     var ceilingSeconds = 5.0
+    /// A PostgreSQL server (`--db`): the bench makes a fresh database there.
+    var postgres: String?
+    var replicas = 1
 
     init(_ arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
         while let flag = iterator.next() {
+            if flag == "--db" {
+                postgres = iterator.next()
+                continue
+            }
             guard let value = iterator.next().flatMap(Double.init) else { fatalError("usage: spotd-bench [--nodes N] [--jobs N] ...") }
             switch flag {
             case "--nodes": nodes = Int(value)
@@ -34,10 +43,12 @@ struct Settings {
             case "--burst": burst = Int(value)
             case "--connections": connections = Int(value)
             case "--seconds": ceilingSeconds = value
+            case "--replicas": replicas = max(1, Int(value))
             default: fatalError("unknown option \(flag)")
             }
         }
         placements = min(placements, jobs)
+        if postgres == nil { replicas = 1 }
     }
 }
 
@@ -126,7 +137,9 @@ func load(
 ) throws -> LoadResult {
     let start = LoadClient.monotonicSeconds()
     defer { phases.append("\(phase) \(start) \(LoadClient.monotonicSeconds())") }
-    return try LoadClient.run(port: port, connections: connections, count: duration == nil ? count : nil, duration: duration, make: make)
+    // `port` is the first replica's; the load goes to every replica.
+    let ports = port == servers[0].port ? servers.map(\.port) : [port]
+    return try LoadClient.run(ports: ports, connections: connections, count: duration == nil ? count : nil, duration: duration, make: make)
 }
 
 nonisolated(unsafe) var phases: [String] = []
@@ -194,7 +207,13 @@ guard FileManager.default.isExecutableFile(atPath: Server.binary.path) else {
 let directory = FileManager.default.temporaryDirectory.appendingPathComponent("spotd-bench-\(UUID().uuidString)")
 try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
 defer { try? FileManager.default.removeItem(at: directory) }
-let server = Server(port: LoadClient.freePort(), db: directory.appendingPathComponent("bench.sqlite").path)
+let db =
+    try settings.postgres.map {
+        try PostgresScratch.createDatabase(serverURL: $0, name: "spotd_bench_\(Int(Date().timeIntervalSince1970))")
+    }
+    ?? directory.appendingPathComponent("bench.sqlite").path
+let servers = (0..<settings.replicas).map { _ in Server(port: LoadClient.freePort(), db: db) }
+let server = servers[0]
 let port = server.port
 nonisolated(unsafe) var figures: [(String, String, Any)] = []
 @MainActor func record(_ key: String, _ label: String, _ value: Any) {
@@ -206,8 +225,10 @@ func round(_ value: Double, _ places: Int = 1) -> Double {
     return (value * scale).rounded() / scale
 }
 
-say("spotd-bench: \(settings.nodes) nodes, \(settings.jobs) jobs, \(settings.burst)-notice burst, \(settings.connections) connections")
-_ = try await server.start(autoPlace: false)
+say(
+    "spotd-bench: \(settings.nodes) nodes, \(settings.jobs) jobs, \(settings.burst)-notice burst, \(settings.connections) connections, "
+        + (settings.postgres == nil ? "SQLite" : "PostgreSQL, \(settings.replicas) replica(s)"))
+for replica in servers { _ = try await replica.start(autoPlace: false) }
 
 // Ceiling: a trivial route on the same server.
 let ceiling = try load("ceiling", port: port, connections: settings.connections, count: 0, duration: settings.ceilingSeconds) { _ in
@@ -264,7 +285,11 @@ record("burst_answered_s", "burst: all \(settings.burst) notices answered (s)", 
 record("burst_answer_p50_ms", "burst: answer latency at the client p50 (ms)", round(burst.percentile(0.5), 1))
 record("burst_answer_p99_ms", "burst: answer latency at the client p99 (ms)", round(burst.percentile(0.99), 1))
 // Inside spotd: from the handler receiving the notice to the cordon committed (fsync'd), from its own histogram.
-let cordon = try await histogram(port, "spotd_cordon_latency_seconds")
+var cordon = Histogram(buckets: [])
+for replica in servers {
+    let one = try await histogram(replica.port, "spotd_cordon_latency_seconds")
+    cordon.buckets = cordon.buckets.isEmpty ? one.buckets : zip(cordon.buckets, one.buckets).map { ($0.bound, $0.count + $1.count) }
+}
 record("notice_cordon_p50_ms", "burst: notice->cordon in spotd p50 (ms, bucket bound)", cordon.quantile(0.5) * 1000)
 record("notice_cordon_p99_ms", "burst: notice->cordon in spotd p99 (ms, bucket bound)", cordon.quantile(0.99) * 1000)
 let requeued = try await waitUntil(60) {
@@ -281,9 +306,10 @@ func bestEffort(_ state: String) async throws -> Int {
 }
 let queued = try await bestEffort("queued")
 let runningBefore = try await bestEffort("running")
-server.stop()
+for replica in servers { replica.stop() }
 let loopStart = Date()
-let restart = try await server.start(autoPlace: true)
+var restart = 0.0
+for replica in servers { restart = max(restart, try await replica.start(autoPlace: true)) }
 record("restart_s", "restart with all of that in the store (s)", round(restart, 3))
 let target = min(10_000, queued)
 var tenThousand = Double.infinity
@@ -297,8 +323,8 @@ _ = try await waitUntil(120) {
 record("loop_queued_jobs", "scheduling loop: queued jobs at restart", queued)
 record("loop_place_10k_s", "scheduling loop: \(target) of them placed (s, from start)", round(tenThousand, 3))
 record("loop_place_all_s", "scheduling loop: all of them placed (s, from start)", round(allPlaced, 3))
-record("rss_mib", "resident memory at the end (MiB)", round(server.residentMiB, 1))
-server.stop()
+record("rss_mib", "resident memory at the end (MiB, one replica)", round(server.residentMiB, 1))
+for replica in servers { replica.stop() }
 
 var object: [String: Any] = [:]
 for (key, _, value) in figures { object[key] = value }
