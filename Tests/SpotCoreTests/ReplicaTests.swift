@@ -312,6 +312,44 @@ struct PostgresOutageTests {
             #expect(try await server.request("POST", "/v1/interruptions", body).0 == 202)
         }
         #expect(try await stored().count == nodes)
+
+        // Connections cut under spotd's feet mid-request (pg_terminate_backend): 503 store-unavailable, never a 500.
+        let admin = try SpotStore(location: db, connections: 1)
+        final class Statuses: Sendable { let seen = Mutex<[String]>([]) }
+        let statuses = Statuses()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for reader in 0..<8 {
+                group.addTask {
+                    for _ in 0..<25 {
+                        let (status, answer) = try await server.request("GET", "/v1/nodes?limit=200&pool=spot-a")
+                        if status != 200 {
+                            statuses.seen.withLock { $0.append("\(status) \(answer["type"]?.string ?? "")") }
+                        }
+                    }
+                    _ = reader
+                }
+            }
+            group.addTask {
+                for _ in 0..<5 {
+                    _ = try admin.blockingRead { db in
+                        try Int.fetchAll(
+                            db,
+                            sql: """
+                                SELECT pg_terminate_backend(pid)::int FROM pg_stat_activity
+                                WHERE application_name = 'spotd' AND pid <> pg_backend_pid()
+                                """)
+                    }
+                    try await Task.sleep(for: .milliseconds(60))
+                }
+            }
+            try await group.waitForAll()
+        }
+        try admin.close()
+        #expect(
+            statuses.seen.withLock { $0 }.allSatisfy { $0 == "503 urn:spotd:problem:store-unavailable" }, "\(statuses.seen.withLock { $0 })"
+        )
+        print("[aRestartUnderLoadLosesNoAcceptedNotice] \(statuses.seen.withLock { $0.count }) reads cut mid-query answered 503")
+        #expect(try await server.request("GET", "/readyz").0 == 200)
         server.kill(SIGTERM)
         await cluster.remove()
     }

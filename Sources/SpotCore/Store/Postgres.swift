@@ -115,7 +115,7 @@ final class PostgresPool: Sendable {
             defer { connections.removeAll() }
             return connections
         }
-        for connection in open { try? connection.close().boundedWait(seconds: 2) }
+        for connection in open where (try? connection.close().boundedWait(seconds: 2)) == nil { Self.discard(connection) }
         try? threads.syncShutdownGracefully()
         try? group.syncShutdownGracefully()
     }
@@ -152,7 +152,7 @@ final class PostgresPool: Sendable {
             return value
         } catch {
             if connection.isClosed || Self.isConnectionError(error) {
-                _ = try? connection.close().boundedWait(seconds: 2)
+                Self.discard(connection)
                 // The others idle beside it most likely broke with it (a restart cuts every connection).
                 dropIdle()
                 throw StoreError.unavailable("PostgreSQL at \(target.host):\(target.port) is unreachable (\(Self.describe(error)))")
@@ -186,7 +186,18 @@ final class PostgresPool: Sendable {
             defer { connections.removeAll() }
             return connections
         }
-        for connection in open { _ = connection.close() as EventLoopFuture<Void> }
+        for connection in open { Self.discard(connection) }
+    }
+
+    /// Closes a connection without waiting, holding it until it is closed (a connection let go open is a bug
+    /// postgres-nio asserts on).
+    static func discard(_ connection: PostgresConnection) {
+        let closing: EventLoopFuture<Void> = connection.close()
+        closing.whenComplete { _ in withExtendedLifetime(connection) {} }
+    }
+
+    deinit {
+        for connection in idle.withLock({ $0 }) { Self.discard(connection) }
     }
 
     private func checkin(_ connection: PostgresConnection) {
@@ -432,7 +443,7 @@ struct PostgresMigrator {
         let known = Dictionary(uniqueKeysWithValues: migrations.map { ($0.version, $0) })
         let newest = migrations.map(\.version).max()!
         let connection = try pool.connect()
-        defer { _ = try? connection.close().boundedWait(seconds: 2) }
+        defer { if (try? connection.close().boundedWait(seconds: 2)) == nil { PostgresPool.discard(connection) } }
         let session = PostgresSession(connection: connection, dialect: pool.dialect, logger: logger)
         try session.run("SELECT pg_advisory_lock(\(PostgresPool.migrationLockKey))")
         try session.run(
@@ -550,7 +561,7 @@ public enum PostgresScratch {
         let pool = try PostgresPool(target: target, connections: 1, logger: Logger(label: "spotd.scratch"))
         defer { pool.shutdown() }
         let connection = try pool.connect()
-        defer { _ = try? connection.close().boundedWait(seconds: 2) }
+        defer { if (try? connection.close().boundedWait(seconds: 2)) == nil { PostgresPool.discard(connection) } }
         let quoted = name.replacingOccurrences(of: "\"", with: "\"\"")
         _ = try connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \"\(quoted)\""), logger: Logger(label: "spotd.scratch"))
             .boundedWait(seconds: 60)
