@@ -4,6 +4,7 @@
 #   pg-cluster.sh start DIR     initdb on first use, start on a free port (kept in DIR/port); prints the server URL
 #   pg-cluster.sh stop DIR      fast shutdown (connections are cut, as in a real restart)
 #   pg-cluster.sh remove DIR    stop at once and delete DIR
+# SPOTD_PG_DURABLE=1 keeps fsync on (the benchmark's setting); tests run without it.
 set -euo pipefail
 command=${1:?usage: pg-cluster.sh start|stop|remove DIR}
 dir=${2:?usage: pg-cluster.sh start|stop|remove DIR}
@@ -17,9 +18,11 @@ as_user=()
 ctl() {
     local port
     port=$(cat "$dir/port")
-    # Throwaway: fsync off (the tests kill spotd, never this machine); room for every test's connections.
+    # Throwaway: fsync off unless asked (the tests kill spotd, never this machine); room for every test's connections.
+    local durability="-c fsync=off -c full_page_writes=off"
+    [ "${SPOTD_PG_DURABLE:-}" = 1 ] && durability=""
     "${as_user[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=1000 -c fsync=off -c full_page_writes=off" "$@"
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=1000 $durability" "$@"
 }
 case "$command" in
 start)

@@ -69,7 +69,8 @@ public struct SpotConfig: Sendable {
     /// is never used in arithmetic unchecked. Returns what is wrong, naming the flag.
     /// The store as logs and messages name it: a PostgreSQL URL without its password.
     public var dbDescription: String {
-        guard PostgresTarget.isPostgres(dbPath), let target = try? PostgresTarget(url: dbPath) else { return dbPath }
+        guard PostgresTarget.isURL(dbPath) else { return dbPath }
+        guard let target = try? PostgresTarget(url: dbPath) else { return "(a --db URL that is not usable)" }
         return target.description
     }
 
@@ -84,6 +85,9 @@ public struct SpotConfig: Sendable {
                 ? outside(value, range, flag, " seconds") : .setting(name: flag, detail: "must be a finite number (got \(value))")
         }
         if host.isEmpty { return .setting(name: "--host (SPOTD_HOST)", detail: "must not be empty") }
+        if PostgresTarget.isURL(dbPath) && !PostgresTarget.isPostgres(dbPath) {
+            return .databaseURL("only postgres:// (or postgresql://) URLs are taken; anything else is a SQLite file path")
+        }
         if PostgresTarget.isPostgres(dbPath) {
             do {
                 _ = try PostgresTarget(url: dbPath)

@@ -202,5 +202,7 @@ struct StartupTests {
             .appendingPathComponent("migrations").path
         let onDisk = try Migration.load(from: folder)
         #expect(onDisk == Migration.embedded, "run scripts/embed-migrations.py after changing migrations/")
+        let postgres = try Migration.load(from: folder + "/postgres")
+        #expect(postgres == Migration.embeddedPostgres, "run scripts/embed-migrations.py after changing migrations/postgres/")
     }
 }

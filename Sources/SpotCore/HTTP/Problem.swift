@@ -109,10 +109,11 @@ public struct Problem: Error, HTTPResponseError, Sendable, Equatable {
             self = Problem(
                 status: .serviceUnavailable, type: "urn:spotd:problem:not-leader", title: "Not the leader",
                 detail: "this replica no longer holds the worker lease")
-        case .unavailable(let detail):
+        case .unavailable:
+            // What went wrong (the database's host, its message) is logged, not told to callers.
             self = Problem(
                 status: .serviceUnavailable, type: "urn:spotd:problem:store-unavailable", title: "Store unavailable",
-                detail: "\(detail); try again shortly")
+                detail: "the database is unavailable or busy; try again shortly")
             headers[.retryAfter] = "1"
         }
     }
@@ -173,6 +174,9 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         case is NIOTooManyBytesError:
             return .tooLarge
         case let error as StoreError:
+            if case .unavailable(let detail) = error {
+                context.logger.warning("store unavailable", metadata: ["error": "\(detail)", "path": "\(request.uri.path)"])
+            }
             return Problem(error)
         case let error as HTTPParserError:
             // A malformed request body (a bad chunk size, say) is the client's fault, and the connection cannot be reused.

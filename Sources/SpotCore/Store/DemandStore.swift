@@ -160,7 +160,7 @@ extension SpotStore {
             var live: [String: Int] = [:]
             let cutoff = now - idleSeconds * 1000
             var seen: Set<String> = []
-            for row in try Row.fetchAll(db.cachedStatement(sql: query + " ORDER BY 4"), arguments: [cutoff, cutoff]) {
+            for row in try Row.fetchAll(db.cachedStatement(sql: query + " ORDER BY 4, 3"), arguments: [cutoff, cutoff]) {
                 let nodeId: String = row[0]
                 guard seen.insert(nodeId).inserted else { continue }
                 let poolName: String = row[1]

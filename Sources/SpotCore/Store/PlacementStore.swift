@@ -265,6 +265,7 @@ extension SpotStore {
                     UNION SELECT n.id FROM nodes n JOIN pools p ON p.name = n.pool
                     JOIN job_nodes g ON g.node_id = n.id JOIN jobs j ON j.id = g.job_id AND j.tier = 'best_effort' AND j.state = 'running'
                     WHERE n.state = 'ready' AND p.capacity_type <> 'spot'\(freeNodes)
+                    ORDER BY 1
                     """), arguments: job.isGang ? [job.gpus] : [])
         var sites: [Placement.PreemptionSite] = []
         for id in ids {

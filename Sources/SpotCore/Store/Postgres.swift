@@ -16,8 +16,12 @@ struct PostgresTarget: Sendable, CustomStringConvertible {
 
     /// Whether `text` asks for PostgreSQL at all (then it must parse, or spotd says why).
     static func isPostgres(_ text: String) -> Bool {
-        text.hasPrefix("postgres://") || text.hasPrefix("postgresql://")
+        let lowered = text.prefix(13).lowercased()
+        return lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://")
     }
+
+    /// Whether `text` is some URL (`scheme://…`), which is never taken as a SQLite path.
+    static func isURL(_ text: String) -> Bool { text.contains("://") }
 
     /// Parses a URL; the error names what is wrong with it (and never repeats the password).
     init(url text: String) throws(StartupError) {
@@ -70,7 +74,14 @@ struct PostgresTarget: Sendable, CustomStringConvertible {
         var configuration = PostgresConnection.Configuration(
             host: host, port: port, username: user, password: password, database: database, tls: tls)
         configuration.options.connectTimeout = .seconds(5)
-        configuration.options.additionalStartupParameters = [("application_name", "spotd")]
+        // The server enforces the limits itself, so that a replica that froze (or a statement the client stopped
+        // waiting for) cannot hold the store's write lock: a transaction idle 5 s is ended, a statement ends after
+        // 15 s, a lock wait after 10 s, and a client gone is noticed within seconds.
+        configuration.options.additionalStartupParameters = [
+            ("application_name", "spotd"), ("idle_in_transaction_session_timeout", "5s"), ("statement_timeout", "15s"),
+            ("lock_timeout", "10s"), ("client_connection_check_interval", "1s"), ("tcp_keepalives_idle", "5"),
+            ("tcp_keepalives_interval", "2"), ("tcp_keepalives_count", "3"),
+        ]
         return configuration
     }
 }
@@ -84,6 +95,9 @@ final class PostgresPool: Sendable {
     private let configuration: PostgresConnection.Configuration
     private let group: MultiThreadedEventLoopGroup
     private let threads: NIOThreadPool
+    /// The worker lease's own thread and connection: its renewal never queues behind the API's writes.
+    private let leaseThread: NIOThreadPool
+    private let leaseConnection = Mutex<PostgresConnection?>(nil)
     private let idle = Mutex<[PostgresConnection]>([])
     private let nextId = Atomic<Int>(1)
     private let logger: Logger
@@ -108,6 +122,8 @@ final class PostgresPool: Sendable {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.threads = NIOThreadPool(numberOfThreads: max(1, connections))
         threads.start()
+        self.leaseThread = NIOThreadPool(numberOfThreads: 1)
+        leaseThread.start()
     }
 
     func shutdown() {
@@ -115,8 +131,15 @@ final class PostgresPool: Sendable {
             defer { connections.removeAll() }
             return connections
         }
-        for connection in open where (try? connection.close().boundedWait(seconds: 2)) == nil { Self.discard(connection) }
+        let lease = leaseConnection.withLock { connection in
+            defer { connection = nil }
+            return connection
+        }
+        for connection in open + (lease.map { [$0] } ?? []) where (try? connection.close().boundedWait(seconds: 2)) == nil {
+            Self.discard(connection)
+        }
         try? threads.syncShutdownGracefully()
+        try? leaseThread.syncShutdownGracefully()
         try? group.syncShutdownGracefully()
     }
 
@@ -125,30 +148,38 @@ final class PostgresPool: Sendable {
         try await threads.runIfActive { try self.blockingTransaction(write: write, body) }
     }
 
+    /// The worker lease's transaction: on its own thread and connection, without the write lock (the lease row's lock
+    /// orders it against the fence checks, which read the row `FOR SHARE`).
+    func leaseTransaction<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await leaseThread.runIfActive { try self.blockingTransaction(write: true, writeLock: false, lease: true, body) }
+    }
+
     /// The same, on the calling thread (startup, before the server runs).
-    func blockingTransaction<T>(write: Bool, _ body: (Database) throws -> T) throws -> T {
-        try withSession { session in
+    func blockingTransaction<T>(write: Bool, writeLock: Bool? = nil, lease: Bool = false, _ body: (Database) throws -> T) throws -> T {
+        try withSession(lease: lease) { session in
             try session.run(write ? "BEGIN ISOLATION LEVEL READ COMMITTED" : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             do {
-                if write { try session.run("SELECT pg_advisory_xact_lock(\(Self.writeLockKey))") }
+                if writeLock ?? write { try session.run("SELECT pg_advisory_xact_lock(\(Self.writeLockKey))") }
                 let db = Database(postgres: session)
                 let value = try body(db)
                 try session.run("COMMIT")
                 return value
             } catch {
-                if !session.connection.isClosed { try? session.run("ROLLBACK") }
+                // A connection that broke or stopped answering is dropped as it is: a ROLLBACK would wait behind it.
+                if !session.connection.isClosed && !Self.isConnectionError(error) { try? session.run("ROLLBACK") }
                 throw error
             }
         }
     }
 
     /// A session on a connection of the pool (connecting when none is idle), given back unless it broke.
-    func withSession<T>(_ body: (PostgresSession) throws -> T) throws -> T {
-        let connection = try checkout()
+    func withSession<T>(lease: Bool = false, _ body: (PostgresSession) throws -> T) throws -> T {
+        let connection =
+            try lease ? (leaseConnection.withLock { $0.take() }.flatMap { $0.isClosed ? nil : $0 } ?? connectOrUnavailable()) : checkout()
         let session = PostgresSession(connection: connection, dialect: dialect, logger: logger)
         do {
             let value = try body(session)
-            checkin(connection)
+            if lease { leaseConnection.withLock { $0 = connection } } else { checkin(connection) }
             return value
         } catch {
             if connection.isClosed || Self.isConnectionError(error) {
@@ -157,7 +188,7 @@ final class PostgresPool: Sendable {
                 dropIdle()
                 throw StoreError.unavailable("PostgreSQL at \(target.host):\(target.port) is unreachable (\(Self.describe(error)))")
             }
-            checkin(connection)
+            if lease { leaseConnection.withLock { $0 = connection } } else { checkin(connection) }
             throw error
         }
     }
@@ -166,6 +197,10 @@ final class PostgresPool: Sendable {
         while let connection = idle.withLock({ $0.popLast() }) {
             if !connection.isClosed { return connection }
         }
+        return try connectOrUnavailable()
+    }
+
+    private func connectOrUnavailable() throws -> PostgresConnection {
         do {
             return try connect()
         } catch {
@@ -238,6 +273,8 @@ final class PostgresSession {
     let logger: Logger
     /// Events this transaction appended, by type (told to the commit observers once it commits).
     var appendedEvents: [String: Int] = [:]
+    /// Longest wait for one statement's answer.
+    var timeoutSeconds = PostgresPool.statementSeconds
 
     init(connection: PostgresConnection, dialect: PostgresDialect, logger: Logger) {
         self.connection = connection
@@ -247,7 +284,7 @@ final class PostgresSession {
 
     /// A statement of our own, without arguments.
     func run(_ sql: String) throws {
-        _ = try connection.query(PostgresQuery(unsafeSQL: sql), logger: logger).boundedWait(seconds: PostgresPool.statementSeconds)
+        _ = try send(PostgresQuery(unsafeSQL: sql), sql)
     }
 
     /// Runs a statement; the rows it changed.
@@ -258,13 +295,21 @@ final class PostgresSession {
 
     /// One statement and its answer; PostgreSQL's refusal says what it refused and where.
     private func send(_ sql: String, _ values: [SQLValue]) throws -> PostgresQueryResult {
+        try send(query(sql, values), dialect.translate(sql))
+    }
+
+    private func send(_ query: PostgresQuery, _ sql: String) throws -> PostgresQueryResult {
         do {
-            return try connection.query(query(sql, values), logger: logger).boundedWait(seconds: PostgresPool.statementSeconds)
+            return try connection.query(query, logger: logger).boundedWait(seconds: timeoutSeconds)
         } catch let error as PSQLError where error.code == .server {
             let state = error.serverInfo?[.sqlState] ?? ""
             if state.hasPrefix("57P") || state.hasPrefix("08") { throw error }
-            throw PostgresStatementError(
-                message: error.serverInfo?[.message] ?? "refused", sqlState: state, statement: dialect.translate(sql))
+            // 55P03: the write lock (or a row) was not had within lock_timeout; 57014: statement_timeout. The
+            // connection is fine; the store is busy.
+            if state == "55P03" || state == "57014" {
+                throw StoreError.unavailable("PostgreSQL is busy (\(error.serverInfo?[.message] ?? state))")
+            }
+            throw PostgresStatementError(message: error.serverInfo?[.message] ?? "refused", sqlState: state, statement: sql)
         }
     }
 
@@ -317,7 +362,7 @@ final class PostgresSession {
     }
 }
 
-extension EventLoopFuture {
+extension EventLoopFuture where Value: Sendable {
     /// Waits for the value on the calling (non-event-loop) thread, at most `seconds`: past it, a connection error
     /// (and the caller drops the connection).
     func boundedWait(seconds: Int64) throws -> Value {
@@ -365,6 +410,12 @@ final class PostgresDialect: Sendable {
 
     static func rewrite(_ sql: String) -> String {
         var text = sql
+        text = text.replacingOccurrences(of: "/*FOR SHARE*/", with: "FOR SHARE")
+        // "the job is on node ?": PostgreSQL plans `id IN (subquery)` under an OR as a scan of every job (10 ms at
+        // 40,000 jobs); `id = ANY (ARRAY(subquery))` is two index lookups (0.1 ms).
+        text = text.replacingOccurrences(
+            of: "id IN (SELECT job_id FROM job_nodes WHERE node_id = ?)",
+            with: "id = ANY (ARRAY(SELECT job_id FROM job_nodes WHERE node_id = ?))")
         text = text.replacingOccurrences(of: "+state IN", with: "state IN").replacingOccurrences(of: "+j.state IN", with: "j.state IN")
         text = text.replacingOccurrences(of: "IS NOT ?", with: "IS DISTINCT FROM ?")
         text = text.replacingOccurrences(of: " IS ?", with: " IS NOT DISTINCT FROM ?")
@@ -445,6 +496,10 @@ struct PostgresMigrator {
         let connection = try pool.connect()
         defer { if (try? connection.close().boundedWait(seconds: 2)) == nil { PostgresPool.discard(connection) } }
         let session = PostgresSession(connection: connection, dialect: pool.dialect, logger: logger)
+        // Migrations may take long, and a replica waits for another's: no statement or lock limit here.
+        session.timeoutSeconds = 600
+        try session.run("SET statement_timeout = 0")
+        try session.run("SET lock_timeout = 0")
         try session.run("SELECT pg_advisory_lock(\(PostgresPool.migrationLockKey))")
         try session.run(
             """
@@ -470,8 +525,8 @@ struct PostgresMigrator {
                 try session.run("COMMIT")
             } catch {
                 try? session.run("ROLLBACK")
-                if let error = error as? PSQLError, error.code == .server {
-                    throw MigrationError.failed(migration.name, PostgresPool.describe(error))
+                if let error = error as? PostgresStatementError {
+                    throw MigrationError.failed(migration.name, "\(error.message) [\(error.sqlState)]")
                 }
                 throw error
             }

@@ -26,7 +26,7 @@ extension SpotStore: SimulatedCloud {
                 db.cachedStatement(
                     sql: """
                         SELECT \(NodeRelease.columns) FROM node_releases WHERE state = 'pending' AND next_attempt_at <= ?
-                        ORDER BY next_attempt_at LIMIT ?
+                        ORDER BY next_attempt_at, node_id LIMIT ?
                         """), arguments: [clock.now(), limit]
             ).map { ($0, try db.fetchPool($0.pool)) }
         }

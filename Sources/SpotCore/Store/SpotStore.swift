@@ -165,6 +165,14 @@ public final class SpotStore: Sendable {
         }
     }
 
+    /// The worker lease's write. PostgreSQL: on its own connection, never queued behind the API's writes.
+    func leaseWrite<T: Sendable>(_ updates: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        switch engine {
+        case .sqlite: try await write(updates)
+        case .postgres(let pool): try await pool.leaseTransaction(updates)
+        }
+    }
+
     /// A read from a snapshot, off the cooperative threads.
     func read<T: Sendable>(_ value: @escaping @Sendable (Database) throws -> T) async throws -> T {
         switch engine {

@@ -4,7 +4,7 @@ extension SpotStore {
     /// Takes or renews the named lease for `owner`; nil while another live owner holds it. A new holder gets a new
     /// fencing token (the old one plus one); a renewal keeps it.
     func acquireLease(_ name: String, owner: String, ttlMillis: Millis) async throws -> Lease? {
-        try await write { [self] db in
+        try await leaseWrite { [self] db in
             let now = clock.now()
             try db.cachedStatement(
                 sql: """
@@ -26,7 +26,7 @@ extension SpotStore {
 
     /// Gives the lease up at once (it expires now); the token stays, so the next holder's is higher.
     func releaseLease(_ lease: Lease) async throws {
-        try await write { db in
+        try await leaseWrite { db in
             try db.cachedStatement(sql: "UPDATE leases SET expires_at = 0 WHERE name = ? AND owner = ? AND token = ?").execute(
                 arguments: [lease.name, lease.owner, lease.token])
         }
@@ -43,7 +43,7 @@ extension SpotStore {
     /// transaction, so a process that lost the lease (paused, partitioned) can commit nothing.
     static func checkFence(_ db: Database, _ lease: Lease, now: Millis) throws {
         let held = try Int.fetchOne(
-            db.cachedStatement(sql: "SELECT 1 FROM leases WHERE name = ? AND owner = ? AND token = ? AND expires_at >= ?"),
+            db.cachedStatement(sql: "SELECT 1 FROM leases WHERE name = ? AND owner = ? AND token = ? AND expires_at >= ? /*FOR SHARE*/"),
             arguments: [lease.name, lease.owner, lease.token, now])
         guard held != nil else { throw StoreError.fenced }
     }
