@@ -159,3 +159,27 @@ public struct SpotConfig: Sendable {
         return value
     }
 }
+
+// What logs may print of the settings: ServiceLifecycle logs every service it starts with `\(service)`, which
+// would reflect every field, the admin token, the webhook secret and the database password among them.
+extension SpotConfig: CustomStringConvertible, CustomDebugStringConvertible {
+    public var description: String {
+        "SpotConfig(host: \(host), port: \(port), db: \(dbDescription), provider: \(provider.rawValue), auth: \(adminToken == nil ? "off" : "on"))"
+    }
+    public var debugDescription: String { description }
+}
+
+extension WorkflowWorker: CustomStringConvertible, CustomDebugStringConvertible {
+    public var description: String { "WorkflowWorker(owner: \(owner))" }
+    public var debugDescription: String { description }
+}
+
+extension SQSQueuePoller: CustomStringConvertible, CustomDebugStringConvertible {
+    public var description: String { "SQSQueuePoller" }
+    public var debugDescription: String { description }
+}
+
+extension AWSCredentials: CustomStringConvertible, CustomDebugStringConvertible {
+    public var description: String { "AWSCredentials(access key id: \(accessKeyId), secret: redacted)" }
+    public var debugDescription: String { description }
+}

@@ -4,6 +4,10 @@ import Testing
 
 @testable import SpotCore
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 // Started together and called from several tasks at once; each process handle is only started and killed by the test.
 extension SpotdProcess: @unchecked Sendable {}
 
@@ -298,6 +302,10 @@ struct PostgresOutageTests {
         #expect(status == 503 && problem["type"]?.string == "urn:spotd:problem:store-unavailable", "\(problem)")
         let (ready, _) = try await server.request("GET", "/readyz")
         #expect(ready == 503)
+        // Prometheus still gets the process's own figures.
+        let scrape = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(server.port)/metrics")!)
+        #expect((scrape.1 as? HTTPURLResponse)?.statusCode == 200)
+        #expect(String(decoding: scrape.0, as: UTF8.self).contains("spotd_leader"))
         try await cluster.start()
         await sender.value
         #expect(answers.other.withLock { $0 }.isEmpty, "\(answers.other.withLock { $0 })")

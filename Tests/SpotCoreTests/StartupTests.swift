@@ -162,6 +162,26 @@ struct StartupTests {
                 == 999)
     }
 
+    /// Debug logs print the services started, never a secret: not the admin token, the webhook secret, AWS keys or
+    /// the database password.
+    @Test func debugLogsHoldNoSecret() async throws {
+        let directory = try tempDirectory()
+        var db = TestStore.location(in: directory)
+        if var components = URLComponents(string: db), TestStore.isPostgres {
+            components.password = "spotd"  // the throwaway cluster's; looked for below as it is in the URL
+            db = components.string!
+        }
+        let result = try await runSpotd(
+            [
+                "serve", "--port", "\(freePort())", "--db", db, "--admin-token", "Sekret-admin-token-4711", "--webhook-secret",
+                "whsec-Sekret-4711",
+            ],
+            environment: ["LOG_LEVEL": "debug", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "Sekret-aws-4711"], timeout: 4)
+        #expect(result.stderr.contains("Starting service"), "\(result.stderr.prefix(2000))")
+        #expect(!result.stderr.contains("Sekret"), "\(result.stderr)")
+        if TestStore.isPostgres { #expect(!result.stderr.contains("spotd:spotd@"), "\(result.stderr)") }
+    }
+
     /// The migrations are built in: a copy of the binary, run from a folder with no `migrations/`, starts and serves.
     @Test func copiedBinaryNeedsNoMigrationsFolder() async throws {
         let directory = try tempDirectory()

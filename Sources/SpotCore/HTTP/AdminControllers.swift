@@ -224,8 +224,17 @@ struct OpsController {
 
     @Sendable func metrics(_ request: Request, context: AppRequestContext) async throws -> Response {
         _ = try Query(request, allowed: [])
-        let summary = try await store.summary()
         var snapshot = SpotMetrics.Snapshot()
+        let summary: StoreSummary
+        do {
+            summary = try await store.summary()
+        } catch let error as StoreError {
+            // The database is away: the process's own counters are still served, without the store's gauges.
+            guard case .unavailable = error else { throw error }
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: metrics.render(snapshot))))
+        }
         for (pool, stats) in summary.pools {
             for state in NodeState.allCases {
                 snapshot.nodes.append((pool.name, state.rawValue, stats.nodesByState[state] ?? 0))

@@ -64,6 +64,36 @@ extension ColumnDecodable {
     }
 }
 
+/// The values of each row of a stepping statement, read with SQLite's C API.
+final class ValuesCursor: DatabaseCursor {
+    typealias Element = [SQLValue]
+    let _statement: GRDB.Statement
+    var _isDone = false
+    let names: [String]
+
+    init(_ statement: GRDB.Statement, arguments: GRDB.StatementArguments) throws {
+        _statement = statement
+        names = statement.columnNames
+        try statement.setArguments(arguments)
+    }
+
+    deinit {
+        sqlite3_reset(_statement.sqliteStatement)
+    }
+
+    func _element(sqliteStatement: SQLiteStatement) throws -> [SQLValue] {
+        let columns = StatementColumns(statement: sqliteStatement)
+        return (0..<sqlite3_column_count(sqliteStatement)).map { index in
+            switch sqlite3_column_type(sqliteStatement, index) {
+            case SQLITE_NULL: .null
+            case SQLITE_INTEGER: .int(columns.int(index))
+            case SQLITE_FLOAT: .double(columns.double(index))
+            default: .text(columns.text(index))
+            }
+        }
+    }
+}
+
 /// GRDB's extension point for custom cursors: it steps the statement (with GRDB's bookkeeping); we read the columns.
 final class ModelCursor<Element: ColumnDecodable>: DatabaseCursor {
     let _statement: GRDB.Statement

@@ -266,10 +266,11 @@ struct Statement {
     func rows(_ arguments: StatementArguments, limit: Int = .max) throws -> [Row] {
         switch db.backend {
         case .sqlite:
-            let statement = sqlite!
-            try statement.setArguments(arguments.grdb)
-            if limit == 1 { return try GRDB.Row.fetchOne(statement).map { [Row($0)] } ?? [] }
-            return try GRDB.Row.fetchAll(statement).map(Row.init)
+            // Read in place with SQLite's C API (no GRDB `Row` per row, the column names shared by every row).
+            let cursor = try ValuesCursor(sqlite!, arguments: arguments.grdb)
+            var rows: [Row] = []
+            while rows.count < limit, let values = try cursor.next() { rows.append(Row(names: cursor.names, values: values)) }
+            return rows
         case .postgres(let session):
             return try session.rows(sql, arguments.values)
         }
