@@ -47,7 +47,7 @@ struct StoreOptions: ParsableArguments {
     @Option(help: "SQLite file, or postgres://user:password@host:5432/database for PostgreSQL (env SPOTD_DB; default ./spotd.sqlite).")
     var db: String?
 
-    @Option(help: "PostgreSQL: connections this replica keeps at most, 1-64 (env SPOTD_DB_POOL_SIZE; default 8).")
+    @Option(help: "PostgreSQL: connections this replica keeps, 1-64, plus one for the worker lease (env SPOTD_DB_POOL_SIZE; default 8).")
     var dbPoolSize: Int?
 
     @Option(help: "Folder of NNNN_name.sql migrations to use instead of the built-in ones (env SPOTD_MIGRATIONS).")

@@ -94,7 +94,10 @@ final class PostgresPool: Sendable {
     let target: PostgresTarget
     private let configuration: PostgresConnection.Configuration
     private let group: MultiThreadedEventLoopGroup
+    /// Writes and reads on threads of their own: writes wait for each other at the write lock, and reads (`/readyz`
+    /// among them) must not queue behind them. Together as many threads as connections.
     private let threads: NIOThreadPool
+    private let readThreads: NIOThreadPool
     /// The worker lease's own thread and connection: its renewal never queues behind the API's writes.
     private let leaseThread: NIOThreadPool
     private let leaseConnection = Mutex<PostgresConnection?>(nil)
@@ -120,8 +123,11 @@ final class PostgresPool: Sendable {
         self.configuration = try target.configuration()
         self.logger = logger
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        self.threads = NIOThreadPool(numberOfThreads: max(1, connections))
+        let writers = max(1, min(4, connections / 2))
+        self.threads = NIOThreadPool(numberOfThreads: writers)
         threads.start()
+        self.readThreads = NIOThreadPool(numberOfThreads: max(1, connections - writers))
+        readThreads.start()
         self.leaseThread = NIOThreadPool(numberOfThreads: 1)
         leaseThread.start()
     }
@@ -139,13 +145,14 @@ final class PostgresPool: Sendable {
             Self.discard(connection)
         }
         try? threads.syncShutdownGracefully()
+        try? readThreads.syncShutdownGracefully()
         try? leaseThread.syncShutdownGracefully()
         try? group.syncShutdownGracefully()
     }
 
     /// Runs `body` in one transaction on a pool thread. A write takes the write lock first; a read sees one snapshot.
     func transaction<T: Sendable>(write: Bool, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        try await threads.runIfActive { try self.blockingTransaction(write: write, body) }
+        try await (write ? threads : readThreads).runIfActive { try self.blockingTransaction(write: write, body) }
     }
 
     /// The worker lease's transaction: on its own thread and connection, without the write lock (the lease row's lock

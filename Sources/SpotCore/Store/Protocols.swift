@@ -1,6 +1,6 @@
 /// The store behind protocols shaped by what uses it: the API's resources, the event log, the tokens, and the
-/// workflows. Each method is one transaction. `SpotStore` implements them all; a second store (PostgreSQL) is a
-/// second conformance, and nothing outside `Store/` names either, but where the application is assembled.
+/// workflows. Each method is one transaction. `SpotStore` implements them all, on SQLite or PostgreSQL (the same
+/// transactions, through `SQL.swift`); nothing outside `Store/` names it, but where the application is assembled.
 
 /// The reads and writes behind the HTTP API's resources.
 protocol ResourceStore: Sendable {
@@ -80,8 +80,8 @@ protocol AccessStore: Sendable {
 ///   previous token plus one. `releaseLease` expires the lease now and keeps the token.
 /// - Every workflow write checks, in its own transaction, that its lease is still held, unexpired, with its token,
 ///   and commits nothing otherwise (`StoreError.fenced`). The check must be serialized with `acquireLease`: SQLite
-///   has one writer; a PostgreSQL store must lock the lease row (`SELECT … FOR SHARE`) or run SERIALIZABLE.
-/// - Implementations live in this module, beside `SpotStore`.
+///   has one writer; on PostgreSQL the check reads the lease row `FOR SHARE` (the lease itself is written on its
+///   own connection, outside the store's write lock, so that its renewal never waits behind API writes).
 protocol WorkflowStore: EventLog {
     func acquireLease(_ name: String, owner: String, ttlMillis: Millis) async throws -> Lease?
     func releaseLease(_ lease: Lease) async throws

@@ -9,11 +9,10 @@ import Synchronization
 /// ends, so nothing behind the failed event overtakes it. Subscriptions are independent: one receiver that is down
 /// delays no other. Runs on the worker under its lease; a replica that lost the lease records nothing.
 ///
-/// Order rests on one property of the store: event ids are committed in id order (SQLite has one writer, and the
-/// write batcher commits in order), so no event can appear later below a cursor. A store where a lower id may
-/// commit after a higher one (PostgreSQL sequences under concurrent writers) must keep that property another way
-/// (e.g. one writer of the event log, or reading only below the oldest transaction still open) before it serves
-/// subscriptions.
+/// Order rests on one property of the store: event ids are committed in id order, so no event can appear later
+/// below a cursor. SQLite has one writer (and the write batcher commits in order); PostgreSQL's store takes one
+/// advisory lock per write transaction (`PostgresPool.writeLockKey`), held until it commits, which serializes the
+/// writers of every replica the same way.
 struct Deliveries: Sendable {
     let store: any SubscriptionStore
     let clock: any SpotClock
