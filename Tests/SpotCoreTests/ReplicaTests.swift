@@ -258,7 +258,16 @@ final class OwnCluster {
 
     func stop() async throws { #expect(try await Self.run(["stop", directory.path]).status == 0) }
     func start() async throws { #expect(try await Self.run(["start", directory.path]).status == 0) }
-    func remove() async { _ = try? await Self.run(["remove", directory.path]) }
+    /// Stops and deletes the cluster, waiting for the script (from a `defer`: also when the test throws).
+    func remove() {
+        var pid: pid_t = 0
+        let strings: [String] = [OwnCluster.script, "remove", directory.path]
+        let argv: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        guard posix_spawn(&pid, OwnCluster.script, nil, nil, argv, environ) == 0 else { return }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+    }
 }
 
 @Suite("PostgreSQL going away and wrong settings", .serialized)
@@ -268,11 +277,13 @@ struct PostgresOutageTests {
     /// sent again, as a cloud's retry would.
     @Test func aRestartUnderLoadLosesNoAcceptedNotice() async throws {
         guard let cluster = try await OwnCluster.start() else { return }
+        defer { cluster.remove() }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("spotd-outage-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let db = try PostgresScratch.createDatabase(serverURL: cluster.url, name: "outage")
         let server = SpotdProcess(directory: directory, port: freePort(), db: db)
         try await server.start()
+        defer { server.kill(SIGTERM) }
         #expect(try await server.request("POST", "/v1/pools", Seed.pool("spot-a", "spot")).0 == 201)
         let nodes = 300
         for index in 0..<nodes { #expect(try await server.request("POST", "/v1/nodes", Seed.node("n\(index)", pool: "spot-a")).0 == 201) }
@@ -372,7 +383,7 @@ struct PostgresOutageTests {
         print("[aRestartUnderLoadLosesNoAcceptedNotice] \(statuses.seen.withLock { $0.count }) reads cut mid-query answered 503")
         #expect(try await server.request("GET", "/readyz").0 == 200)
         server.kill(SIGTERM)
-        await cluster.remove()
+
     }
 
     /// A database URL that cannot work stops spotd at start with a message that says why: the URL's shape, the
