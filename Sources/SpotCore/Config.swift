@@ -65,8 +65,6 @@ public struct SpotConfig: Sendable {
         return inet_pton(AF_INET, host, &address) == 1 && UInt32(bigEndian: address.s_addr) >> 24 == 127
     }
 
-    /// Checks every setting, each against its range, before anything uses one: a value from a flag or a variable
-    /// is never used in arithmetic unchecked. Returns what is wrong, naming the flag.
     /// The store as logs and messages name it: a PostgreSQL URL without its password.
     public var dbDescription: String {
         guard PostgresTarget.isURL(dbPath) else { return dbPath }
@@ -74,6 +72,8 @@ public struct SpotConfig: Sendable {
         return target.description
     }
 
+    /// Checks every setting, each against its range, before anything uses one: a value from a flag or a variable
+    /// is never used in arithmetic unchecked. Returns what is wrong, naming the flag.
     public func validate() -> StartupError? {
         func outside<T: Comparable>(_ value: T, _ range: ClosedRange<T>, _ flag: String, _ unit: String = "") -> StartupError? {
             range.contains(value)
